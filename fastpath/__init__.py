@@ -21,7 +21,7 @@ import os
 from types import ModuleType
 
 #: The modules of fastpath, each with a ``.pxd`` beside it (setup.py compiles exactly these).
-MODULES = ("pathnorm", "router")
+MODULES = ("headers", "pathnorm", "router")
 
 FORCED_PURE = os.environ.get("TOLLGATE_NO_EXTENSIONS", "").strip() not in ("", "0")
 
@@ -63,7 +63,10 @@ IMPLEMENTATION, _LIVE = _live_modules()
 normalize_path = _LIVE["pathnorm"].normalize_path
 PathError = _LIVE["pathnorm"].PathError
 Router = _LIVE["router"].Router
+filter_request_headers = _LIVE["headers"].filter_request_headers
+filter_response_headers = _LIVE["headers"].filter_response_headers
 RouteConflict = _LIVE["router"].RouteConflict
 
 __all__ = ["IMPLEMENTATION", "MODULES", "load", "compiled_available",
-           "normalize_path", "PathError", "Router", "RouteConflict"]
+           "normalize_path", "PathError", "Router", "RouteConflict",
+           "filter_request_headers", "filter_response_headers"]

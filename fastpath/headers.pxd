@@ -1,0 +1,3 @@
+cdef frozenset _connection_tokens(list headers)
+cpdef tuple filter_request_headers(list headers)
+cpdef tuple filter_response_headers(list headers)

@@ -1,0 +1,305 @@
+"""The ``http`` backend: forward the exchange to a backend over a pooled keep-alive connection.
+
+A :class:`HttpBackend` is compiled once per (API, environment): the backend address, the path
+template with environment variables already substituted, the method, the timeout and the retry
+policy.  Each exchange gets a :class:`ProxyCall`, which streams the request body up and the
+response body down, both ways with flow control, and decides what a failure means:
+
+* connect failure: retried on a new connection as the ``retries`` policy allows
+  (-1: idempotent methods once, POST/PATCH never; 0..10: that many times, any method, since a
+  backend that never accepted the connection never saw the request);
+* a pooled connection that the backend had closed (lost before any response byte): the request
+  is replayed on a fresh connection when it is idempotent and its body is still held
+  (<= ``replay_body_bytes``); this is the keep-alive race, and the replay does not use up
+  ``retries``;
+* lost after the request was sent on a fresh connection: retried only for idempotent methods;
+* no response head within ``timeout_ms`` (or no byte for that long while streaming): 504.
+"""
+from __future__ import annotations
+
+from time import perf_counter
+from urllib.parse import urlsplit
+
+from ..errors import BackendTimeout, BackendUnavailable
+from ..http.server import UPSTREAM
+from fastpath import filter_request_headers, filter_response_headers
+
+IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
+_CHUNK_END = b"0\r\n\r\n"
+_QUEUE_PAUSE_BYTES = 256 * 1024
+_MAX_STALE_REPLAYS = 2
+
+
+class BackendConfigError(ValueError):
+    pass
+
+
+class HttpBackend:
+    """The compiled plan of an http backend for one API in one environment."""
+
+    __slots__ = ("runtime", "key", "host_header", "path_parts", "path_has_params", "base_query",
+                 "method", "timeout_s", "retries", "prefix", "authority")
+
+    def __init__(self, runtime, url: str, method: str | None, timeout_ms: int, retries: int,
+                 host_header: str | None, prefix: bool):
+        self.runtime = runtime
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise BackendConfigError(f"backend url {url!r}: only http:// backends are supported")
+        if not parts.hostname:
+            raise BackendConfigError(f"backend url {url!r}: no host")
+        try:
+            port = parts.port or 80
+        except ValueError as exc:
+            raise BackendConfigError(f"backend url {url!r}: {exc}") from None
+        if parts.username or parts.password:
+            raise BackendConfigError(f"backend url {url!r}: credentials in the url are not allowed")
+        if parts.fragment:
+            raise BackendConfigError(f"backend url {url!r}: a fragment is not allowed")
+        self.key = (parts.hostname, port)
+        self.authority = parts.netloc
+        self.host_header = (host_header or parts.netloc).encode("latin-1")
+        self.path_parts = _path_template(parts.path or "/")
+        self.path_has_params = len(self.path_parts) > 1
+        self.base_query = parts.query.encode("latin-1")
+        self.method = method.encode() if method and method != "ANY" else None
+        self.timeout_s = timeout_ms / 1000.0
+        self.retries = retries
+        self.prefix = prefix
+
+    # -- handler interface (called by the client connection) --------------------------------
+    def on_head(self, ex):
+        call = ProxyCall(self, ex)
+        ex.handler_state = call
+        call.dispatch(fresh=False)
+
+    def on_body(self, ex, chunk):
+        ex.handler_state.send_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if ex.chunked else chunk)
+
+    def on_request_end(self, ex):
+        call = ex.handler_state
+        if ex.chunked:
+            call.send_body(_CHUNK_END)
+        ex.conn.set_deadline(UPSTREAM, self.timeout_s)   # wait for the response
+
+    def on_timeout(self, ex):
+        call = ex.handler_state
+        if call is not None:
+            call.drop_upstream()
+        ex.fail(BackendTimeout("Backend timeout", f"no response from {self.authority} "
+                                                   f"within {self.timeout_s * 1000:.0f} ms"))
+
+    def on_abort(self, ex):
+        call = ex.handler_state
+        if call is not None:
+            call.drop_upstream()
+
+    def on_client_paused(self, ex, paused):
+        call = ex.handler_state
+        if call is not None and call.upstream is not None:
+            call.upstream.pause_reading(paused)
+
+    # -- request building -----------------------------------------------------------------
+    def build_head(self, ex) -> bytes:
+        parts = self.path_parts
+        if self.path_has_params:
+            params = ex.params or {}
+            path = "".join(params.get(p, "") if i % 2 else p for i, p in enumerate(parts))
+        else:
+            path = parts[0]
+        if self.prefix and ex.rest:
+            path = (path[:-1] if path.endswith("/") else path) + ex.rest
+        target = path.encode("latin-1")
+        query = ex.query
+        if self.base_query:
+            query = self.base_query + b"&" + query if query else self.base_query
+        if query:
+            target += b"?" + query
+        method = self.method or ex.method.encode()
+        if ex.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif ex.content_length >= 0 and (ex.content_length > 0 or method not in (b"GET", b"HEAD")):
+            framing = b"Content-Length: %d\r\n" % ex.content_length
+        else:
+            framing = b""
+        forwarded_for, headers = filter_request_headers(ex.headers)
+        client_ip = ex.client_ip.encode()
+        return b"".join((
+            method, b" ", target, b" HTTP/1.1\r\nHost: ", self.host_header, b"\r\n",
+            headers,
+            b"X-Forwarded-For: ", forwarded_for + b", " + client_ip if forwarded_for else client_ip,
+            b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", ex.host.encode("latin-1"),
+            b"\r\nX-Request-Id: ", ex.request_id.encode(), b"\r\n", framing, b"\r\n",
+        ))
+
+
+def _path_template(path: str) -> list:
+    """Split a backend path into [literal, param, literal, param, ..., literal]."""
+    parts = []
+    pos = 0
+    while True:
+        start = path.find("{", pos)
+        if start < 0:
+            parts.append(path[pos:])
+            return parts
+        end = path.find("}", start)
+        if end < 0:
+            raise BackendConfigError(f"backend path {path!r}: unclosed '{{'")
+        parts.append(path[pos:start])
+        parts.append(path[start + 1:end].rstrip("+"))
+        pos = end + 1
+
+
+class ProxyCall:
+    """One exchange's trip to the backend; the owner of an UpstreamConnection while it lasts."""
+
+    __slots__ = ("backend", "ex", "upstream", "queued", "queued_bytes", "replay", "replay_bytes",
+                 "retries_left", "stale_replays", "idempotent", "connecting", "finished")
+
+    def __init__(self, backend, ex):
+        self.backend = backend
+        self.ex = ex
+        self.upstream = None
+        head = backend.build_head(ex)
+        self.queued = [head]           # bytes not yet written to a connection
+        self.queued_bytes = len(head)
+        self.replay = []               # bytes written so far, kept while small, for a replay
+        self.replay_bytes = 0
+        method = ex.method
+        self.idempotent = method in IDEMPOTENT
+        retries = backend.retries
+        self.retries_left = (1 if self.idempotent else 0) if retries < 0 else retries
+        self.stale_replays = 0
+        self.connecting = False
+        self.finished = False
+
+    # -- sending ----------------------------------------------------------------------------
+    def dispatch(self, fresh):
+        runtime = self.backend.runtime
+        conn = None if fresh else runtime.pool.take(self.backend.key)
+        if conn is not None:
+            self.attach(conn)
+        else:
+            self.connecting = True
+            runtime.spawn(self.connect())
+
+    async def connect(self):
+        backend = self.backend
+        runtime = backend.runtime
+        while True:
+            try:
+                conn = await runtime.pool.connect(backend.key)
+            except (OSError, TimeoutError) as exc:
+                if self.finished or self.ex.done:
+                    return
+                if self.retries_left > 0:
+                    self.retries_left -= 1
+                    continue
+                self.connecting = False
+                detail = f"connect to {backend.authority}: {exc or type(exc).__name__}"
+                self.ex.fail(BackendUnavailable("Backend unavailable", detail))
+                return
+            break
+        self.connecting = False
+        if self.finished or self.ex.done:
+            conn.close()
+            return
+        self.attach(conn)
+
+    def attach(self, conn):
+        self.upstream = conn
+        ex = self.ex
+        self.ex.upstream_started = perf_counter()
+        data = b"".join(self.queued) if len(self.queued) > 1 else self.queued[0]
+        self.queued = []
+        self.queued_bytes = 0
+        self._remember(data)
+        conn.send(self, data, ex.head_request)
+        if ex.conn.reading_paused and not ex.request_complete:
+            ex.conn.body_backpressure(False)
+
+    def send_body(self, data):
+        conn = self.upstream
+        if conn is not None:
+            self._remember(data)
+            conn.write(data)
+        elif not self.finished:
+            self.queued.append(data)
+            self.queued_bytes += len(data)
+            if self.queued_bytes > _QUEUE_PAUSE_BYTES:
+                self.ex.conn.body_backpressure(True)
+
+    def _remember(self, data):
+        if self.replay is not None:
+            self.replay_bytes += len(data)
+            if self.replay_bytes > self.backend.runtime.limits.replay_body_bytes:
+                self.replay = None
+            else:
+                self.replay.append(data)
+
+    def _retry(self, fresh=True):
+        """Send the whole request again on a new connection."""
+        self.queued = self.replay + self.queued
+        self.queued_bytes = sum(len(b) for b in self.queued)
+        self.replay = []
+        self.replay_bytes = 0
+        self.upstream = None
+        self.dispatch(fresh=fresh)
+
+    def drop_upstream(self):
+        self.finished = True
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.close()
+
+    # -- events from the upstream connection ----------------------------------------------------
+    def upstream_head(self, conn, status, headers, keep_alive):
+        ex = self.ex
+        ex.upstream_elapsed = perf_counter() - ex.upstream_started
+        lines, length, framed = filter_response_headers(headers)
+        ex.conn.set_deadline(UPSTREAM, self.backend.timeout_s)   # from now on, a read-idle timeout
+        ex.respond_head(status, lines, content_length=length)
+        return framed
+
+    def upstream_body(self, chunk):
+        ex = self.ex
+        ex.respond_body(chunk)
+        conn = ex.conn
+        if conn.deadline_kind == UPSTREAM:
+            conn.deadline = conn.worker.now + self.backend.timeout_s
+
+    def upstream_done(self, conn, reusable):
+        self.upstream = None
+        self.finished = True
+        ex = self.ex
+        if reusable and ex.request_complete and not self.queued:
+            self.backend.runtime.pool.give_back(conn, ex.conn.worker.now)
+        else:
+            conn.close()
+        ex.respond_end()
+
+    def upstream_bad_response(self, conn, detail):
+        self.upstream = None
+        self.finished = True
+        self.ex.fail(BackendUnavailable("Backend returned an invalid response",
+                                        f"{self.backend.authority}: {detail}"))
+
+    def upstream_lost(self, conn, exc):
+        self.upstream = None
+        ex = self.ex
+        if ex.done or self.finished:
+            return
+        if not ex.response_started and not conn.got_bytes and self.replay is not None:
+            if conn.uses > 1 and self.idempotent and self.stale_replays < _MAX_STALE_REPLAYS:
+                # keep-alive race: the backend closed the pooled connection as we reused it
+                self.stale_replays += 1
+                self._retry(fresh=True)
+                return
+            if self.idempotent and self.retries_left > 0:
+                self.retries_left -= 1
+                self._retry(fresh=True)
+                return
+        self.finished = True
+        what = "closed the connection" if exc is None else f"failed: {exc}"
+        ex.fail(BackendUnavailable("Backend unavailable", f"{self.backend.authority} {what}"))

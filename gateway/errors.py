@@ -1,0 +1,94 @@
+"""The errors the gateway answers with itself, in the ROMA APIC format.
+
+Every error is a :class:`GatewayError` carrying the ROMA code, the HTTP status and a public
+message that tells the client enough to fix the call; ``detail`` is for the log only (it may hold
+what the client must not see).  They are turned into responses in one place:
+:func:`error_response`.
+"""
+from __future__ import annotations
+
+import msgspec
+
+_json = msgspec.json.Encoder()
+
+
+class GatewayError(Exception):
+    """An error the gateway answers itself.  Subclasses fix code and status."""
+
+    code = "APIC.0601"
+    status = 500
+    #: close the client connection after answering (the request framing cannot be trusted)
+    close = False
+
+    def __init__(self, message: str, detail: str | None = None, *, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail if detail is not None else message
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(GatewayError):
+    """Malformed request: APIC.0201, 400; also the size limits with their own statuses."""
+
+    code = "APIC.0201"
+    status = 400
+
+
+class FramingError(BadRequest):
+    """The request's framing is ambiguous or broken: answer 400 and close the connection."""
+
+    close = True
+
+
+class TooLarge(BadRequest):
+    """A size limit: body 413, URI 414, headers 494 (status given by the raiser)."""
+
+    close = True
+
+
+class NotFound(GatewayError):
+    code = "APIC.0101"
+    status = 404
+
+
+class BackendUnavailable(GatewayError):
+    code = "APIC.0202"
+    status = 502
+
+
+class BackendTimeout(GatewayError):
+    code = "APIC.0203"
+    status = 504
+
+
+class InternalError(GatewayError):
+    code = "APIC.0601"
+    status = 500
+
+
+REASONS = {
+    100: "Continue", 101: "Switching Protocols", 103: "Early Hints",
+    200: "OK", 201: "Created", 202: "Accepted", 203: "Non-Authoritative Information",
+    204: "No Content", 205: "Reset Content", 206: "Partial Content",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Found", 303: "See Other",
+    304: "Not Modified", 307: "Temporary Redirect", 308: "Permanent Redirect",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout", 409: "Conflict",
+    410: "Gone", 411: "Length Required", 412: "Precondition Failed", 413: "Payload Too Large",
+    414: "URI Too Long", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+    417: "Expectation Failed", 422: "Unprocessable Entity", 425: "Too Early",
+    426: "Upgrade Required", 428: "Precondition Required", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 494: "Request Header Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}
+
+
+def reason(status: int) -> str:
+    return REASONS.get(status, "Unknown")
+
+
+def error_body(error: GatewayError, request_id: str) -> bytes:
+    """The JSON body of an error answer: ``{"error_code", "error_msg", "request_id"}``."""
+    return _json.encode({"error_code": error.code, "error_msg": error.message, "request_id": request_id})

@@ -1,0 +1,130 @@
+"""The exchange: one request and its answer, as it moves through the pipeline.
+
+An :class:`Exchange` is created when a request head is complete and lives until its response is
+written.  Stages read the request fields and may add what later stages need (the caller identity
+of the authentication stages, the limits of throttling); the backend handler streams the answer
+through :meth:`Exchange.respond_head`, :meth:`respond_body` and :meth:`respond_end`, which the
+client connection owns.  Errors are answered through :meth:`fail` only.
+"""
+from __future__ import annotations
+
+from .errors import GatewayError, error_body, reason
+
+
+class Exchange:
+    __slots__ = (
+        "conn", "method", "raw_target", "path", "query", "headers", "host", "version",
+        "keep_alive", "request_id", "client_ip", "env", "api", "params", "rest",
+        "content_length", "chunked", "expect_continue", "started", "upstream_started",
+        "upstream_elapsed", "status", "bytes_sent", "response_started", "done",
+        "error_code", "handler_state", "caller", "request_complete", "body_received",
+        "header_bytes", "upstream_addr", "_resp_chunked", "head_request",
+    )
+
+    def __init__(self, conn, method: str, raw_target: bytes, headers: list, version: str,
+                 keep_alive: bool, started: float):
+        self.conn = conn
+        self.method = method
+        self.raw_target = raw_target
+        self.headers = headers          # [(name bytes, value bytes)], as received, in order
+        self.version = version
+        self.keep_alive = keep_alive
+        self.started = started
+        self.path = ""                  # normalised path: what is routed is what is forwarded
+        self.query = b""                # raw query string, without '?'
+        self.host = ""
+        self.request_id = ""
+        self.client_ip = conn.client_ip
+        self.env = "RELEASE"
+        self.api = None                 # the CompiledApi once routed
+        self.params = None
+        self.rest = ""
+        self.content_length = -1        # -1: no Content-Length
+        self.chunked = False
+        self.expect_continue = False
+        self.upstream_started = 0.0
+        self.upstream_elapsed = -1.0
+        self.status = 0
+        self.bytes_sent = 0
+        self.response_started = False
+        self.done = False
+        self.error_code = ""
+        self.handler_state = None       # owned by the backend handler
+        self.caller = None              # set by authentication stages (app, user, account)
+        self.request_complete = False
+        self.body_received = 0
+        self.upstream_addr = ""
+        self._resp_chunked = False
+        self.head_request = method == "HEAD"
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length > 0
+
+    # -- answering -----------------------------------------------------------------------
+    def respond_head(self, status: int, header_lines: bytes, *, content_length: int) -> None:
+        """Start the response.  ``header_lines`` are complete ``Name: value\\r\\n`` lines
+        without framing headers; ``content_length`` -1 means the length is unknown and the
+        body is chunked (HTTP/1.1) or delimited by closing (HTTP/1.0)."""
+        self.status = status
+        self.response_started = True
+        conn = self.conn
+        if conn.draining or (not self.request_complete and self.has_body):
+            # a request whose body we did not read to the end cannot be followed by another
+            self.keep_alive = False
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status).encode()), header_lines,
+                 b"X-Request-Id: ", self.request_id.encode(), b"\r\n"]
+        bodiless = self.head_request or status in (204, 304) or status < 200
+        if content_length >= 0:
+            if status != 204 and status != 304:
+                parts.append(b"Content-Length: %d\r\n" % content_length)
+        elif not bodiless:
+            if self.version == "1.1":
+                self._resp_chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False
+        if not self.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif self.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        conn.write(b"".join(parts))
+
+    def respond_body(self, chunk: bytes) -> None:
+        if self.head_request or not chunk:
+            return
+        self.bytes_sent += len(chunk)
+        if self._resp_chunked:
+            self.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            self.conn.write(chunk)
+
+    def respond_end(self) -> None:
+        if self._resp_chunked and not self.head_request:
+            self.conn.write(b"0\r\n\r\n")
+        self.conn.exchange_finished(self)
+
+    def respond_full(self, status: int, header_lines: bytes, body: bytes) -> None:
+        """A whole response at once (mocks, errors): one write."""
+        self.respond_head(status, header_lines, content_length=len(body))
+        if body and not self.head_request:
+            self.bytes_sent += len(body)
+            self.conn.write(body)
+        self.conn.exchange_finished(self)
+
+    def fail(self, error: GatewayError) -> None:
+        """Answer with the gateway's own error, or cut the connection if the answer started."""
+        if self.done:
+            return
+        self.error_code = error.code
+        self.conn.log_error(self, error)
+        if self.response_started:
+            # too late for an error document: the client sees a truncated response
+            self.keep_alive = False
+            self.conn.abort_exchange(self)
+            return
+        if error.close:
+            self.keep_alive = False
+        self.respond_full(error.status, b"Content-Type: application/json\r\n",
+                          error_body(error, self.request_id))

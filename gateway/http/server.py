@@ -1,0 +1,463 @@
+"""The client side of the data plane: one asyncio protocol per client connection.
+
+Requests are parsed by httptools (llhttp, strict mode) and handed to the pipeline as soon as
+their head is complete; bodies stream through the backend handler without being held whole.
+The design keeps the per-request path free of coroutines and timers:
+
+* the connection is a callback-driven state machine; nothing awaits per request;
+* responses go out in request order: one exchange is answered at a time and a pipelined request
+  that arrives meanwhile is queued with reading paused, so at most one read's worth is buffered;
+* every wait is a ``deadline`` field checked by the worker's periodic sweep
+  (:meth:`ClientConnection.check_deadline`), not a timer object per request.
+
+Protocol-level problems (framing, limits) raise :class:`~gateway.errors.GatewayError` out of the
+parser callbacks, which stops llhttp at once; :meth:`ClientConnection.data_received` turns them
+into one error answer and closes the connection.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from time import perf_counter
+
+import httptools
+
+from ..errors import FramingError, GatewayError, TooLarge, error_body, reason
+from ..exchange import Exchange
+
+# deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
+_NONE, _HEAD, _IDLE, _BODY, UPSTREAM, _SEND, _DRAIN = range(7)
+_UPSTREAM = UPSTREAM
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Headers the connection itself must look at while the head is parsed (lower-case).
+_H_HOST, _H_CL, _H_TE, _H_EXPECT, _H_STAGE = 1, 2, 3, 4, 5
+_WATCHED = {b"host": _H_HOST, b"content-length": _H_CL, b"transfer-encoding": _H_TE,
+            b"expect": _H_EXPECT, b"x-stage": _H_STAGE}
+
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
+                                      "TRACE", "CONNECT")}
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection.  ``worker`` is the worker's shared state (snapshot, pool, ...)."""
+
+    __slots__ = (
+        "worker", "limits", "transport", "parser", "client_ip", "url", "headers", "in_head",
+        "head_bytes", "headers_size", "h_host", "h_te", "h_cl", "h_expect", "h_stage", "parsing",
+        "current", "pending", "reading_paused", "writing_paused", "deadline", "deadline_kind",
+        "closed", "draining", "deferred_error", "requests",
+    )
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.limits = worker.limits
+        self.transport = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = ""
+        self.url = b""
+        self.headers = []
+        self.in_head = False
+        self.head_bytes = 0
+        self.headers_size = 0
+        self.h_host = None
+        self.h_te = None
+        self.h_cl = None
+        self.h_expect = None
+        self.h_stage = None
+        self.parsing = None          # exchange whose request is still being received
+        self.current = None          # exchange being answered
+        self.pending = deque()       # pipelined exchanges waiting for their turn
+        self.reading_paused = False
+        self.writing_paused = False
+        self.deadline = 0.0
+        self.deadline_kind = _NONE
+        self.closed = False
+        self.draining = worker.draining
+        self.deferred_error = None
+        self.requests = 0
+
+    # -- connection events ---------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        self.worker.connections.add(self)
+        self.set_deadline(_HEAD, self.limits.head_timeout_s)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.worker.connections.discard(self)
+        ex = self.current
+        if ex is not None and not ex.done:
+            ex.api.handler.on_abort(ex)
+            self._account(ex, aborted=True)
+        self.current = None
+        self.pending.clear()
+        self.parsing = None
+
+    def pause_writing(self):
+        self.writing_paused = True
+        ex = self.current
+        if ex is not None and not ex.done:
+            ex.api.handler.on_client_paused(ex, True)
+        self.set_deadline(_SEND, self.limits.send_timeout_s)
+
+    def resume_writing(self):
+        self.writing_paused = False
+        ex = self.current
+        if ex is not None and not ex.done:
+            ex.api.handler.on_client_paused(ex, False)
+            self.set_deadline(_UPSTREAM, ex.api.handler.timeout_s)
+
+    def data_received(self, data):
+        if self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except GatewayError as error:
+            self.reject(error)
+            return
+        except httptools.HttpParserUpgrade as upgrade:
+            # llhttp stops after a request carrying Upgrade (or CONNECT).  Upgrades are not
+            # proxied: the request was answered as a plain one, and what follows it on the wire
+            # is parsed as the next request by a fresh parser.
+            self._after_upgrade(data, upgrade)
+            return
+        except httptools.HttpParserError as exc:
+            self.reject(FramingError("Malformed HTTP request", f"parser: {exc}"))
+            return
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.limits.head_guard_bytes:
+                self.reject(TooLarge("Request headers too large", status=494))
+
+    def _after_upgrade(self, data, upgrade):
+        if self.parsing is not None and self.parsing.method == "CONNECT":
+            self.reject(FramingError("CONNECT is not supported", "CONNECT request"))
+            return
+        offset = upgrade.args[0] if upgrade.args else len(data)
+        self.parser = httptools.HttpRequestParser(self)
+        rest = data[offset:]
+        if rest:
+            self.data_received(rest)
+
+    def eof_received(self):
+        # A client that half-closes after sending its request still gets its answer when
+        # one is under way; otherwise the connection is done.
+        return self.current is not None and not self.current.done
+
+    # -- parser callbacks (raise GatewayError to stop parsing) -----------------------------
+    def on_message_begin(self):
+        self.in_head = True
+        self.head_bytes = 0
+        self.headers_size = 0
+        self.url = b""
+        self.headers = []
+        self.h_host = self.h_te = self.h_cl = self.h_expect = self.h_stage = None
+        if self.deadline_kind == _IDLE:
+            self.set_deadline(_HEAD, self.limits.head_timeout_s)
+
+    def on_url(self, url):
+        self.url += url
+        if len(self.url) > self.limits.max_uri_bytes:
+            raise TooLarge("Request URI too large", status=414)
+
+    def on_header(self, name, value):
+        size = len(name) + len(value)
+        limits = self.limits
+        if size > limits.max_header_bytes:
+            raise TooLarge("Request header too large", f"header {name[:64]!r}: {size} bytes", status=494)
+        self.headers_size += size
+        if self.headers_size > limits.max_headers_bytes or len(self.headers) >= limits.max_headers_count:
+            raise TooLarge("Request headers too large", status=494)
+        watched = _WATCHED.get(name.lower())
+        if watched is not None:
+            if watched == _H_HOST:
+                if self.h_host is not None:
+                    raise FramingError("Repeated Host header")
+                self.h_host = value
+            elif watched == _H_TE:
+                if self.h_te is not None:
+                    raise FramingError("Repeated Transfer-Encoding header")
+                self.h_te = value
+            elif watched == _H_CL:
+                if self.h_cl is not None:
+                    raise FramingError("Repeated Content-Length header")
+                self.h_cl = value
+            elif watched == _H_STAGE:
+                self.h_stage = value.strip()
+            else:
+                self.h_expect = value
+        self.headers.append((name, value))
+
+    def on_headers_complete(self):
+        self.in_head = False
+        parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise FramingError("Unsupported HTTP version", f"HTTP/{version}")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
+        worker = self.worker
+        ex = Exchange(self, method, self.url, self.headers, version,
+                      parser.should_keep_alive() and not self.draining, perf_counter())
+        ex.request_id = worker.next_request_id()
+        self.requests += 1
+        self._check_framing(ex)
+        self.parsing = ex
+        if self.current is None:
+            self.current = ex
+            self._start(ex)
+        else:
+            if len(self.pending) >= self.limits.max_pipelined:
+                raise FramingError("Too many pipelined requests")
+            ex.handler_state = []      # body chunks received before its turn
+            self.pending.append(ex)
+            self.pause_reading()
+
+    def _check_framing(self, ex):
+        """Refuse every request whose framing a backend could read differently."""
+        te = self.h_te
+        cl = self.h_cl
+        if te is not None:
+            if cl is not None:
+                raise FramingError("Both Content-Length and Transfer-Encoding")
+            if te.strip().lower() != b"chunked":
+                raise FramingError("Transfer-Encoding other than chunked is not supported",
+                                   f"Transfer-Encoding: {te[:64]!r}")
+            ex.chunked = True
+        elif cl is not None:
+            # llhttp has checked the digits; the limit is ours
+            length = int(cl)
+            if length > self.limits.max_body_bytes:
+                raise TooLarge("Request body too large", f"Content-Length {length}", status=413)
+            ex.content_length = length
+        host = self.h_host
+        target = self.url
+        if target[:1] != b"/":
+            host = self._absolute_form(ex, target, host)
+        else:
+            ex.raw_target = target
+        if host is None:
+            if ex.version == "1.1":
+                raise FramingError("Missing Host header")
+            host = b""
+        ex.host = host.decode("latin-1")
+        if self.h_expect is not None:
+            if self.h_expect.lower() != b"100-continue":
+                raise GatewayError("Unsupported Expect header", status=417)
+            ex.expect_continue = ex.version == "1.1"
+
+    def _absolute_form(self, ex, target, host):
+        lower = target[:8].lower()
+        if lower.startswith(b"http://"):
+            rest = target[7:]
+        elif lower.startswith(b"https://"):
+            rest = target[8:]
+        else:
+            raise FramingError("Malformed request target", f"target {target[:64]!r}")
+        slash = rest.find(b"/")
+        query = rest.find(b"?")
+        end = min(i for i in (slash, query, len(rest)) if i >= 0)
+        authority = rest[:end]
+        if not authority or b"@" in authority:
+            raise FramingError("Malformed request target", "absolute-form authority")
+        if host is not None and host.lower() != authority.lower():
+            raise FramingError("Request target authority does not match Host",
+                               f"authority {authority[:64]!r} host {host[:64]!r}")
+        path = rest[end:]
+        ex.raw_target = path if path[:1] == b"/" else b"/" + path
+        return authority
+
+    def on_body(self, chunk):
+        ex = self.parsing
+        if ex is None:
+            return
+        ex.body_received += len(chunk)
+        if ex.body_received > self.limits.max_body_bytes:
+            raise TooLarge("Request body too large", status=413)
+        if ex is self.current:
+            if not ex.done:
+                if self.deadline_kind == _BODY:  # the client is making progress
+                    self.set_deadline(_BODY, self.limits.body_timeout_s)
+                ex.api.handler.on_body(ex, chunk)
+        else:
+            ex.handler_state.append(chunk)
+
+    def on_message_complete(self):
+        ex = self.parsing
+        self.parsing = None
+        if ex is None:
+            return
+        ex.request_complete = True
+        if ex is self.current and not ex.done:
+            if self.deadline_kind == _BODY:
+                self.set_deadline(_NONE, 0)
+            ex.api.handler.on_request_end(ex)
+
+    # -- running exchanges ----------------------------------------------------------------
+    def _start(self, ex):
+        """Route the exchange and run its stages; then its backend handler takes over."""
+        queued_body = ex.handler_state
+        ex.handler_state = None
+        try:
+            self.worker.pipeline.enter(ex)
+        except GatewayError as error:
+            self.set_deadline(_NONE, 0)
+            ex.fail(error)
+            return
+        handler = ex.api.handler
+        if ex.expect_continue and not ex.request_complete:
+            self.write(_CONTINUE)
+        if ex.has_body and not ex.request_complete:
+            self.set_deadline(_BODY, self.limits.body_timeout_s)
+        else:
+            self.set_deadline(_NONE, 0)
+        handler.on_head(ex)
+        if queued_body and not ex.done:
+            for chunk in queued_body:
+                handler.on_body(ex, chunk)
+        if ex.request_complete and not ex.done:
+            handler.on_request_end(ex)
+
+    def exchange_finished(self, ex):
+        """Called once an exchange's response is fully written (or it was aborted)."""
+        if ex.done:
+            return
+        ex.done = True
+        self._account(ex)
+        if self.current is ex:
+            self.current = None
+        if self.closed:
+            return
+        if not ex.keep_alive:
+            self.close()
+            return
+        if self.deferred_error is not None:
+            error, self.deferred_error = self.deferred_error, None
+            self._write_error(error)
+            return
+        if self.pending:
+            nxt = self.pending.popleft()
+            self.current = nxt
+            if not self.pending:
+                # nothing else is queued: the request now answered may still need its body
+                self.resume_reading()
+            self._start(nxt)
+            return
+        self.resume_reading()
+        if self.parsing is None and not self.in_head:
+            self.set_deadline(_IDLE, self.limits.keepalive_timeout_s)
+
+    def abort_exchange(self, ex):
+        """The exchange cannot be answered properly any more: cut the connection."""
+        if not ex.done:
+            ex.done = True
+            self._account(ex, aborted=True)
+        if self.current is ex:
+            self.current = None
+        self.close()
+
+    def _account(self, ex, aborted=False):
+        try:
+            self.worker.observe(ex, aborted)
+        except Exception:  # observation must never break the data path
+            self.worker.log.exception("observing an exchange failed")
+
+    # -- errors ---------------------------------------------------------------------------
+    def reject(self, error):
+        """A protocol-level error: answer it (in order) and close the connection."""
+        error.close = True
+        self.in_head = False
+        self.pause_reading()
+        ex = self.parsing
+        if ex is not None and ex is self.current and not ex.done:
+            # the request being received is the one answered now: its answer is this error
+            self.parsing = None
+            if ex.api is not None:
+                ex.api.handler.on_abort(ex)
+            ex.fail(error)
+            return
+        self.parsing = None
+        if self.current is not None and not self.current.done:
+            self.deferred_error = error
+            self.pending.clear()
+            return
+        self._write_error(error)
+
+    def _write_error(self, error):
+        request_id = self.worker.next_request_id()
+        self.worker.count_protocol_error(error)
+        self.worker.log_protocol_error(self, error, request_id)
+        body = error_body(error, request_id)
+        head = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                b"X-Request-Id: %s\r\nConnection: close\r\n\r\n"
+                % (error.status, reason(error.status).encode(), len(body), request_id.encode()))
+        self.write(head + body)
+        self.close()
+
+    def log_error(self, ex, error):
+        self.worker.log_exchange_error(ex, error)
+
+    # -- I/O helpers ----------------------------------------------------------------------
+    def write(self, data):
+        if not self.closed:
+            self.transport.write(data)
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.worker.connections.discard(self)
+            self.transport.close()
+
+    def pause_reading(self):
+        if not self.reading_paused and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self):
+        if self.reading_paused and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def body_backpressure(self, paused):
+        """The backend cannot take the request body as fast as the client sends it."""
+        if paused:
+            self.pause_reading()
+        elif not self.pending:
+            self.resume_reading()
+
+    def set_deadline(self, kind, seconds):
+        self.deadline_kind = kind
+        self.deadline = self.worker.now + seconds if kind != _NONE else 0.0
+
+    def check_deadline(self, now):
+        """Called by the worker's sweep; acts when this connection's deadline has passed."""
+        if self.deadline == 0.0 or now < self.deadline or self.closed:
+            return
+        kind = self.deadline_kind
+        self.deadline_kind = _NONE
+        self.deadline = 0.0
+        ex = self.current
+        if kind == _UPSTREAM and ex is not None and not ex.done:
+            ex.api.handler.on_timeout(ex)
+        elif kind in (_HEAD, _BODY):
+            if ex is not None and not ex.done and ex.response_started:
+                self.abort_exchange(ex)
+            else:
+                self.reject(GatewayError("Request not received in time", status=408))
+        else:  # idle keep-alive, a client not reading its response, drain
+            if ex is not None and not ex.done:
+                ex.api.handler.on_abort(ex)
+                self.abort_exchange(ex)
+            self.close()
+
+    def start_drain(self):
+        """SIGTERM: finish what is under way, then close; close idle connections now."""
+        self.draining = True
+        if self.current is None and self.parsing is None and not self.in_head:
+            self.close()
+        elif self.current is not None:
+            self.current.keep_alive = False

@@ -1,0 +1,233 @@
+"""Connections to backends and the keep-alive pool that holds them.
+
+An :class:`UpstreamConnection` carries one request at a time for its ``owner`` (the backend
+call, see :mod:`gateway.backends.http`), parses the response with httptools and tells the owner
+what happened.  The pool keeps idle connections per backend address, most recently used first,
+so warm connections are reused and cold ones age out; the worker's sweep closes the ones idle
+longer than the limit.  A connection the backend closed while idle leaves the pool at once (its
+``connection_lost`` fires), which narrows the keep-alive race; the backend call covers the rest
+by replaying a safe request on a fresh connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httptools
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("pool", "key", "transport", "parser", "owner", "headers", "uses", "idle_since",
+                 "got_bytes", "closed", "interim", "skip_body", "eof_body", "reading_paused")
+
+    def __init__(self, pool, key):
+        self.pool = pool
+        self.key = key
+        self.transport = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.owner = None
+        self.headers = []
+        self.uses = 0                # requests sent on this connection so far
+        self.idle_since = 0.0
+        self.got_bytes = False       # any byte of the current response received
+        self.closed = False
+        self.interim = False         # the response being parsed is a 1xx
+        self.skip_body = False       # the current request was HEAD: the response has no body
+        self.eof_body = False        # the current response's body ends when the backend closes
+        self.reading_paused = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.pool.opened += 1
+
+    def connection_lost(self, exc):
+        was_closed = self.closed
+        self.closed = True
+        if not was_closed:
+            self.pool.opened -= 1
+        self.pool.forget(self)
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            if self.eof_body and self.got_bytes and not self.interim:
+                owner.upstream_done(self, reusable=False)
+            else:
+                owner.upstream_lost(self, exc)
+
+    def eof_received(self):
+        return False  # close our side too; connection_lost follows
+
+    def pause_writing(self):
+        # the backend reads the request body slower than the client sends it
+        owner = self.owner
+        if owner is not None:
+            owner.ex.conn.body_backpressure(True)
+
+    def resume_writing(self):
+        owner = self.owner
+        if owner is not None:
+            owner.ex.conn.body_backpressure(False)
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.pool.opened -= 1
+            self.pool.forget(self)
+            self.owner = None
+            self.transport.close()
+
+    # -- sending ------------------------------------------------------------------------------
+    def send(self, owner, data, skip_body):
+        """Start a request on this connection for ``owner``; ``data`` is the head (and body)."""
+        self.owner = owner
+        self.uses += 1
+        self.got_bytes = False
+        self.interim = False
+        self.eof_body = False
+        self.skip_body = skip_body
+        self.headers = []
+        self.transport.write(data)
+
+    def write(self, data):
+        if not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self, paused):
+        if self.closed or paused == self.reading_paused:
+            return
+        self.reading_paused = paused
+        if paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    # -- receiving ----------------------------------------------------------------------------
+    def data_received(self, data):
+        owner = self.owner
+        if owner is None:
+            # bytes from a backend with no request outstanding: it is confused; drop it
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.owner = None
+            self.close()
+            owner.upstream_bad_response(self, f"invalid response: {exc}")
+
+    def on_header(self, name, value):
+        self.headers.append((name, value))
+
+    def on_headers_complete(self):
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200:
+            # 1xx (100 Continue, 103 Early Hints): interim, not forwarded; the final follows
+            self.interim = True
+            self.headers = []
+            return
+        self.interim = False
+        owner = self.owner
+        if owner is None:
+            return
+        headers = self.headers
+        self.headers = []
+        framed = owner.upstream_head(self, status, headers, parser.should_keep_alive())
+        self.eof_body = not framed and not self.skip_body and status not in (204, 304)
+        if self.skip_body and self.owner is owner:
+            # a response to HEAD has no body whatever its Content-Length says; llhttp does not
+            # know the request method, so end the message here and start a fresh parser
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish(owner, parser.should_keep_alive())
+
+    def on_body(self, chunk):
+        owner = self.owner
+        if owner is not None and not self.interim:
+            owner.upstream_body(chunk)
+
+    def on_message_complete(self):
+        if self.interim:
+            self.interim = False
+            return
+        owner = self.owner
+        if owner is not None:
+            self._finish(owner, self.parser.should_keep_alive())
+
+    def _finish(self, owner, keep_alive):
+        self.owner = None
+        self.eof_body = False
+        owner.upstream_done(self, reusable=keep_alive)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per backend address ``(host, port)``."""
+
+    def __init__(self, loop, limits):
+        self.loop = loop
+        self.limits = limits
+        self.idle: dict[tuple, list] = {}
+        self.opened = 0          # connections open now (idle + busy), for the metrics
+
+    def take(self, key):
+        """An idle connection to ``key`` or None.  Most recently used first."""
+        conns = self.idle.get(key)
+        while conns:
+            conn = conns.pop()
+            if not conn.closed and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def give_back(self, conn, now):
+        if conn.closed or conn.transport.is_closing():
+            return
+        conns = self.idle.get(conn.key)
+        if conns is None:
+            conns = self.idle[conn.key] = []
+        if len(conns) >= self.limits.upstream_max_idle_per_backend:
+            conn.close()
+            return
+        if conn.reading_paused:
+            conn.pause_reading(False)
+        conn.idle_since = now
+        conns.append(conn)
+
+    def forget(self, conn):
+        conns = self.idle.get(conn.key)
+        if conns:
+            try:
+                conns.remove(conn)
+            except ValueError:
+                pass
+
+    async def connect(self, key):
+        host, port = key
+        _transport, conn = await asyncio.wait_for(
+            self.loop.create_connection(lambda: UpstreamConnection(self, key), host, port),
+            self.limits.upstream_connect_timeout_s)
+        return conn
+
+    def sweep(self, now):
+        """Close connections idle longer than the limit (called by the worker's sweep)."""
+        limit = self.limits.upstream_idle_timeout_s
+        for conns in self.idle.values():
+            # oldest first: the list is ordered by the time they were given back
+            while conns and now - conns[0].idle_since > limit:
+                conns.pop(0).close()
+
+    @property
+    def idle_count(self):
+        return sum(len(c) for c in self.idle.values())
+
+    def close_all(self):
+        for conns in list(self.idle.values()):
+            for conn in list(conns):
+                conn.close()
+        self.idle.clear()

@@ -1,0 +1,328 @@
+"""The gateway's master process: starts and watches the workers, reloads, serves status.
+
+* Workers are fresh interpreters (``python -m gateway.worker``), never forks of a process with a
+  running event loop; each binds the listen port itself (SO_REUSEPORT).  A worker that dies is
+  started again (at most once a second).
+* The configuration is validated here first: a bad file at start stops the gateway with the
+  errors; a bad file on reload is refused with the reason logged, and the workers keep serving
+  the old one.  A good one is applied by SIGHUP to every worker, each of which swaps its
+  snapshot atomically.  Reload triggers: SIGHUP to the master, or a change of the file (polled
+  every ``watch_interval_s``; mtime, size and inode).
+* SIGTERM/SIGINT: the workers drain and exit, then the master exits.
+* The status listener (``/metrics``, ``/healthz``, ``/readyz``) runs here, on metric totals the
+  workers push (see :mod:`gateway.metrics`).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import httptools
+import msgspec
+import uvloop
+from prometheus_client import CollectorRegistry, generate_latest
+
+import fastpath
+
+from .config import ConfigError, load_document
+from .metrics import ClusterCollector
+from .snapshot import compile_snapshot
+from .worker import WorkerSettings
+
+log = logging.getLogger("tollgate.gateway")
+
+
+class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
+    config: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    status_host: str = "127.0.0.1"
+    status_port: int = 9091
+    workers: int = 1
+    access_log: str | None = None
+    watch_interval_s: float = 1.0
+    worker: WorkerSettings | None = None   # template for the workers' settings
+
+
+def validate_file(path):
+    """Load and compile without serving: return (version, bytes) or raise ConfigError/OSError."""
+    with open(path, "rb") as f:
+        data = f.read()
+    doc = load_document(path)
+    return compile_snapshot(doc, runtime=None).version, data
+
+
+class WorkerProcess:
+    def __init__(self, index):
+        self.index = index
+        self.proc = None
+        self.pid = 0
+        self.ready = False
+        self.version = ""
+        self.started_at = 0.0
+
+
+class Master:
+    def __init__(self, settings: GatewaySettings, loop):
+        self.settings = settings
+        self.loop = loop
+        self.workers = [WorkerProcess(i) for i in range(settings.workers)]
+        self.collector = ClusterCollector(self)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.config_version = ""
+        self.implementation = fastpath.IMPLEMENTATION
+        self.stopping = False
+        self._stat = None
+        self._done = loop.create_future()
+        self._status_server = None
+
+    # -- workers ---------------------------------------------------------------------------------
+    def _spawn(self, wp: WorkerProcess):
+        read_fd, write_fd = os.pipe()
+        s = self.settings
+        settings = msgspec.structs.replace(
+            s.worker or WorkerSettings(config=s.config, host=s.host, port=s.port),
+            config=s.config, host=s.host, port=s.port, index=wp.index,
+            access_log=s.access_log, channel_fd=write_fd)
+        wp.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.worker", msgspec.json.encode(settings).decode()],
+            pass_fds=(write_fd,), close_fds=True)
+        os.close(write_fd)
+        wp.pid = wp.proc.pid
+        wp.ready = False
+        wp.started_at = time.monotonic()
+        reader = os.fdopen(read_fd, "rb", buffering=0)
+        self.loop.create_task(self._read_channel(wp, wp.pid, reader))
+
+    async def _read_channel(self, wp, pid, reader):
+        stream = asyncio.StreamReader(limit=64 * 1024 * 1024)
+        await self.loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), reader)
+        decoder = msgspec.msgpack.Decoder()
+        try:
+            while True:
+                size = struct.unpack("!I", await stream.readexactly(4))[0]
+                message = decoder.decode(await stream.readexactly(size))
+                self._on_message(wp, pid, message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            reader.close()
+
+    def _on_message(self, wp, pid, message):
+        kind = message.get("t")
+        if kind == "metrics":
+            self.collector.update(pid, message)
+        elif kind == "ready":
+            wp.ready = True
+            wp.version = message["version"]
+            log.info("worker %d (pid %d) ready, config %s, fastpath %s", wp.index, pid,
+                     wp.version, message.get("implementation"))
+        elif kind == "reload":
+            if message["ok"]:
+                wp.version = message["version"]
+
+    async def _watch_workers(self):
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+            for wp in self.workers:
+                if wp.proc is None or wp.proc.poll() is None:
+                    continue
+                code = wp.proc.returncode
+                self.collector.retire(wp.pid)
+                if self.stopping:
+                    break
+                log.error("worker %d (pid %d) exited with %s; starting it again", wp.index,
+                          wp.pid, code)
+                wp.proc = None
+                delay = max(0.0, 1.0 - (time.monotonic() - wp.started_at))
+                self.loop.call_later(delay, self._respawn, wp)
+
+    def _respawn(self, wp):
+        if not self.stopping and wp.proc is None:
+            self._spawn(wp)
+
+    def _signal_workers(self, sig):
+        for wp in self.workers:
+            if wp.proc is not None and wp.proc.poll() is None:
+                try:
+                    os.kill(wp.proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    # -- configuration ---------------------------------------------------------------------------
+    def reload(self, reason):
+        try:
+            version, _data = validate_file(self.settings.config)
+        except (ConfigError, OSError) as exc:
+            self.reloads_failed += 1
+            log.error("reload (%s) refused, still serving config %s:\n%s", reason,
+                      self.config_version, exc)
+            return
+        if version == self.config_version:
+            return
+        self.reloads_ok += 1
+        log.info("reload (%s): config %s -> %s", reason, self.config_version, version)
+        self.config_version = version
+        self._signal_workers(signal.SIGHUP)
+
+    def _file_state(self):
+        try:
+            st = os.stat(self.settings.config)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def _watch_file(self):
+        self._stat = self._file_state()
+        while not self.stopping:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            state = self._file_state()
+            if state is not None and state != self._stat:
+                self._stat = state
+                self.reload("file changed")
+
+    # -- status listener ------------------------------------------------------------------------
+    @property
+    def healthy(self):
+        return any(wp.ready and wp.proc is not None and wp.proc.poll() is None for wp in self.workers)
+
+    @property
+    def ready(self):
+        return not self.stopping and all(wp.ready and wp.proc is not None for wp in self.workers)
+
+    def status_response(self, method, path):
+        if method not in (b"GET", b"HEAD"):
+            return 405, b"text/plain", b"method not allowed\n"
+        path = path.split(b"?", 1)[0]
+        if path == b"/metrics":
+            return 200, b"text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
+        if path == b"/healthz":
+            ok = self.healthy
+            return (200 if ok else 503), b"text/plain", b"ok\n" if ok else b"no worker serving\n"
+        if path == b"/readyz":
+            ok = self.ready
+            body = msgspec.json.encode({"ready": ok, "config_version": self.config_version,
+                                        "workers": [{"pid": w.pid, "ready": w.ready,
+                                                     "config_version": w.version}
+                                                    for w in self.workers]})
+            return (200 if ok else 503), b"application/json", body
+        return 404, b"text/plain", b"not found\n"
+
+    # -- running -------------------------------------------------------------------------------
+    async def run(self):
+        version, _ = validate_file(self.settings.config)
+        self.config_version = version
+        s = self.settings
+        self._status_server = await self.loop.create_server(
+            lambda: StatusProtocol(self), s.status_host, s.status_port)
+        for wp in self.workers:
+            self._spawn(wp)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stop)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+        log.info("tollgate gateway: %d worker(s) on %s:%d, status on %s:%d, config %s, fastpath %s",
+                 s.workers, s.host, s.port, s.status_host, s.status_port, version,
+                 fastpath.IMPLEMENTATION)
+        watchers = [self.loop.create_task(self._watch_workers()),
+                    self.loop.create_task(self._watch_file())]
+        await self._done
+        for task in watchers:
+            task.cancel()
+
+    def stop(self):
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping: draining workers")
+        self._signal_workers(signal.SIGTERM)
+        self.loop.create_task(self._wait_workers())
+
+    async def _wait_workers(self):
+        limit = (self.settings.worker.limits.drain_timeout_s if self.settings.worker else 30.0) + 5.0
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if all(wp.proc is None or wp.proc.poll() is not None for wp in self.workers):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            log.error("workers did not stop in time; killing them")
+            self._signal_workers(signal.SIGKILL)
+        if self._status_server is not None:
+            self._status_server.close()
+        self._done.set_result(None)
+
+
+class StatusProtocol(asyncio.Protocol):
+    """A minimal HTTP/1.1 listener for the status endpoints: one request, then close."""
+
+    MAX_REQUEST = 16 * 1024
+
+    def __init__(self, master):
+        self.master = master
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.size = 0
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.timer = asyncio.get_running_loop().call_later(10.0, transport.close)
+
+    def connection_lost(self, exc):
+        self.timer.cancel()
+
+    def data_received(self, data):
+        self.size += len(data)
+        try:
+            if self.size > self.MAX_REQUEST:
+                raise httptools.HttpParserError("request too large")
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            self.transport.close()
+
+    def on_url(self, url):
+        self.url += url
+
+    def on_message_complete(self):
+        method = self.parser.get_method()
+        status, ctype, body = self.master.status_response(method, self.url)
+        head = (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                % (status, b"OK" if status == 200 else b"Error", ctype, len(body)))
+        self.transport.write(head + (b"" if method == b"HEAD" else body))
+        self.transport.close()
+
+
+def run_gateway(settings: GatewaySettings) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s master[{os.getpid()}] %(levelname)s %(message)s")
+    try:
+        validate_file(settings.config)
+    except ConfigError as exc:
+        print(f"tollgate: {settings.config}: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"tollgate: cannot read {settings.config}: {exc}", file=sys.stderr)
+        return 2
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    master = Master(settings, loop)
+    try:
+        loop.run_until_complete(master.run())
+    except OSError as exc:
+        print(f"tollgate: {exc}", file=sys.stderr)
+        master.stopping = True
+        master._signal_workers(signal.SIGTERM)
+        return 1
+    finally:
+        loop.close()
+    return 0

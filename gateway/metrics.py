@@ -1,0 +1,201 @@
+"""Metrics: aggregated in each worker at a cost of a few increments per request, exported by
+the master at scrape time.
+
+Labelled prometheus-client children cost microseconds per update and, in multiprocess mode, a
+file write; the hot path instead bumps plain counters held by the CompiledApi it already has
+(:class:`ApiStats`).  Each worker sends its totals to the master every ``push_interval`` seconds
+(:meth:`WorkerMetrics.export`); the master's :class:`ClusterCollector` merges the workers' latest
+totals (plus those of workers that have exited, so counters never go backwards) when Prometheus
+scrapes.  Scraped figures are therefore at most one push interval old.
+
+Labels never hold unbounded values: api and environment names come from the configuration,
+status is a class (2xx ...), code is a ROMA code.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+from time import perf_counter
+
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STATUS_CLASSES = ("aborted", "1xx", "2xx", "3xx", "4xx", "5xx")
+UNROUTED = ("", "")   # requests answered before an API was found (404, malformed, limits)
+
+
+class ApiStats:
+    """Per (api, env) totals of one worker.  Lives across reloads: counters never reset."""
+
+    __slots__ = ("counts", "duration", "duration_sum", "upstream", "upstream_sum")
+
+    def __init__(self):
+        self.counts = [0] * len(STATUS_CLASSES)
+        self.duration = [0] * (len(BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self.upstream = [0] * (len(BUCKETS) + 1)
+        self.upstream_sum = 0.0
+
+    def observe(self, status_index, duration, upstream):
+        self.counts[status_index] += 1
+        self.duration[bisect_left(BUCKETS, duration)] += 1
+        self.duration_sum += duration
+        if upstream >= 0.0:
+            self.upstream[bisect_left(BUCKETS, upstream)] += 1
+            self.upstream_sum += upstream
+
+    def as_list(self):
+        return [self.counts, self.duration, self.duration_sum, self.upstream, self.upstream_sum]
+
+
+class WorkerMetrics:
+    def __init__(self, implementation):
+        self.apis: dict[tuple, ApiStats] = {}
+        self.errors: dict[str, int] = {}
+        self.implementation = implementation
+        self.unrouted = self.api_stats(*UNROUTED)
+
+    def api_stats(self, api, env) -> ApiStats:
+        stats = self.apis.get((api, env))
+        if stats is None:
+            stats = self.apis[(api, env)] = ApiStats()
+        return stats
+
+    def observe(self, ex, aborted):
+        status = ex.status
+        index = 0 if aborted or status == 0 else min(status // 100, 5)
+        api = ex.api
+        stats = api.stats if api is not None and api.stats is not None else self.unrouted
+        stats.observe(index, perf_counter() - ex.started, ex.upstream_elapsed)
+        if ex.error_code:
+            self.count_error(ex.error_code)
+
+    def count_error(self, code):
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+    def export(self, worker) -> dict:
+        in_flight = sum(1 for c in worker.connections if c.current is not None) + sum(
+            len(c.pending) for c in worker.connections)
+        return {
+            "apis": [[api, env, *stats.as_list()] for (api, env), stats in self.apis.items()],
+            "errors": self.errors,
+            "in_flight": in_flight,
+            "connections": len(worker.connections),
+            "pool_open": worker.pool.opened,
+            "pool_idle": worker.pool.idle_count,
+            "config_version": worker.snapshot.version if worker.snapshot else "",
+            "implementation": self.implementation,
+        }
+
+
+def _merge_counts(into: list, add: list):
+    for i, v in enumerate(add):
+        into[i] += v
+
+
+class ClusterCollector:
+    """prometheus-client collector over the latest totals of every worker (master side)."""
+
+    def __init__(self, master):
+        self.master = master
+        self.latest: dict[int, dict] = {}     # worker pid -> its latest export
+        self.retired: dict = {"apis": {}, "errors": {}}
+
+    def update(self, pid, export):
+        self.latest[pid] = export
+
+    def retire(self, pid):
+        """A worker exited: keep its counters so totals stay monotonic."""
+        export = self.latest.pop(pid, None)
+        if export is None:
+            return
+        self._fold(self.retired, export)
+
+    def _fold(self, acc, export):
+        for api, env, counts, dur, dsum, up, usum in export["apis"]:
+            cur = acc["apis"].get((api, env))
+            if cur is None:
+                acc["apis"][(api, env)] = [list(counts), list(dur), dsum, list(up), usum]
+            else:
+                _merge_counts(cur[0], counts)
+                _merge_counts(cur[1], dur)
+                cur[2] += dsum
+                _merge_counts(cur[3], up)
+                cur[4] += usum
+        for code, n in export["errors"].items():
+            acc["errors"][code] = acc["errors"].get(code, 0) + n
+
+    def collect(self):
+        acc = {"apis": {k: [list(v[0]), list(v[1]), v[2], list(v[3]), v[4]]
+                        for k, v in self.retired["apis"].items()},
+               "errors": dict(self.retired["errors"])}
+        in_flight = connections = pool_open = pool_idle = 0
+        implementations = set()
+        for export in self.latest.values():
+            self._fold(acc, export)
+            in_flight += export["in_flight"]
+            connections += export["connections"]
+            pool_open += export["pool_open"]
+            pool_idle += export["pool_idle"]
+            implementations.add(export["implementation"])
+
+        requests = CounterMetricFamily("tollgate_requests", "Requests answered, by API, environment "
+                                       "and status class (aborted: the connection was cut)",
+                                       labels=["api", "env", "status"])
+        duration = HistogramMetricFamily("tollgate_request_duration_seconds",
+                                         "Time from request head to end of response",
+                                         labels=["api", "env"])
+        upstream = HistogramMetricFamily("tollgate_upstream_duration_seconds",
+                                         "Time from sending to a backend to its response head",
+                                         labels=["api", "env"])
+        for (api, env), (counts, dur, dsum, up, usum) in sorted(acc["apis"].items()):
+            for cls, n in zip(STATUS_CLASSES, counts):
+                if n:
+                    requests.add_metric([api, env, cls], n)
+            if sum(dur):
+                duration.add_metric([api, env], _buckets(dur), dsum)
+            if sum(up):
+                upstream.add_metric([api, env], _buckets(up), usum)
+        yield requests
+        yield duration
+        yield upstream
+        errors = CounterMetricFamily("tollgate_errors", "Errors answered by the gateway, by ROMA code",
+                                     labels=["code"])
+        for code, n in sorted(acc["errors"].items()):
+            errors.add_metric([code], n)
+        yield errors
+        yield GaugeMetricFamily("tollgate_in_flight_requests", "Requests being answered now",
+                                value=in_flight)
+        yield GaugeMetricFamily("tollgate_client_connections", "Open client connections",
+                                value=connections)
+        pool = GaugeMetricFamily("tollgate_upstream_pool_connections",
+                                 "Connections to backends, by state", labels=["state"])
+        pool.add_metric(["idle"], pool_idle)
+        pool.add_metric(["busy"], max(pool_open - pool_idle, 0))
+        yield pool
+        master = self.master
+        reloads = CounterMetricFamily("tollgate_config_reloads", "Configuration reloads, by result",
+                                      labels=["result"])
+        reloads.add_metric(["ok"], master.reloads_ok)
+        reloads.add_metric(["error"], master.reloads_failed)
+        yield reloads
+        version = GaugeMetricFamily("tollgate_config_version_info",
+                                    "The live configuration (content hash)", labels=["version"])
+        version.add_metric([master.config_version], 1)
+        yield version
+        yield GaugeMetricFamily("tollgate_workers", "Worker processes serving",
+                                value=len(self.latest))
+        impl = GaugeMetricFamily("tollgate_fastpath_info", "Which fastpath implementation is live",
+                                 labels=["implementation"])
+        for name in sorted(implementations or {master.implementation}):
+            impl.add_metric([name], 1)
+        yield impl
+
+
+def _buckets(counts):
+    out = []
+    total = 0
+    for bound, n in zip(BUCKETS + (float("inf"),), counts):
+        total += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+    return out

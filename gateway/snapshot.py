@@ -1,0 +1,121 @@
+"""Compile a configuration document into the immutable snapshot the data plane serves from.
+
+The snapshot holds the router index and, per (API, environment), a :class:`CompiledApi` with
+everything the hot path needs already resolved: variables substituted, backend address parsed,
+the stage list built, the metrics child looked up.  Nothing on the hot path parses config or
+scans a list.  A reload builds a whole new snapshot and swaps one reference; exchanges in flight
+keep the CompiledApi they started with.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+import msgspec
+
+from fastpath import RouteConflict, Router
+
+from .backends.http import BackendConfigError, HttpBackend
+from .backends.mock import MockBackend
+from .config import ConfigError, Document
+
+_VARIABLE = re.compile(r"#([A-Za-z][A-Za-z0-9_-]{2,31})#")
+
+
+class CompiledApi:
+    """One API as served in one environment."""
+
+    __slots__ = ("name", "env", "group", "handler", "stages", "stats")
+
+    def __init__(self, name, env, group, handler, stages, stats):
+        self.name = name
+        self.env = env
+        self.group = group
+        self.handler = handler
+        self.stages = stages      # tuple of callables stage(ex), run in order; may raise
+        self.stats = stats        # the metrics of this (api, env), or None when only validating
+
+    def __repr__(self):
+        return f"<CompiledApi {self.name}@{self.env}>"
+
+
+class Snapshot:
+    __slots__ = ("router", "apis", "version", "document")
+
+    def __init__(self, router, apis, version, document):
+        self.router = router
+        self.apis = apis          # {(api name, env): CompiledApi}
+        self.version = version    # content hash of the document: which config is live
+        self.document = document
+
+
+def document_version(doc: Document) -> str:
+    return hashlib.sha256(msgspec.json.encode(doc)).hexdigest()[:12]
+
+
+def compile_snapshot(doc: Document, runtime=None) -> Snapshot:
+    """Build the snapshot; ``runtime`` (the worker) is None when only validating.
+
+    Raises ConfigError naming the path of every problem found.
+    """
+    errors = []
+    groups = {g.name: g for g in doc.groups}
+    router = Router()
+    apis = {}
+    owner = {}
+    for index, api in enumerate(doc.apis):
+        where = f"apis[{index}]"
+        group = groups.get(api.group)
+        if group is None:
+            errors.append(f"{where}.group: unknown group {api.group!r}")
+            continue
+        hosts = tuple(sorted({d.lower().rstrip(".") for d in group.domains}))
+        for env in api.environments:
+            try:
+                handler = _backend(api, env, group, runtime)
+            except (BackendConfigError, ValueError) as exc:
+                errors.append(f"{where}.backend: {exc} (environment {env})")
+                continue
+            stats = runtime.metrics.api_stats(api.name, env) if runtime is not None else None
+            compiled = CompiledApi(api.name, env, api.group, handler, (), stats)
+            try:
+                router.add(env, hosts, api.method, api.path, api.match_mode, compiled)
+            except RouteConflict as exc:
+                other = exc.first
+                errors.append(f"{where}.path: {api.method} {api.path} conflicts with API "
+                              f"{other.name!r} in environment {env}")
+                continue
+            except ValueError as exc:
+                errors.append(f"{where}.path: {exc}")
+                break
+            apis[(api.name, env)] = compiled
+            owner[(api.name, env)] = index
+    if errors:
+        raise ConfigError(errors)
+    router.freeze()
+    return Snapshot(router, apis, document_version(doc), doc)
+
+
+def _backend(api, env, group, runtime):
+    backend = api.backend
+    if backend.type == "mock":
+        mock = backend.mock
+        if mock is None:
+            raise BackendConfigError("a mock backend needs 'mock'")
+        return MockBackend(mock.status, dict(mock.headers), mock.body)
+    if backend.type == "http":
+        if backend.url is None:
+            raise BackendConfigError("an http backend needs 'url'")
+        variables = group.variables.get(env, {})
+
+        def substitute(match):
+            name = match.group(1)
+            if name not in variables:
+                raise BackendConfigError(f"variable #{name}# is not defined for environment {env}")
+            return variables[name]
+
+        url = _VARIABLE.sub(substitute, backend.url)
+        method = backend.method or api.method
+        return HttpBackend(runtime, url, method, backend.timeout_ms, backend.retries,
+                           backend.host_header, prefix=api.match_mode == "prefix")
+    raise BackendConfigError(f"backend type {backend.type!r} is not supported yet")

@@ -1,0 +1,249 @@
+"""A gateway worker process: one uvloop event loop serving client connections.
+
+Started by the master (:mod:`gateway.master`) as ``python -m gateway.worker SETTINGS_JSON``.
+Each worker binds the listen address itself with SO_REUSEPORT, so the kernel spreads
+connections over the workers.  It talks to the master over one pipe (``channel_fd``): frames of
+msgpack carrying ``ready``, ``reload`` results and periodic metric totals.
+
+Signals: SIGHUP reloads the configuration file (a bad file is refused and the old snapshot keeps
+serving); SIGTERM or SIGINT drains: stop accepting, let in-flight exchanges finish (up to
+``drain_timeout_s``), close, exit.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+
+import msgspec
+import uvloop
+
+import fastpath
+
+from .accesslog import AccessLog
+from .config import ConfigError, load_document
+from .http.limits import Limits
+from .http.server import ClientConnection
+from .http.upstream import UpstreamPool
+from .metrics import WorkerMetrics
+from .pipeline import Pipeline
+from .snapshot import compile_snapshot
+
+log = logging.getLogger("tollgate.gateway")
+
+
+class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    config: str
+    host: str
+    port: int
+    index: int = 0
+    access_log: str | None = None
+    channel_fd: int = -1
+    push_interval_s: float = 0.5
+    limits: Limits = Limits()
+
+
+class Worker:
+    """The state shared by every connection of one worker process."""
+
+    def __init__(self, settings: WorkerSettings, loop):
+        self.settings = settings
+        self.loop = loop
+        self.limits = settings.limits
+        self.log = log
+        self.now = loop.time()
+        self.connections: set = set()
+        self.draining = False
+        self.pool = UpstreamPool(loop, self.limits)
+        self.metrics = WorkerMetrics(fastpath.IMPLEMENTATION)
+        self.pipeline = Pipeline(self)
+        self.snapshot = None
+        self.config_bytes = b""
+        self.access_log = AccessLog(settings.access_log) if settings.access_log else None
+        self._rid_prefix = os.urandom(8).hex()
+        self._rid_counter = 0
+        self._tasks: set = set()
+        self._channel = None
+        self._server = None
+        self._stopped = loop.create_future()
+
+    # -- services for connections and handlers ------------------------------------------------
+    def next_request_id(self) -> str:
+        """32 hex characters, unique: a random per-process prefix and a counter."""
+        self._rid_counter += 1
+        return f"{self._rid_prefix}{self._rid_counter:016x}"
+
+    def spawn(self, coro):
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task):
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task failed", exc_info=task.exception())
+
+    def observe(self, ex, aborted):
+        from time import perf_counter
+        self.metrics.observe(ex, aborted)
+        if self.access_log is not None:
+            self.access_log.log(ex, perf_counter() - ex.started, aborted)
+
+    def count_protocol_error(self, error):
+        self.metrics.count_error(error.code)
+
+    def log_protocol_error(self, conn, error, request_id):
+        log.info("rejected request from %s: %s %s (%s) request_id=%s", conn.client_ip,
+                 error.status, error.message, error.detail, request_id)
+
+    def log_exchange_error(self, ex, error):
+        if error.status >= 500:
+            log.warning("%s %s %s -> %s %s: %s request_id=%s", ex.client_ip, ex.method,
+                        ex.path, error.status, error.code, error.detail, ex.request_id)
+
+    # -- configuration ------------------------------------------------------------------------
+    def load(self, initial: bool) -> bool:
+        path = self.settings.config
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            self._config_failed(f"cannot read {path}: {exc}", initial)
+            return False
+        if data == self.config_bytes:
+            return True
+        try:
+            doc = load_document(path)
+            snapshot = compile_snapshot(doc, runtime=self)
+        except ConfigError as exc:
+            self._config_failed(f"{path}: invalid configuration:\n{exc}", initial)
+            return False
+        self.snapshot = snapshot          # the atomic swap: one reference
+        self.config_bytes = data
+        if not initial:
+            log.info("worker %d: configuration %s is live", self.settings.index, snapshot.version)
+            self.send({"t": "reload", "ok": True, "version": snapshot.version})
+        return True
+
+    def _config_failed(self, reason, initial):
+        log.error("worker %d: %s", self.settings.index, reason)
+        if not initial:
+            self.send({"t": "reload", "ok": False, "error": reason})
+
+    # -- the master channel ---------------------------------------------------------------------
+    def send(self, message: dict):
+        if self._channel is not None and not self._channel.is_closing():
+            payload = msgspec.msgpack.encode(message)
+            self._channel.write(struct.pack("!I", len(payload)) + payload)
+
+    def push_metrics(self):
+        if self.snapshot is not None:
+            self.send({"t": "metrics", **self.metrics.export(self)})
+
+    # -- running --------------------------------------------------------------------------------
+    def listen_socket(self) -> socket.socket:
+        host, port = self.settings.host, self.settings.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+        return sock
+
+    async def serve(self):
+        if not self.load(initial=True):
+            raise SystemExit(2)
+        if self.settings.channel_fd >= 0:
+            self._channel, _ = await self.loop.connect_write_pipe(
+                asyncio.Protocol, os.fdopen(self.settings.channel_fd, "wb", buffering=0))
+        sock = self.listen_socket()
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), sock=sock, backlog=4096)
+        self.loop.add_signal_handler(signal.SIGHUP, self.load, False)
+        self.loop.add_signal_handler(signal.SIGTERM, self.drain)
+        self.loop.add_signal_handler(signal.SIGINT, self.drain)
+        log.info("worker %d serving on %s:%d, config %s, fastpath %s", self.settings.index,
+                 self.settings.host, self.settings.port, self.snapshot.version,
+                 fastpath.IMPLEMENTATION)
+        self.send({"t": "ready", "version": self.snapshot.version, "pid": os.getpid(),
+                   "implementation": fastpath.IMPLEMENTATION})
+        self.push_metrics()
+        ticker = self.spawn(self._tick())
+        try:
+            await self._stopped
+        finally:
+            ticker.cancel()
+            self.pool.close_all()
+            self.push_metrics()
+            if self.access_log is not None:
+                self.access_log.close()
+            if self._channel is not None:
+                self._channel.close()
+                await asyncio.sleep(0)
+
+    async def _tick(self):
+        """The worker's clock: deadlines, pool aging, log flushing, metric pushes."""
+        limits = self.limits
+        tick = limits.tick_s
+        next_slow = 0.0
+        next_push = 0.0
+        while True:
+            await asyncio.sleep(tick)
+            now = self.now = self.loop.time()
+            for conn in list(self.connections):
+                if conn.deadline:
+                    conn.check_deadline(now)
+            if now >= next_slow:
+                next_slow = now + 1.0
+                self.pool.sweep(now)
+            if self.access_log is not None:
+                self.access_log.flush()
+            if now >= next_push:
+                next_push = now + self.settings.push_interval_s
+                self.push_metrics()
+            if self.draining and not self.connections:
+                self._finish()
+            if os.getppid() == 1 and self.settings.channel_fd >= 0:
+                log.error("worker %d: the master is gone; draining", self.settings.index)
+                self.drain()
+
+    def drain(self):
+        if self.draining:
+            return
+        self.draining = True
+        log.info("worker %d draining (%d connections)", self.settings.index, len(self.connections))
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.start_drain()
+        self.loop.call_later(self.limits.drain_timeout_s, self._finish)
+        if not self.connections:
+            self._finish()
+
+    def _finish(self):
+        if not self._stopped.done():
+            self._stopped.set_result(None)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    settings = msgspec.json.decode(argv[0].encode(), type=WorkerSettings)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    worker = Worker(settings, loop)
+    try:
+        loop.run_until_complete(worker.serve())
+    finally:
+        loop.close()
+
+
+if __name__ == "__main__":
+    main()

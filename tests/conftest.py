@@ -1,0 +1,48 @@
+"""Shared fixtures: a real backend, the real gateway process, free ports."""
+from __future__ import annotations
+
+import pytest
+
+from tests.support.backend import Backend
+from tests.support.gateway import GatewayProcess
+
+
+@pytest.fixture
+def backend():
+    b = Backend().start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def make_gateway(tmp_path):
+    """Start gateways with ``make_gateway(config_dict, workers=1, access_log=None)``."""
+    started = []
+
+    def make(config, **kwargs):
+        gw = GatewayProcess(config, tmp_path, **kwargs)
+        started.append(gw)
+        return gw.start()
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+def proxy_config(backend_address: str, **backend_options) -> dict:
+    """A document with a prefix API '/' to the backend and a mock API '/mock'."""
+    return {
+        "version": 1,
+        "environments": [{"name": "TEST"}],
+        "groups": [{"name": "main", "variables": {"RELEASE": {"backend": backend_address},
+                                                   "TEST": {"backend": backend_address}}}],
+        "apis": [
+            {"name": "all", "group": "main", "method": "ANY", "path": "/", "match_mode": "prefix",
+             "backend": {"type": "http", "url": "http://#backend#/", **backend_options},
+             "environments": {"RELEASE": {}}},
+            {"name": "mock", "group": "main", "method": "GET", "path": "/mock",
+             "backend": {"type": "mock", "mock": {"status": 200, "headers": {"Content-Type": "application/json"},
+                                                   "body": '{"mock":true}'}},
+             "environments": {"RELEASE": {}, "TEST": {}}},
+        ],
+    }

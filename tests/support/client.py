@@ -1,0 +1,110 @@
+"""A raw HTTP/1.1 client over a real socket, for what ordinary clients refuse to send."""
+from __future__ import annotations
+
+import socket
+import time
+
+import httptools
+
+
+class Response:
+    def __init__(self):
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body = b""
+        self.complete = False
+        self.version = ""
+
+    def header(self, name, default=None):
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+    def json(self):
+        import json
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.headers} {self.body[:200]!r}>"
+
+
+class _Collector:
+    def __init__(self, head_request=False):
+        self.responses: list[Response] = []
+        self.parser = httptools.HttpResponseParser(self)
+        self.current = None
+
+    def on_message_begin(self):
+        self.current = Response()
+        self.responses.append(self.current)
+
+    def on_header(self, name, value):
+        self.current.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self):
+        self.current.status = self.parser.get_status_code()
+        self.current.version = self.parser.get_http_version()
+
+    def on_body(self, body):
+        self.current.body += body
+
+    def on_message_complete(self):
+        self.current.complete = True
+
+
+def exchange(port: int, data: bytes, *, expect: int = 1, timeout: float = 5.0,
+             read_until_close: bool = False, chunks=None) -> tuple[list[Response], bool]:
+    """Send ``data`` (or each of ``chunks`` in turn) and read ``expect`` complete responses.
+
+    Returns (responses, closed): ``closed`` is True when the gateway closed the connection.
+    """
+    collector = _Collector()
+    closed = False
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        for part in (chunks if chunks is not None else [data]):
+            sock.sendall(part)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = sum(r.complete for r in collector.responses)
+            if done >= expect and not read_until_close:
+                break
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                buf = sock.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not buf:
+                closed = True
+                break
+            try:
+                collector.parser.feed_data(buf)
+            except httptools.HttpParserError:
+                break
+        if not closed and not read_until_close:
+            # did the server close right after the last response?
+            sock.settimeout(0.2)
+            try:
+                closed = sock.recv(1) == b""
+            except socket.timeout:
+                closed = False
+            except ConnectionResetError:
+                closed = True
+    return collector.responses, closed
+
+
+def request(port: int, method="GET", target="/", headers=None, body=b"", host="gw.test",
+            timeout=5.0) -> Response:
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    for k, v in (headers or {}).items():
+        lines.append(f"{k}: {v}")
+    if body and not any(k.lower() in ("content-length", "transfer-encoding") for k in (headers or {})):
+        lines.append(f"Content-Length: {len(body)}")
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    responses, _ = exchange(port, data, timeout=timeout)
+    assert responses and responses[0].complete, f"no complete response to {method} {target}"
+    return responses[0]

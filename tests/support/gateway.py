@@ -1,0 +1,117 @@
+"""Run the real gateway (``python -m tollgate gateway``) as a subprocess for a test."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayProcess:
+    def __init__(self, config: dict | str, workdir: Path, workers: int = 1,
+                 access_log: str | None = None, extra_args=(), env=None):
+        self.workdir = Path(workdir)
+        self.config_path = self.workdir / "gateway.yaml"
+        self.write_config(config)
+        self.port = free_port()
+        self.status_port = free_port()
+        self.workers = workers
+        self.args = [sys.executable, "-m", "tollgate", "gateway", "--config", str(self.config_path),
+                     "--listen", f"127.0.0.1:{self.port}",
+                     "--status-listen", f"127.0.0.1:{self.status_port}",
+                     "--workers", str(workers), "--watch-interval", "0.2", *extra_args]
+        if access_log:
+            self.args += ["--access-log", access_log]
+        self.env = dict(os.environ, **(env or {}))
+        self.log_path = self.workdir / "gateway.log"
+        self.proc = None
+
+    def write_config(self, config):
+        text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)   # atomic, as a careful operator would
+
+    def start(self, timeout=20.0):
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.status("/readyz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def status(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def metrics(self) -> str:
+        return self.status("/metrics")[1].decode()
+
+    def metric(self, name: str, **labels) -> float:
+        """The value of one sample (0 when absent), e.g. metric('tollgate_requests_total', api='x')."""
+        from prometheus_client.parser import text_string_to_metric_families
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def wait_metric(self, name, value, timeout=5.0, **labels):
+        """Metrics are pushed by workers every 0.5 s: wait (bounded) until the sample has ``value``."""
+        deadline = time.monotonic() + timeout
+        current = None
+        while time.monotonic() < deadline:
+            current = self.metric(name, **labels)
+            if current == value:
+                return current
+            time.sleep(0.1)
+        raise AssertionError(f"{name}{labels} = {current}, expected {value}")
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=40.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+        finally:
+            self._log.close()

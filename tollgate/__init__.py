@@ -1,0 +1,1 @@
+"""The ``tollgate`` command: it starts any part of Tollgate (no part imports this package)."""

@@ -1,0 +1,67 @@
+"""``tollgate <part> ...``: the command line above all parts.
+
+Subcommands arrive with their parts; today: ``tollgate gateway``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all addresses)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _gateway(args) -> int:
+    from gateway.http.limits import Limits
+    from gateway.master import GatewaySettings, run_gateway
+    from gateway.worker import WorkerSettings
+
+    limits = Limits(max_body_bytes=args.max_body_bytes, drain_timeout_s=args.drain_timeout,
+                    upstream_idle_timeout_s=args.upstream_idle_timeout)
+    worker = WorkerSettings(config=args.config, host=args.listen[0], port=args.listen[1],
+                            limits=limits)
+    settings = GatewaySettings(
+        config=args.config, host=args.listen[0], port=args.listen[1],
+        status_host=args.status_listen[0], status_port=args.status_listen[1],
+        workers=args.workers, access_log=args.access_log, worker=worker,
+        watch_interval_s=args.watch_interval)
+    return run_gateway(settings)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tollgate", description="Tollgate API gateway")
+    sub = p.add_subparsers(dest="part", required=True)
+    g = sub.add_parser("gateway", help="run the data plane (reverse proxy)",
+                       description="Serve the APIs of a configuration file. SIGHUP or a change "
+                                   "of the file reloads it; SIGTERM drains and exits.")
+    g.add_argument("--config", required=True, help="configuration document (YAML or JSON)")
+    g.add_argument("--listen", type=host_port, default=("127.0.0.1", 8080),
+                   help="HOST:PORT to serve on (default 127.0.0.1:8080)")
+    g.add_argument("--status-listen", type=host_port, default=("127.0.0.1", 9091),
+                   help="HOST:PORT for /metrics, /healthz, /readyz (default 127.0.0.1:9091)")
+    g.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
+    g.add_argument("--access-log", default=None, metavar="PATH",
+                   help="write a JSON access log line per request to PATH ('-' = stdout); off by default")
+    g.add_argument("--max-body-bytes", type=int, default=12 * 1024 * 1024)
+    g.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds SIGTERM waits for in-flight requests")
+    g.add_argument("--upstream-idle-timeout", type=float, default=10.0,
+                   help="seconds a pooled backend connection may stay idle")
+    g.add_argument("--watch-interval", type=float, default=1.0,
+                   help="seconds between checks of the config file for changes")
+    g.set_defaults(run=_gateway)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "workers", 1) < 1:
+        print("tollgate: --workers must be at least 1", file=sys.stderr)
+        return 2
+    return args.run(args)
