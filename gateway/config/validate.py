@@ -1,0 +1,654 @@
+"""Semantic validation of a decoded :class:`Document`: what needs more than one Struct to check.
+
+``validate(doc)`` returns every problem found as a ``"path: message"`` line (empty when the document
+can be served): unique names, references between resources, environment variables, path templates
+and backend urls, route conflicts, policy constraints, and -- in :func:`_refuse_unsupported`, kept
+apart on purpose -- the features of the contract the data plane does not implement yet.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from .model import (
+    RELEASE,
+    VARIABLE_PATTERN,
+    Acl,
+    Api,
+    Backend,
+    Channel,
+    Document,
+    Group,
+    SqlDestination,
+    Throttle,
+)
+
+__all__ = ["validate"]
+
+_VARIABLE = re.compile(VARIABLE_PATTERN)
+#: ``#name#`` references in a backend url or path (names checked separately, to say what is wrong)
+_VARIABLE_REF = re.compile(r"#([^#/?{}\s]*)#")
+#: ``{name}`` / ``{name+}`` in a path template or backend path
+_PARAM_REF = re.compile(r"\{([^{}]*)\}")
+#: a path parameter name (as the router takes it: fastpath.router)
+_PATH_PARAM = r"[A-Za-z_][A-Za-z0-9_-]{0,63}"
+_PARAM_NAME = re.compile(rf"({_PATH_PARAM})(\+?)")
+#: a literal path segment: RFC 3986 pchar, percent-escapes included
+_PCHAR = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+_HTTP_CODES = re.compile(r"\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*")
+_CONTEXT_KEY = r"[A-Za-z][A-Za-z0-9_-]{0,31}"
+_SYSTEM_VALUES = re.compile(
+    r"\$context\.(sourceIp|stage|apiId|apiName|appId|appName|requestId"
+    rf"|authorizer\.frontend\.{_CONTEXT_KEY})")
+#: headers of a mock answer that the gateway sets itself (framing): allowing them would break it
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
+                              "upgrade", "te", "trailer", "proxy-connection"})
+_DATASOURCE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+
+
+def validate(doc: Document) -> list[str]:
+    """Every semantic problem of ``doc`` as ``"path: message"`` lines, in document order."""
+    return _Validator(doc).run()
+
+
+def _key(key: str) -> str:
+    """A dict key as a path step: ``.TEST`` or ``["content type"]``."""
+    return f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", key) else f'["{key}"]'
+
+
+class _Validator:
+    def __init__(self, doc: Document):
+        self.doc = doc
+        self.errors: list[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}")
+
+    def unique(self, kind: str, items: Iterable[Any], attr: str = "name") -> dict[str, int]:
+        """name -> index of the first item with it; later duplicates are errors."""
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            name = getattr(item, attr)
+            if name is None:
+                continue
+            if name in seen:
+                self.error(f"{kind}[{i}].{attr}", f"duplicate {attr} '{name}'")
+            else:
+                seen[name] = i
+        return seen
+
+    def ref(self, path: str, kind: str, name: str | None, names: Iterable[str]) -> bool:
+        if name is None or name in names:
+            return True
+        self.error(path, f"unknown {kind} '{name}'")
+        return False
+
+    # ----------------------------------------------------------------------------------------------
+
+    def run(self) -> list[str]:
+        doc = self.doc
+        self.envs = {RELEASE: -1} | self.unique("environments", doc.environments)
+        self.apps = self.unique("apps", doc.apps)
+        self.groups = self.unique("groups", doc.groups)
+        self.channels = self.unique("channels", doc.channels)
+        self.authorizers = self.unique("authorizers", doc.authorizers)
+        self.throttles = self.unique("throttles", doc.throttles)
+        self.acls = self.unique("acls", doc.acls)
+        self.signature_keys = self.unique("signature_keys", doc.signature_keys)
+        self.apis = self.unique("apis", doc.apis)
+        self.datasources = self.unique("datasources", doc.datasources)
+        self.products = self.unique("products", doc.products)
+        self.devices = self.unique("devices", doc.devices)
+        self.unique("rules", doc.rules)
+
+        self.check_apps()
+        self.check_iam()
+        self.check_groups()
+        for i, channel in enumerate(doc.channels):
+            self.check_channel(f"channels[{i}]", channel)
+        self.check_authorizers()
+        for i, throttle in enumerate(doc.throttles):
+            self.check_throttle(f"throttles[{i}]", throttle)
+        for i, acl in enumerate(doc.acls):
+            self.check_acl(f"acls[{i}]", acl)
+        for i, ds in enumerate(doc.datasources):
+            scheme = ds.url.partition("://")[0] if "://" in ds.url else ""
+            if scheme not in _DATASOURCE_SCHEMES:
+                self.error(f"datasources[{i}].url", "expected a url starting with "
+                           + ", ".join(f"{s}://" for s in _DATASOURCE_SCHEMES))
+        for i, api in enumerate(doc.apis):
+            self.check_api(f"apis[{i}]", api)
+        self.check_routes()
+        self.check_devices()
+        _refuse_unsupported(doc, self.error)
+        return self.errors
+
+    # ----------------------------------------------------------------------------------------------
+    # Callers
+
+    def check_apps(self) -> None:
+        keys: dict[str, int] = {}
+        codes: dict[str, int] = {}
+        for i, app in enumerate(self.doc.apps):
+            if app.key is not None:
+                if app.key in keys:  # the key identifies the app in a signature
+                    self.error(f"apps[{i}].key", f"the same key as apps[{keys[app.key]}]")
+                keys.setdefault(app.key, i)
+            for j, code in enumerate(app.app_codes):
+                if code in codes:
+                    self.error(f"apps[{i}].app_codes[{j}]",
+                               f"the same app code as apps[{codes[code]}]")
+                codes.setdefault(code, i)
+            if app.acl is not None:
+                for j, value in enumerate(app.acl.values):
+                    self.check_ip_value(f"apps[{i}].acl.values[{j}]", value)
+
+    def check_iam(self) -> None:
+        iam = self.doc.iam
+        self.unique("iam.users", iam.users)
+        self.unique("iam.users", iam.users, "access_key")
+        if iam.jwt is not None and not iam.jwt.keys and iam.jwt.keys_file is None:
+            self.error("iam.jwt", "give keys or keys_file to check tokens with")
+
+    # ----------------------------------------------------------------------------------------------
+    # Groups, channels, authorizers, policies
+
+    def check_groups(self) -> None:
+        domains: dict[str, int] = {}
+        for i, group in enumerate(self.doc.groups):
+            p = f"groups[{i}]"
+            for j, domain in enumerate(group.domains):
+                if domain in domains:
+                    owner = domains[domain]
+                    where = "this group" if owner == i else f"group '{self.doc.groups[owner].name}'"
+                    self.error(f"{p}.domains[{j}]", f"domain '{domain}' already used by {where}")
+                else:
+                    domains[domain] = i
+            for env, variables in group.variables.items():
+                vp = f"{p}.variables{_key(env)}"
+                self.ref(vp, "environment", env, self.envs)
+                for name, value in variables.items():
+                    if not _VARIABLE.fullmatch(name):
+                        self.error(f"{vp}{_key(name)}", f"invalid variable name '{name}' (3-32 "
+                                   "characters: a letter, then letters, digits, '_' or '-')")
+                    if not value or any(c.isspace() or not c.isprintable() or c in "#{}"
+                                        for c in value):
+                        self.error(f"{vp}{_key(name)}", "a variable value is a non-empty part of a "
+                                   "host or path: no spaces, control characters, '#', '{' or '}'")
+
+    def check_channel(self, p: str, channel: Channel) -> None:
+        groups = self.unique(f"{p}.member_groups", channel.member_groups)
+        seen: dict[tuple[str, int], int] = {}
+        for j, member in enumerate(channel.members):
+            mp = f"{p}.members[{j}]"
+            self.ref(f"{mp}.group", "member group", member.group, groups)
+            if not _is_host(member.host):
+                self.error(f"{mp}.host", f"invalid host '{member.host}'")
+            address = (member.host, member.port or channel.port)
+            if address in seen:
+                self.error(mp, f"the same host and port as {p}.members[{seen[address]}]")
+            seen.setdefault(address, j)
+        hc = channel.health_check
+        if hc is not None:
+            if hc.timeout_s >= hc.interval_s:
+                self.error(f"{p}.health_check.timeout_s", "must be less than interval_s")
+            if not _HTTP_CODES.fullmatch(hc.http_codes) or any(
+                    not 100 <= int(c) <= 599 for c in re.findall(r"\d+", hc.http_codes)):
+                self.error(f"{p}.health_check.http_codes",
+                           "expected codes 100-599 like '200,201' or '200-299'")
+
+    def check_authorizers(self) -> None:
+        for i, auth in enumerate(self.doc.authorizers):
+            p = f"authorizers[{i}]"
+            if (auth.url is None) == (auth.function is None):
+                self.error(p, "give url or function (one of them)")
+            if auth.url is not None and not re.match(r"https?://[^/\s]", auth.url):
+                self.error(f"{p}.url", "expected a url starting with http:// or https://")
+            self.unique(f"{p}.identities", auth.identities)
+            if auth.ttl_s > 0 and not auth.identities:
+                self.error(f"{p}.identities", "a cached authorizer (ttl_s > 0) needs identities "
+                           "(they are the cache key)")
+            for j, identity in enumerate(auth.identities):
+                if identity.validation is not None:
+                    try:
+                        re.compile(identity.validation)
+                    except re.error as exc:
+                        self.error(f"{p}.identities[{j}].validation",
+                                   f"invalid regular expression: {exc}")
+
+    def check_throttle(self, p: str, t: Throttle) -> None:
+        if t.user_limit is not None and t.user_limit > t.api_limit:
+            self.error(f"{p}.user_limit", "must not exceed api_limit")
+        if t.app_limit is not None:
+            if t.user_limit is not None and t.app_limit > t.user_limit:
+                self.error(f"{p}.app_limit", "must not exceed user_limit")
+            elif t.app_limit > t.api_limit:
+                self.error(f"{p}.app_limit", "must not exceed api_limit")
+        if t.ip_limit is not None and t.ip_limit > t.api_limit:
+            self.error(f"{p}.ip_limit", "must not exceed api_limit")
+        seen: set[tuple[str, str]] = set()
+        for j, special in enumerate(t.specials):
+            sp = f"{p}.specials[{j}]"
+            if (special.app is None) == (special.user is None):
+                self.error(sp, "give app or user (one of them)")
+                continue
+            self.ref(f"{sp}.app", "app", special.app, self.apps)
+            who = ("app", special.app) if special.app is not None else ("user", special.user or "")
+            if who in seen:
+                self.error(sp, f"a second special for {who[0]} '{who[1]}'")
+            seen.add(who)
+            if special.limit > t.api_limit:
+                self.error(f"{sp}.limit", "must not exceed api_limit")
+
+    def check_acl(self, p: str, acl: Acl) -> None:
+        for j, value in enumerate(acl.values):
+            if acl.entity == "ip":
+                self.check_ip_value(f"{p}.values[{j}]", value)
+
+    def check_ip_value(self, path: str, value: str) -> None:
+        """An address, a range ``a-b`` or a CIDR."""
+        try:
+            if "/" in value:
+                ipaddress.ip_network(value, strict=False)
+            elif "-" in value:
+                low, high = (ipaddress.ip_address(v.strip()) for v in value.split("-", 1))
+                if low.version != high.version or low > high:
+                    raise ValueError
+            else:
+                ipaddress.ip_address(value)
+        except ValueError:
+            self.error(path, f"expected an IP address, a range 'a-b' or a CIDR, got '{value}'")
+
+    # ----------------------------------------------------------------------------------------------
+    # APIs
+
+    def check_api(self, p: str, api: Api) -> None:
+        group = None
+        if self.ref(f"{p}.group", "group", api.group, self.groups):
+            group = self.doc.groups[self.groups[api.group]]
+        if self.ref(f"{p}.authorizer", "authorizer", api.authorizer, self.authorizers):
+            if api.auth == "custom":
+                if api.authorizer is None:
+                    self.error(f"{p}.authorizer", "auth: custom needs an authorizer")
+                elif self.doc.authorizers[self.authorizers[api.authorizer]].type != "frontend":
+                    self.error(f"{p}.authorizer", "auth: custom needs a frontend authorizer")
+        template_params = self.check_path_template(f"{p}.path", api.path)
+        self.check_params(p, api, template_params)
+        for env, binding in api.environments.items():
+            bp = f"{p}.environments{_key(env)}"
+            self.ref(bp, "environment", env, self.envs)
+            self.ref(f"{bp}.throttle", "throttle", binding.throttle, self.throttles)
+            self.ref(f"{bp}.acl", "acl", binding.acl, self.acls)
+            self.ref(f"{bp}.signature_key", "signature key", binding.signature_key,
+                     self.signature_keys)
+            seen: set[str] = set()
+            for j, app in enumerate(binding.apps):
+                self.ref(f"{bp}.apps[{j}]", "app", app, self.apps)
+                if app in seen:
+                    self.error(f"{bp}.apps[{j}]", f"app '{app}' listed twice")
+                seen.add(app)
+        self.check_backend(f"{p}.backend", api, group, template_params)
+
+    def check_path_template(self, p: str, path: str) -> dict[str, bool]:
+        """Check an API path template; return its parameters (name -> greedy ``{x+}``)."""
+        params: dict[str, bool] = {}
+        if "?" in path or "#" in path:
+            self.error(p, "a path has no '?' or '#' (query parameters are params)")
+            return params
+        segments = path[1:].split("/")
+        last = len(segments) - 1
+        for i, segment in enumerate(segments):
+            if segment == "" and i != last:
+                self.error(p, "empty path segment ('//')")
+            elif _normal_segment(segment) in (".", ".."):
+                self.error(p, f"'{segment}' is not allowed as a path segment")
+            elif "{" in segment or "}" in segment:
+                m = re.fullmatch(rf"\{{({_PATH_PARAM})(\+?)\}}", segment)
+                if not m:
+                    self.error(p, f"a parameter is a whole segment written {{name}} or {{name+}}, "
+                               f"got '{segment}'")
+                    continue
+                name, greedy = m.group(1), bool(m.group(2))
+                if greedy and i != last:
+                    self.error(p, f"{{{name}+}} must be the last segment")
+                if name in params:
+                    self.error(p, f"parameter '{name}' appears twice")
+                params[name] = greedy
+            elif not _PCHAR.fullmatch(segment) or "%00" in segment:
+                self.error(p, f"invalid character in path segment '{segment}'")
+        return params
+
+    def check_params(self, p: str, api: Api, template_params: dict[str, bool]) -> None:
+        seen: dict[tuple[str, str], int] = {}
+        for j, param in enumerate(api.params):
+            pp = f"{p}.params[{j}]"
+            key = (param.location, param.name.lower() if param.location == "header" else param.name)
+            if key in seen:
+                self.error(f"{pp}.name", f"duplicate {param.location} parameter '{param.name}'")
+            seen.setdefault(key, j)
+            if param.location == "path" and param.name not in template_params:
+                self.error(f"{pp}.name", f"'{param.name}' is not a parameter of path '{api.path}'")
+            number = param.type == "number"
+            values = [("default", param.default)] if param.default is not None else []
+            values += [(f"enum[{k}]", v) for k, v in enumerate(param.enum)]
+            for where, value in values:
+                if number != (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                    self.error(f"{pp}.{where}", f"expected a {param.type}")
+            if param.min is not None and param.max is not None and param.min > param.max:
+                self.error(f"{pp}.min", "must not exceed max")
+            if not number:
+                for bound in ("min", "max"):
+                    value = getattr(param, bound)
+                    if value is not None and (not isinstance(value, int) or value < 0):
+                        self.error(f"{pp}.{bound}", "a string's length bound is an integer >= 0")
+
+    def check_backend(self, p: str, api: Api, group: Group | None,
+                      template_params: dict[str, bool]) -> None:
+        b = api.backend
+        used = {"http": ("url", "channel", "path", "host_header"), "mock": ("mock",),
+                "function": ("function",), "data": ("data",)}
+        for kind, names in used.items():
+            if kind != b.type:
+                for name in names:
+                    if getattr(b, name) is not None and name not in used[b.type]:
+                        self.error(f"{p}.{name}", f"not used by {b.type} backends")
+        if b.type == "http":
+            if (b.url is None) == (b.channel is None):
+                self.error(p, "an http backend needs url or channel (one of them)")
+            elif b.channel is not None:
+                self.ref(f"{p}.channel", "channel", b.channel, self.channels)
+                if b.path is None:
+                    self.error(f"{p}.path", "a channel backend needs path")
+            elif b.path is not None:
+                self.error(f"{p}.path", "path is only used with channel; put the path in url")
+        elif b.type == "mock":
+            if b.mock is None:
+                self.error(f"{p}.mock", "a mock backend needs mock")
+            else:
+                self.check_mock(f"{p}.mock", b)
+        elif b.type == "function":
+            if b.function is None:
+                self.error(f"{p}.function", "a function backend needs function")
+        elif b.type == "data":
+            if b.data is None:
+                self.error(f"{p}.data", "a data backend needs data")
+            else:
+                self.ref(f"{p}.data.datasource", "datasource", b.data.datasource, self.datasources)
+
+        backend_path_params = self.check_backend_params(p, api, template_params)
+        allowed = set(template_params) | backend_path_params
+        if b.url is not None:
+            self.check_backend_url(f"{p}.url", b.url, api, group, allowed)
+        if b.path is not None:
+            self.check_variables(f"{p}.path", b.path, api, group)
+            self.check_path_refs(f"{p}.path", b.path, allowed)
+
+    def check_mock(self, p: str, b: Backend) -> None:
+        assert b.mock is not None
+        if b.mock.status < 200:
+            self.error(f"{p}.status", "an informational (1xx) status cannot answer a request")
+        elif b.mock.body and b.mock.status in (204, 304):
+            self.error(f"{p}.body", f"a {b.mock.status} response has no body")
+        for name, value in b.mock.headers.items():
+            hp = f"{p}.headers{_key(name)}"
+            if not _HEADER_NAME.fullmatch(name):
+                self.error(hp, f"invalid header name '{name}'")
+            elif name.lower() in _FRAMING_HEADERS:
+                self.error(hp, f"'{name}' is set by the gateway")
+            if any(c in value for c in "\r\n\0"):
+                self.error(hp, "a header value has no CR, LF or NUL")
+
+    def check_backend_params(self, p: str, api: Api, template_params: dict[str, bool]) -> set[str]:
+        """Check backend parameters; return the names of those placed in the path."""
+        frontend = {param.name for param in api.params} | set(template_params)
+        seen: set[tuple[str, str]] = set()
+        path_params: set[str] = set()
+        for j, param in enumerate(api.backend.params):
+            pp = f"{p}.params[{j}]"
+            key = (param.location, param.name.lower() if param.location == "header" else param.name)
+            if key in seen:
+                self.error(f"{pp}.name", f"duplicate {param.location} parameter '{param.name}'")
+            seen.add(key)
+            if param.location == "path":
+                path_params.add(param.name)
+            if param.origin == "request" and param.value not in frontend:
+                self.error(f"{pp}.value", f"unknown frontend parameter '{param.value}'")
+            elif param.origin == "system" and not _SYSTEM_VALUES.fullmatch(param.value):
+                self.error(f"{pp}.value", f"unknown system value '{param.value}' (expected "
+                           "$context.sourceIp, stage, apiId, apiName, appId, appName, requestId "
+                           "or authorizer.frontend.<key>)")
+            elif param.location == "header" and any(c in param.value for c in "\r\n\0"):
+                self.error(f"{pp}.value", "a header value has no CR, LF or NUL")
+        return path_params
+
+    def check_backend_url(self, p: str, url: str, api: Api, group: Group | None,
+                          allowed: set[str]) -> None:
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("http", "https"):
+            self.error(p, "expected a url starting with http:// (or https://)")
+            return
+        path_start = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        if "{" in rest[:path_start] or "}" in rest[:path_start]:
+            self.error(p, "{parameters} may appear only in the path of the url")
+            return
+        self.check_path_refs(p, rest[path_start:], allowed)
+        variables = self.check_variables(p, url, api, group)
+        if variables is None:
+            return
+        if not variables:
+            self.check_url_shape(p, url, "")
+            return
+        for env in api.environments:
+            values = group.variables.get(env, {}) if group is not None else {}
+            if all(v in values for v in variables):
+                self.check_url_shape(p, _VARIABLE_REF.sub(lambda m: values[m.group(1)], url),
+                                     f"in environment '{env}': ")
+
+    def check_variables(self, p: str, text: str, api: Api, group: Group | None) -> set[str] | None:
+        """Check the ``#name#`` references of a backend url or path against every environment the
+        API is published in.  Return the names, or ``None`` when they are not written well."""
+        names = set(_VARIABLE_REF.findall(text))
+        ok = True
+        for name in sorted(names):
+            if not _VARIABLE.fullmatch(name):
+                self.error(p, f"invalid variable name '#{name}#' (3-32 characters: a letter, then "
+                           "letters, digits, '_' or '-')")
+                ok = False
+        if "#" in _VARIABLE_REF.sub("", text):
+            self.error(p, "a lone '#' (variables are written #name#; a url has no fragment)")
+            ok = False
+        if not ok:
+            return None
+        if group is None:
+            return names
+        for env in api.environments:
+            defined = group.variables.get(env, {})
+            for name in sorted(names):
+                if name not in defined:
+                    self.error(p, f"variable '{name}' is not defined for environment '{env}' "
+                               f"(groups[{self.groups[group.name]}].variables{_key(env)})")
+        return names
+
+    def check_path_refs(self, p: str, path: str, allowed: set[str]) -> None:
+        for inner in _PARAM_REF.findall(path):
+            m = _PARAM_NAME.fullmatch(inner)
+            if not m:
+                self.error(p, f"invalid parameter '{{{inner}}}'")
+            elif m.group(1) not in allowed:
+                self.error(p, f"'{{{inner}}}' is not a path parameter of the API")
+        if "{" in _PARAM_REF.sub("", path) or "}" in _PARAM_REF.sub("", path):
+            self.error(p, "unbalanced '{' or '}'")
+
+    def check_url_shape(self, p: str, url: str, where: str) -> None:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            self.error(p, f"{where}invalid url: {exc}")
+            return
+        if parts.username is not None or parts.password is not None:
+            self.error(p, f"{where}credentials do not belong in the url (use backend params)")
+        elif not parts.hostname or not _is_host(parts.hostname):
+            self.error(p, f"{where}invalid host in '{url}'")
+        elif port == 0:
+            self.error(p, f"{where}invalid port 0")
+        if parts.query or parts.fragment or "?" in url:
+            self.error(p, f"{where}a backend url has no query (use backend params)")
+        if any(c.isspace() or not c.isprintable() for c in url):
+            self.error(p, f"{where}spaces or control characters in the url")
+
+    # ----------------------------------------------------------------------------------------------
+
+    def check_routes(self) -> None:
+        """Two APIs answering the same method and path shape, in the same environment, on hosts
+        that overlap, would make routing depend on the order of the list."""
+        seen: dict[tuple[str, str, str], list[int]] = {}
+        for i, api in enumerate(self.doc.apis):
+            if api.group not in self.groups or not api.path.startswith("/"):
+                continue
+            shape = _route_shape(api.path)
+            key = (api.method, shape, api.match_mode)
+            domains = set(self.doc.groups[self.groups[api.group]].domains)
+            for j in seen.get(key, []):
+                other = self.doc.apis[j]
+                other_domains = set(self.doc.groups[self.groups[other.group]].domains)
+                if (domains & other_domains) or (not domains and not other_domains):
+                    common = [e for e in api.environments if e in other.environments]
+                    if common:
+                        self.error(f"apis[{i}].path", f"the same method and path as apis[{j}] "
+                                   f"('{other.name}') in environment '{common[0]}'")
+                        break
+            seen.setdefault(key, []).append(i)
+
+    def check_devices(self) -> None:
+        doc = self.doc
+        for i, product in enumerate(doc.products):
+            p = f"products[{i}]"
+            self.unique(f"{p}.services", product.services)
+            for j, service in enumerate(product.services):
+                sp = f"{p}.services[{j}]"
+                self.unique(f"{sp}.properties", service.properties)
+                for k, prop in enumerate(service.properties):
+                    if prop.max_length is not None and prop.type != "string":
+                        self.error(f"{sp}.properties[{k}].max_length", "only for string properties")
+                    if prop.min is not None and prop.max is not None and prop.min > prop.max:
+                        self.error(f"{sp}.properties[{k}].min", "must not exceed max")
+        identifiers: dict[str, int] = {}
+        for i, device in enumerate(doc.devices):
+            self.ref(f"devices[{i}].product", "product", device.product, self.products)
+            if device.identifier in identifiers:
+                self.error(f"devices[{i}].identifier",
+                           f"the same identifier as devices[{identifiers[device.identifier]}]")
+            identifiers.setdefault(device.identifier, i)
+        for i, rule in enumerate(doc.rules):
+            p = f"rules[{i}]"
+            source = rule.source
+            self.ref(f"{p}.source.product", "product", source.product, self.products)
+            if self.ref(f"{p}.source.device", "device", source.device, self.devices) \
+                    and source.device is not None:
+                device = doc.devices[self.devices[source.device]]
+                if device.product != source.product:
+                    self.error(f"{p}.source.device", f"device '{source.device}' is of product "
+                               f"'{device.product}', not '{source.product}'")
+            if source.topic is not None and not _topic_ok(source.topic, wildcards=True):
+                self.error(f"{p}.source.topic", "invalid MQTT topic filter")
+            for j, dest in enumerate(rule.destinations):
+                dp = f"{p}.destinations[{j}]"
+                # HttpDestination.api is not checked: a rule may feed an API defined elsewhere
+                if isinstance(dest, SqlDestination):
+                    self.ref(f"{dp}.datasource", "datasource", dest.datasource, self.datasources)
+                elif getattr(dest, "topic", None) is not None and not _topic_ok(dest.topic, False):
+                    self.error(f"{dp}.topic", "invalid MQTT topic (no wildcards when publishing)")
+
+
+def _normal_segment(segment: str) -> str:
+    """A literal segment as the router compares it (fastpath.pathnorm): escapes of unreserved
+    characters decoded, the others upper-cased."""
+    def one(m: re.Match[str]) -> str:
+        char = chr(int(m.group(1), 16))
+        return char if char in _UNRESERVED else m.group(0).upper()
+    return _ESCAPE.sub(one, segment) if "%" in segment else segment
+
+
+def _route_shape(path: str) -> str:
+    """What two routes must share to collide: literals normalized, parameter names dropped,
+    a trailing slash ignored (as fastpath.router does)."""
+    segments = path.rstrip("/").split("/")
+    return "/".join("{+}" if s.endswith("+}") and s.startswith("{") else
+                    "{}" if s.startswith("{") else _normal_segment(s) for s in segments) or "/"
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return bool(_HOST.fullmatch(host)) and len(host) <= 253
+
+
+def _topic_ok(topic: str, wildcards: bool) -> bool:
+    if not topic or "\0" in topic:
+        return False
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if not wildcards and ("+" in level or "#" in level):
+            return False
+        if "+" in level and level != "+":
+            return False
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return False
+    return True
+
+
+# ==================================================================================================
+# NOT SUPPORTED YET.  Features of the contract the data plane does not implement yet are refused,
+# because ignoring them silently would be a security hole (an API believed protected, served open)
+# or a lie (a policy believed applied).  Each later issue deletes the lines of what it implements.
+# Every message contains "not supported yet".
+# ==================================================================================================
+
+def _refuse_unsupported(doc: Document, error: Any) -> None:
+    auth_issue = "arrives with the authentication issue"
+    policy_issue = "arrives with the traffic policies issue"
+    for i, api in enumerate(doc.apis):
+        p = f"apis[{i}]"
+        if api.auth != "none":
+            error(f"{p}.auth", f"'{api.auth}' authentication is not supported yet ({auth_issue}); "
+                  "use auth: none")
+        if api.authorizer is not None:
+            error(f"{p}.authorizer", f"custom authorizers are not supported yet ({auth_issue})")
+        if api.app_code_auth:
+            error(f"{p}.app_code_auth", f"AppCode authentication is not supported yet ({auth_issue})")
+        if api.cors:
+            error(f"{p}.cors", f"CORS is not supported yet ({policy_issue})")
+        if api.params:
+            error(f"{p}.params", f"frontend parameters are not supported yet ({policy_issue})")
+        b = api.backend
+        if b.type in ("function", "data"):
+            error(f"{p}.backend.type", f"'{b.type}' backends are not supported yet (arrives with "
+                  "the function and data backends issue)")
+        if b.channel is not None:
+            error(f"{p}.backend.channel", "load balance channels are not supported yet (arrives "
+                  "with the load-balance channels issue)")
+        if b.params:
+            error(f"{p}.backend.params", f"backend parameters are not supported yet ({policy_issue})")
+        if b.url is not None and b.url.startswith("https://"):
+            error(f"{p}.backend.url", "https backends are not supported yet")
+        for env, binding in api.environments.items():
+            bp = f"{p}.environments{_key(env)}"
+            if binding.throttle is not None:
+                error(f"{bp}.throttle", f"throttles are not supported yet ({policy_issue})")
+            if binding.acl is not None:
+                error(f"{bp}.acl", f"ACLs are not supported yet ({policy_issue})")
+            if binding.signature_key is not None:
+                error(f"{bp}.signature_key",
+                      f"backend signature keys are not supported yet ({auth_issue})")
+            if binding.apps:
+                error(f"{bp}.apps", f"app authorization is not supported yet ({auth_issue})")

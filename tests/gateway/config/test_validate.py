@@ -1,0 +1,403 @@
+"""Semantic validation: names, references, variables, backends, routes, and refused features."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.config import Document, validate
+
+
+def mock_api(name: str = "a", path: str = "/a", **extra: Any) -> dict[str, Any]:
+    api = {"name": name, "group": "g", "method": "GET", "path": path,
+           "backend": {"type": "mock", "mock": {"body": "hi"}}, "environments": {"RELEASE": {}}}
+    api.update(extra)
+    return api
+
+
+def http_api(url: str, name: str = "h", path: str = "/h/{id}", envs=("RELEASE",),
+             **backend: Any) -> dict[str, Any]:
+    return mock_api(name, path, backend={"type": "http", "url": url, **backend},
+                    environments={e: {} for e in envs})
+
+
+def check(apis: list[dict[str, Any]] | None = None, **sections: Any) -> list[str]:
+    raw: dict[str, Any] = {"version": 1, "groups": [{"name": "g"}],
+                           "apis": [mock_api()] if apis is None else apis}
+    raw.update(sections)
+    return validate(msgspec.convert(raw, Document))
+
+
+def test_a_valid_document_has_no_errors():
+    assert check() == []
+    assert check(apis=[]) == []
+    assert validate(Document(version=1)) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Names
+
+@pytest.mark.parametrize(("kind", "item"), [
+    ("apps", {"name": "x"}), ("environments", {"name": "x"}), ("channels", {"name": "x", "port": 1}),
+    ("authorizers", {"name": "x", "url": "http://h/a"}), ("throttles", {"name": "x", "api_limit": 1}),
+    ("acls", {"name": "x", "action": "PERMIT", "values": ["127.0.0.1"]}),
+    ("signature_keys", {"name": "x", "key": "k", "secret": "s"}),
+    ("datasources", {"name": "x", "url": "sqlite:///x.db"}), ("products", {"name": "x"}),
+    ("rules", {"name": "x", "source": {"product": "p"}, "destinations": [{"type": "mqtt", "topic": "t"}]}),
+])
+def test_names_are_unique_per_kind(kind, item):
+    extra = {"products": [{"name": "p"}]} if kind == "rules" else {}
+    errors = check(**extra, **{kind: [item, copy.deepcopy(item)]})
+    assert f"{kind}[1].name: duplicate name 'x'" in errors
+
+
+def test_duplicate_group_and_api_names():
+    errors = check(groups=[{"name": "parking"}, {"name": "g"}, {"name": "parking"}],
+                   apis=[mock_api("a", "/a"), mock_api("a", "/b")])
+    assert errors == ["groups[2].name: duplicate name 'parking'", "apis[1].name: duplicate name 'a'"]
+
+
+def test_release_may_be_listed_but_not_twice():
+    assert check(environments=[{"name": "RELEASE"}]) == []
+    assert check(environments=[{"name": "RELEASE"}, {"name": "RELEASE"}]) == \
+        ["environments[1].name: duplicate name 'RELEASE'"]
+
+
+def test_nested_names_are_unique():
+    errors = check(channels=[{"name": "c", "port": 80, "member_groups": [{"name": "m"}, {"name": "m"}]}],
+                   products=[{"name": "p", "services": [{"name": "s", "properties": [
+                       {"name": "x"}, {"name": "x"}]}]}])
+    assert errors == ["channels[0].member_groups[1].name: duplicate name 'm'",
+                      "products[0].services[0].properties[1].name: duplicate name 'x'"]
+
+
+# --------------------------------------------------------------------------------------------------
+# References
+
+def test_api_references_must_exist():
+    errors = check(apis=[mock_api(group="nope", environments={"RELEASE": {}, "PROD": {}})])
+    assert errors == ["apis[0].group: unknown group 'nope'",
+                      "apis[0].environments.PROD: unknown environment 'PROD'"]
+
+
+def test_release_is_implicit_and_listed_environments_exist():
+    assert check(apis=[mock_api(environments={"RELEASE": {}, "TEST": {}})],
+                 environments=[{"name": "TEST"}]) == []
+
+
+def test_binding_references_must_exist():
+    api = mock_api(environments={"RELEASE": {"throttle": "t", "acl": "a", "signature_key": "k",
+                                             "apps": ["x"]}})
+    errors = [e for e in check(apis=[api]) if "not supported yet" not in e]
+    assert errors == ["apis[0].environments.RELEASE.throttle: unknown throttle 't'",
+                      "apis[0].environments.RELEASE.acl: unknown acl 'a'",
+                      "apis[0].environments.RELEASE.signature_key: unknown signature key 'k'",
+                      "apis[0].environments.RELEASE.apps[0]: unknown app 'x'"]
+
+
+def test_authorizer_reference_must_exist():
+    errors = [e for e in check(apis=[mock_api(authorizer="z")]) if "not supported yet" not in e]
+    assert errors == ["apis[0].authorizer: unknown authorizer 'z'"]
+
+
+def test_group_variables_environments_must_exist():
+    assert check(groups=[{"name": "g", "variables": {"PROD": {"host": "x"}}}]) == \
+        ["groups[0].variables.PROD: unknown environment 'PROD'"]
+
+
+def test_channel_references():
+    api = mock_api(backend={"type": "http", "channel": "nope", "path": "/x"})
+    errors = [e for e in check(apis=[api], channels=[
+        {"name": "c", "port": 80, "members": [{"host": "127.0.0.1", "group": "m"}]}])
+        if "not supported yet" not in e]
+    assert errors == ["channels[0].members[0].group: unknown member group 'm'",
+                      "apis[0].backend.channel: unknown channel 'nope'"]
+
+
+def test_device_and_rule_references():
+    errors = check(products=[{"name": "p"}, {"name": "q"}],
+                   devices=[{"name": "d1", "product": "nope", "identifier": "i1"},
+                            {"name": "d2", "product": "q", "identifier": "i2"}],
+                   rules=[{"name": "r", "source": {"product": "zz"}, "destinations": [
+                       {"type": "sql", "datasource": "db", "table": "t"}]},
+                          {"name": "r2", "source": {"product": "p", "device": "d2"},
+                           "destinations": [{"type": "http", "api": "defined-elsewhere"}]}])
+    assert errors == ["devices[0].product: unknown product 'nope'",
+                      "rules[0].source.product: unknown product 'zz'",
+                      "rules[0].destinations[0].datasource: unknown datasource 'db'",
+                      "rules[1].source.device: device 'd2' is of product 'q', not 'p'"]
+
+
+def test_data_backend_datasource_must_exist():
+    api = mock_api(backend={"type": "data", "data": {"datasource": "db", "statement": "SELECT 1"}})
+    errors = [e for e in check(apis=[api]) if "not supported yet" not in e]
+    assert errors == ["apis[0].backend.data.datasource: unknown datasource 'db'"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Environment variables
+
+GROUP_VARS = [{"name": "g", "variables": {"RELEASE": {"lot_backend": "127.0.0.1:9001"},
+                                          "TEST": {"other": "x"}}}]
+
+
+def test_variables_defined_in_every_published_environment_are_fine():
+    groups = [{"name": "g", "variables": {"RELEASE": {"lot_backend": "127.0.0.1:9001"},
+                                          "TEST": {"lot_backend": "127.0.0.1:9002"}}}]
+    api = http_api("http://#lot_backend#/lots/{id}", envs=("RELEASE", "TEST"))
+    assert check(apis=[api], groups=groups, environments=[{"name": "TEST"}]) == []
+
+
+def test_an_undefined_variable_names_the_environment_and_the_variable():
+    api = http_api("http://#lot_backend#/lots/{id}", envs=("RELEASE", "TEST"))
+    assert check(apis=[api], groups=GROUP_VARS, environments=[{"name": "TEST"}]) == [
+        "apis[0].backend.url: variable 'lot_backend' is not defined for environment 'TEST' "
+        "(groups[0].variables.TEST)"]
+
+
+def test_variables_are_not_needed_where_the_api_is_not_published():
+    api = http_api("http://#lot_backend#/lots/{id}", envs=("RELEASE",))
+    assert check(apis=[api], groups=GROUP_VARS, environments=[{"name": "TEST"}]) == []
+
+
+def test_variable_names_are_checked():
+    groups = [{"name": "g", "variables": {"RELEASE": {"ab": "x", "9ab": "x", "ok_1": "x"}}}]
+    errors = check(groups=groups)
+    assert errors == [
+        "groups[0].variables.RELEASE.ab: invalid variable name 'ab' (3-32 characters: a letter, "
+        "then letters, digits, '_' or '-')",
+        'groups[0].variables.RELEASE["9ab"]: invalid variable name \'9ab\' (3-32 characters: a '
+        "letter, then letters, digits, '_' or '-')"]
+    errors = check(apis=[http_api("http://#ab#/x")])
+    assert errors == ["apis[0].backend.url: invalid variable name '#ab#' (3-32 characters: a "
+                      "letter, then letters, digits, '_' or '-')"]
+
+
+def test_a_lone_hash_in_a_url_is_refused():
+    assert check(apis=[http_api("http://127.0.0.1/x#frag", path="/h")]) == [
+        "apis[0].backend.url: a lone '#' (variables are written #name#; a url has no fragment)"]
+
+
+def test_the_url_is_checked_with_the_values_of_each_environment():
+    groups = [{"name": "g", "variables": {"RELEASE": {"host": "127.0.0.1:99999"}}}]
+    errors = check(apis=[http_api("http://#host#/x", path="/h")], groups=groups)
+    assert len(errors) == 1
+    assert errors[0].startswith("apis[0].backend.url: in environment 'RELEASE': invalid url: ")
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends
+
+def test_http_backend_needs_url_or_channel():
+    api = mock_api(backend={"type": "http"})
+    assert check(apis=[api]) == ["apis[0].backend: an http backend needs url or channel (one of them)"]
+    api = mock_api(backend={"type": "http", "url": "http://h/", "channel": "c"})
+    assert "apis[0].backend: an http backend needs url or channel (one of them)" in check(apis=[api])
+
+
+def test_channel_backend_needs_path_and_url_backend_has_none():
+    api = mock_api(backend={"type": "http", "channel": "c"})
+    errors = check(apis=[api], channels=[{"name": "c", "port": 80}])
+    assert "apis[0].backend.path: a channel backend needs path" in errors
+    api = mock_api(backend={"type": "http", "url": "http://h/", "path": "/x"})
+    assert check(apis=[api]) == \
+        ["apis[0].backend.path: path is only used with channel; put the path in url"]
+
+
+def test_backend_url_must_be_http():
+    assert check(apis=[http_api("ftp://h/x", path="/h")]) == \
+        ["apis[0].backend.url: expected a url starting with http:// (or https://)"]
+    assert check(apis=[http_api("https://h/x", path="/h")]) == \
+        ["apis[0].backend.url: https backends are not supported yet"]
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://h/x?a=1", "a backend url has no query (use backend params)"),
+    ("http://u:p@h/x", "credentials do not belong in the url (use backend params)"),
+    ("http:///x", "invalid host in 'http:///x'"),
+    ("http://h:0/x", "invalid port 0"),
+    ("http://h/a b", "spaces or control characters in the url"),
+])
+def test_backend_url_shape(url, message):
+    assert check(apis=[http_api(url, path="/h")]) == [f"apis[0].backend.url: {message}"]
+
+
+def test_backend_path_parameters_must_be_api_path_parameters():
+    assert check(apis=[http_api("http://h/lots/{id}", path="/h/{id}")]) == []
+    assert check(apis=[http_api("http://h/lots/{lot}", path="/h/{id}")]) == \
+        ["apis[0].backend.url: '{lot}' is not a path parameter of the API"]
+    assert check(apis=[http_api("http://{id}/x", path="/h/{id}")]) == \
+        ["apis[0].backend.url: {parameters} may appear only in the path of the url"]
+
+
+def test_mock_backend_needs_mock_and_nothing_of_http():
+    api = mock_api(backend={"type": "mock", "url": "http://h/"})
+    assert check(apis=[api]) == ["apis[0].backend.url: not used by mock backends",
+                                 "apis[0].backend.mock: a mock backend needs mock"]
+    api = mock_api(backend={"type": "http", "url": "http://h/", "mock": {}})
+    assert check(apis=[api]) == ["apis[0].backend.mock: not used by http backends"]
+
+
+def test_mock_headers_and_status_are_checked():
+    api = mock_api(backend={"type": "mock", "mock": {
+        "status": 204, "body": "x", "headers": {"Content-Length": "5", "bad name": "v", "x": "a\r\nb"}}})
+    assert check(apis=[api]) == [
+        "apis[0].backend.mock.body: a 204 response has no body",
+        "apis[0].backend.mock.headers.Content-Length: 'Content-Length' is set by the gateway",
+        "apis[0].backend.mock.headers[\"bad name\"]: invalid header name 'bad name'",
+        "apis[0].backend.mock.headers.x: a header value has no CR, LF or NUL"]
+    api = mock_api(backend={"type": "mock", "mock": {"status": 101}})
+    assert check(apis=[api]) == \
+        ["apis[0].backend.mock.status: an informational (1xx) status cannot answer a request"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Path templates and routes
+
+@pytest.mark.parametrize(("path", "message"), [
+    ("/a//b", "empty path segment ('//')"),
+    ("/a/../b", "'..' is not allowed as a path segment"),
+    ("/a/x{id}", "a parameter is a whole segment written {name} or {name+}, got 'x{id}'"),
+    ("/{rest+}/a", "{rest+} must be the last segment"),
+    ("/{id}/{id}", "parameter 'id' appears twice"),
+    ("/a?b=1", "a path has no '?' or '#' (query parameters are params)"),
+    ("/a b", "invalid character in path segment 'a b'"),
+    ("/a/%2e%2E/b", "'%2e%2E' is not allowed as a path segment"),
+    ("/a/%zz", "invalid character in path segment '%zz'"),
+    ("/{a.b}", "a parameter is a whole segment written {name} or {name+}, got '{a.b}'"),
+])
+def test_path_templates(path, message):
+    assert check(apis=[mock_api(path=path)]) == [f"apis[0].path: {message}"]
+
+
+def test_good_path_templates():
+    for path in ("/", "/a/", "/a/{id}", "/a/{rest+}", "/v1/{a}/b/{c}", "/a:b@c", "/a/%7E%2F",
+                 "/{_x-1}"):
+        assert check(apis=[mock_api(path=path)]) == [], path
+
+
+def test_two_apis_on_the_same_route_in_the_same_environment_conflict():
+    errors = check(apis=[mock_api("a", "/x/{id}"), mock_api("b", "/x/{other}")])
+    assert errors == ["apis[1].path: the same method and path as apis[0] ('a') in environment 'RELEASE'"]
+
+
+@pytest.mark.parametrize(("first", "second"), [("/a", "/a/"), ("/x/~", "/x/%7e"), ("/%2f", "/%2F"),
+                                               ("/a/{x+}", "/a/{y+}")])
+def test_routes_collide_as_the_router_compares_them(first, second):
+    errors = check(apis=[mock_api("a", first), mock_api("b", second)])
+    assert errors == ["apis[1].path: the same method and path as apis[0] ('a') in environment 'RELEASE'"]
+
+
+def test_routes_that_differ_do_not_conflict():
+    assert check(apis=[mock_api("a", "/x"), mock_api("b", "/x", method="POST"),
+                       mock_api("c", "/x", match_mode="prefix"),
+                       mock_api("d", "/x", environments={"TEST": {}}),
+                       mock_api("e", "/x", group="h")],
+                 environments=[{"name": "TEST"}],
+                 groups=[{"name": "g"}, {"name": "h", "domains": ["api.example.com"]}]) == []
+
+
+def test_a_domain_belongs_to_one_group():
+    assert check(groups=[{"name": "g", "domains": ["a.example"]},
+                         {"name": "h", "domains": ["a.example"]}]) == \
+        ["groups[1].domains[0]: domain 'a.example' already used by group 'g'"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Policies and other resources
+
+def test_throttle_limits_are_ordered():
+    errors = check(throttles=[{"name": "t", "api_limit": 10, "user_limit": 20, "app_limit": 30,
+                               "ip_limit": 11, "specials": [{"app": "nope", "limit": 5},
+                                                            {"limit": 5}]}])
+    assert errors == ["throttles[0].user_limit: must not exceed api_limit",
+                      "throttles[0].app_limit: must not exceed user_limit",
+                      "throttles[0].ip_limit: must not exceed api_limit",
+                      "throttles[0].specials[0].app: unknown app 'nope'",
+                      "throttles[0].specials[1]: give app or user (one of them)"]
+
+
+def test_acl_ip_values():
+    acl = {"name": "a", "action": "DENY",
+           "values": ["10.0.0.1", "10.0.0.0/8", "10.0.0.1-10.0.0.9", "::1", "nope", "10.0.0.9-10.0.0.1"]}
+    assert check(acls=[acl]) == [
+        "acls[0].values[4]: expected an IP address, a range 'a-b' or a CIDR, got 'nope'",
+        "acls[0].values[5]: expected an IP address, a range 'a-b' or a CIDR, got '10.0.0.9-10.0.0.1'"]
+    assert check(acls=[{"name": "a", "action": "PERMIT", "entity": "account", "values": ["acme"]}]) == []
+
+
+def test_app_keys_are_unique():
+    assert check(apps=[{"name": "a", "key": "k" * 10}, {"name": "b", "key": "k" * 10}]) == \
+        ["apps[1].key: the same key as apps[0]"]
+
+
+def test_channel_health_check():
+    channel = {"name": "c", "port": 80, "health_check": {"timeout_s": 5, "interval_s": 5,
+                                                         "http_codes": "200-299,700"}}
+    assert check(channels=[channel]) == [
+        "channels[0].health_check.timeout_s: must be less than interval_s",
+        "channels[0].health_check.http_codes: expected codes 100-599 like '200,201' or '200-299'"]
+
+
+def test_authorizer_needs_url_or_function_and_identities_when_cached():
+    assert check(authorizers=[{"name": "x", "ttl_s": 10}]) == [
+        "authorizers[0]: give url or function (one of them)",
+        "authorizers[0].identities: a cached authorizer (ttl_s > 0) needs identities "
+        "(they are the cache key)"]
+
+
+def test_datasource_url_scheme():
+    assert check(datasources=[{"name": "d", "url": "mongodb://x"}]) == [
+        "datasources[0].url: expected a url starting with sqlite://, postgresql://, postgres://, "
+        "mysql://"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Refused features
+
+def test_auth_other_than_none_is_refused_with_the_documented_message():
+    assert check(apis=[mock_api(auth="app")]) == [
+        "apis[0].auth: 'app' authentication is not supported yet (arrives with the "
+        "authentication issue); use auth: none"]
+    assert check(apis=[mock_api(auth="iam")])[0].startswith(
+        "apis[0].auth: 'iam' authentication is not supported yet")
+
+
+@pytest.mark.parametrize(("api", "path"), [
+    (mock_api(authorizer="z"), "apis[0].authorizer"),
+    (mock_api(app_code_auth=True), "apis[0].app_code_auth"),
+    (mock_api(cors=True), "apis[0].cors"),
+    (mock_api(params=[{"name": "q", "location": "query"}]), "apis[0].params"),
+    (mock_api(backend={"type": "function", "function": "pkg.mod:fn"}), "apis[0].backend.type"),
+    (mock_api(backend={"type": "data", "data": {"datasource": "z", "statement": "SELECT 1"}}),
+     "apis[0].backend.type"),
+    (mock_api(backend={"type": "http", "channel": "c", "path": "/x"}), "apis[0].backend.channel"),
+    (mock_api(backend={"type": "http", "url": "http://h/", "params": [
+        {"name": "X-A", "location": "header", "origin": "constant", "value": "v"}]}),
+     "apis[0].backend.params"),
+    (mock_api(environments={"RELEASE": {"throttle": "t"}}), "apis[0].environments.RELEASE.throttle"),
+    (mock_api(environments={"RELEASE": {"acl": "a"}}), "apis[0].environments.RELEASE.acl"),
+    (mock_api(environments={"RELEASE": {"signature_key": "k"}}),
+     "apis[0].environments.RELEASE.signature_key"),
+    (mock_api(environments={"RELEASE": {"apps": ["x"]}}), "apis[0].environments.RELEASE.apps"),
+])
+def test_unimplemented_features_are_refused(api, path):
+    refused = [e for e in check(apis=[api], authorizers=[{"name": "z", "url": "http://h/"}],
+                                channels=[{"name": "c", "port": 80}],
+                                datasources=[{"name": "z", "url": "sqlite:///x"}],
+                                throttles=[{"name": "t", "api_limit": 1}],
+                                acls=[{"name": "a", "action": "DENY", "values": ["10.0.0.1"]}],
+                                signature_keys=[{"name": "k", "key": "k", "secret": "s"}],
+                                apps=[{"name": "x"}])
+               if "not supported yet" in e]
+    assert [e.split(": ", 1)[0] for e in refused] == [path]
+
+
+def test_definitions_of_unused_kinds_are_accepted():
+    assert check(apps=[{"name": "x"}], throttles=[{"name": "t", "api_limit": 1}],
+                 channels=[{"name": "c", "port": 80, "members": [{"host": "127.0.0.1"}]}],
+                 authorizers=[{"name": "z", "function": "pkg.mod:fn"}],
+                 iam={"users": [{"name": "u", "account": "a", "access_key": "AK", "secret_key": "SK"}]},
+                 signature_keys=[{"name": "k", "key": "k", "secret": "s"}]) == []
