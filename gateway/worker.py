@@ -12,12 +12,14 @@ serving); SIGTERM or SIGINT drains: stop accepting, let in-flight exchanges fini
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import socket
 import struct
 import sys
+from time import perf_counter
 
 import msgspec
 import uvloop
@@ -89,7 +91,6 @@ class Worker:
             log.error("task failed", exc_info=task.exception())
 
     def observe(self, ex, aborted):
-        from time import perf_counter
         self.metrics.observe(ex, aborted)
         if self.access_log is not None:
             self.access_log.log(ex, perf_counter() - ex.started, aborted)
@@ -174,6 +175,9 @@ class Worker:
         self.send({"t": "ready", "version": self.snapshot.version, "pid": os.getpid(),
                    "implementation": fastpath.IMPLEMENTATION})
         self.push_metrics()
+        # what start-up built lives as long as the process: keep it out of every collection
+        gc.collect()
+        gc.freeze()
         ticker = self.spawn(self._tick())
         try:
             await self._stopped

@@ -47,7 +47,7 @@ class ClientConnection(asyncio.Protocol):
         "worker", "limits", "transport", "parser", "client_ip", "url", "headers", "in_head",
         "head_bytes", "headers_size", "h_host", "h_te", "h_cl", "h_expect", "h_stage", "parsing",
         "current", "pending", "reading_paused", "writing_paused", "deadline", "deadline_kind",
-        "closed", "draining", "deferred_error", "requests",
+        "closed", "draining", "deferred_error", "requests", "corked", "out",
     )
 
     def __init__(self, worker):
@@ -77,6 +77,8 @@ class ClientConnection(asyncio.Protocol):
         self.draining = worker.draining
         self.deferred_error = None
         self.requests = 0
+        self.corked = False          # while True, writes are collected and sent as one
+        self.out = []
 
     # -- connection events ---------------------------------------------------------------
     def connection_made(self, transport):
@@ -114,6 +116,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data):
         if self.closed:
             return
+        self.corked = True
         try:
             self.parser.feed_data(data)
         except GatewayError as error:
@@ -128,6 +131,8 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.reject(FramingError("Malformed HTTP request", f"parser: {exc}"))
             return
+        finally:
+            self.uncork()
         if self.in_head:
             self.head_bytes += len(data)
             if self.head_bytes > self.limits.head_guard_bytes:
@@ -328,6 +333,7 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.done = True
         self._account(ex)
+        ex.handler_state = None   # the handler's state points back at ex: free it without the GC
         if self.current is ex:
             self.current = None
         if self.closed:
@@ -356,6 +362,7 @@ class ClientConnection(asyncio.Protocol):
         if not ex.done:
             ex.done = True
             self._account(ex, aborted=True)
+        ex.handler_state = None
         if self.current is ex:
             self.current = None
         self.close()
@@ -403,11 +410,23 @@ class ClientConnection(asyncio.Protocol):
 
     # -- I/O helpers ----------------------------------------------------------------------
     def write(self, data):
-        if not self.closed:
+        if self.corked:
+            self.out.append(data)
+        elif not self.closed:
             self.transport.write(data)
+
+    def uncork(self):
+        """Send what was written while corked, in one system call."""
+        self.corked = False
+        out = self.out
+        if out:
+            if not self.closed:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def close(self):
         if not self.closed:
+            self.uncork()
             self.closed = True
             self.worker.connections.discard(self)
             self.transport.close()

@@ -116,12 +116,18 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        # what this read makes the client connection send leaves in one write (head and body
+        # of a small response together), not one per parser callback
+        client = owner.ex.conn
+        client.corked = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.owner = None
             self.close()
             owner.upstream_bad_response(self, f"invalid response: {exc}")
+        finally:
+            client.uncork()
 
     def on_header(self, name, value):
         self.headers.append((name, value))
