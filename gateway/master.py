@@ -37,6 +37,8 @@ from .worker import WorkerSettings
 
 log = logging.getLogger("tollgate.gateway")
 
+IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     config: str
@@ -93,9 +95,11 @@ class Master:
             s.worker or WorkerSettings(config=s.config, host=s.host, port=s.port),
             config=s.config, host=s.host, port=s.port, index=wp.index,
             access_log=s.access_log, channel_fd=write_fd)
+        # run from the directory this master imported gateway from: ``-m`` puts the working
+        # directory first on sys.path, and a worker must run the very same code as its master
         wp.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.worker", msgspec.json.encode(settings).decode()],
-            pass_fds=(write_fd,), close_fds=True)
+            pass_fds=(write_fd,), close_fds=True, cwd=IMPORT_ROOT)
         os.close(write_fd)
         wp.pid = wp.proc.pid
         wp.ready = False
@@ -305,6 +309,11 @@ class StatusProtocol(asyncio.Protocol):
 def run_gateway(settings: GatewaySettings) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s master[{os.getpid()}] %(levelname)s %(message)s")
+    # workers run from another directory (see _spawn): hand them absolute paths
+    settings = msgspec.structs.replace(
+        settings, config=os.path.abspath(settings.config),
+        access_log=(os.path.abspath(settings.access_log)
+                    if settings.access_log not in (None, "-") else settings.access_log))
     try:
         validate_file(settings.config)
     except ConfigError as exc:
