@@ -1,7 +1,8 @@
 """Build Tollgate: the Python packages plus the compiled forms of the fastpath modules.
 
 Each ``fastpath/<name>.py`` that has a ``fastpath/<name>.pxd`` beside it is compiled with Cython
-into ``fastpath._compiled.<name>``.  The build never fails for want of a compiler or of Cython:
+into ``fastpath._compiled.<name>``; each ``gateway/**/<name>.py`` with a ``.pxd`` beside it is
+compiled in place (see gateway/__init__.py for how its interpreted form is chosen).  The build never fails for want of a compiler or of Cython:
 Tollgate then runs on the interpreted forms (``fastpath.IMPLEMENTATION == "pure"``), and says so.
 ``TOLLGATE_NO_EXTENSIONS=1`` skips the compilation on purpose.
 """
@@ -29,9 +30,19 @@ def fastpath_extensions():
                   extra_compile_args=["-O2"])
         for pxd in sorted((HERE / "fastpath").glob("*.pxd"))
     ]
-    return cythonize(extensions, language_level=3, quiet=True,
-                     compiler_directives={"boundscheck": False, "wraparound": False,
-                                          "cdivision": True, "embedsignature": True})
+    # The data plane's protocol and pipeline classes (they do I/O, so they are not fastpath)
+    # compile in place; gateway/__init__.py loads their sources instead when running interpreted.
+    for pxd in sorted((HERE / "gateway").rglob("*.pxd")):
+        module = pxd.relative_to(HERE).with_suffix("")
+        extensions.append(Extension(".".join(module.parts), [str(module) + ".py"],
+                                    extra_compile_args=["-O2"]))
+    try:
+        return cythonize(extensions, language_level=3, quiet=True,
+                         compiler_directives={"boundscheck": False, "wraparound": False,
+                                              "cdivision": True, "embedsignature": True})
+    except Exception as exc:  # a Cython error must not make Tollgate uninstallable
+        print(f"tollgate: Cython failed ({exc}); everything runs interpreted", file=sys.stderr)
+        return []
 
 
 class OptionalBuildExt(build_ext):
@@ -58,7 +69,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tollgate*", "gateway*", "fastpath*", "control_plane*", "device_bridge*"]),
-    package_data={"fastpath": ["*.pxd"], "tollgate": ["examples/*.yaml"]},
+    package_data={"fastpath": ["*.pxd"], "gateway": ["*.pxd", "*/*.pxd"], "tollgate": ["examples/*.yaml"]},
     ext_modules=fastpath_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[

@@ -37,6 +37,10 @@ def load(name: str, compiled: bool) -> ModuleType:
         module = importlib.import_module(f"fastpath._compiled.{name}")
         if not module.__file__ or module.__file__.endswith(".py"):  # pragma: no cover
             raise ImportError(f"fastpath._compiled.{name} is not a compiled module")
+        source = os.path.join(os.path.dirname(__file__), name + ".py")
+        if os.path.getmtime(source) > os.path.getmtime(module.__file__):
+            # a forgotten rebuild must not run old code: rebuild with `pip install -e .`
+            raise ImportError(f"fastpath._compiled.{name} is older than fastpath/{name}.py")
         return module
     return importlib.import_module(f"fastpath.{name}")
 

@@ -21,6 +21,10 @@ RESPONSE_DROP = frozenset((
 ))
 
 
+# Connection options that name no other header: the common values need no second pass.
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close"))
+
+
 def _connection_tokens(headers: list) -> frozenset:
     """The header names listed by Connection headers (lower-case), or an empty set."""
     tokens = set()
@@ -28,7 +32,7 @@ def _connection_tokens(headers: list) -> frozenset:
         if len(name) == 10 and name.lower() == b"connection":
             for token in value.split(b","):
                 token = token.strip().lower()
-                if token:
+                if token and token not in _PLAIN_CONNECTION:
                     tokens.add(token)
     return frozenset(tokens)
 
@@ -50,7 +54,8 @@ def filter_request_headers(headers: list):
         if lname in REQUEST_DROP:
             if lname == b"x-forwarded-for":
                 forwarded = value if forwarded is None else forwarded + b", " + value
-            elif lname == b"connection" and extra is None:
+            elif (lname == b"connection" and extra is None
+                  and value.strip().lower() not in _PLAIN_CONNECTION):
                 extra = _connection_tokens(headers)
             continue
         out.append(name + b": " + value + b"\r\n")
@@ -81,7 +86,8 @@ def filter_response_headers(headers: list):
             elif lname == b"transfer-encoding":
                 framed = True
                 length = -1
-            elif lname == b"connection" and extra is None:
+            elif (lname == b"connection" and extra is None
+                  and value.strip().lower() not in _PLAIN_CONNECTION):
                 extra = _connection_tokens(headers)
             continue
         out.append(name + b": " + value + b"\r\n")

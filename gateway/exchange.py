@@ -8,21 +8,15 @@ client connection owns.  Errors are answered through :meth:`fail` only.
 """
 from __future__ import annotations
 
-from .errors import GatewayError, error_body, reason
+from gateway.errors import REASONS, GatewayError, error_body, reason
+
+STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text.encode()) for code, text in REASONS.items()}
 
 
 class Exchange:
-    __slots__ = (
-        "conn", "method", "raw_target", "path", "query", "headers", "host", "version",
-        "keep_alive", "request_id", "client_ip", "env", "api", "params", "rest",
-        "content_length", "chunked", "expect_continue", "started", "upstream_started",
-        "upstream_elapsed", "status", "bytes_sent", "response_started", "done",
-        "error_code", "handler_state", "caller", "request_complete", "body_received",
-        "header_bytes", "upstream_addr", "_resp_chunked", "head_request",
-    )
+    # attributes and their types: gateway/exchange.pxd (the compiled form's declarations)
 
-    def __init__(self, conn, method: str, raw_target: bytes, headers: list, version: str,
-                 keep_alive: bool, started: float):
+    def __init__(self, conn, method, raw_target, headers, version, keep_alive, started):
         self.conn = conn
         self.method = method
         self.raw_target = raw_target
@@ -30,6 +24,7 @@ class Exchange:
         self.version = version
         self.keep_alive = keep_alive
         self.started = started
+        self.caller = None              # set by authentication stages (app, user, account)
         self.path = ""                  # normalised path: what is routed is what is forwarded
         self.query = b""                # raw query string, without '?'
         self.host = ""
@@ -50,37 +45,38 @@ class Exchange:
         self.done = False
         self.error_code = ""
         self.handler_state = None       # owned by the backend handler
-        self.caller = None              # set by authentication stages (app, user, account)
         self.request_complete = False
         self.body_received = 0
         self.upstream_addr = ""
-        self._resp_chunked = False
+        self.resp_chunked = False
         self.head_request = method == "HEAD"
 
     @property
-    def has_body(self) -> bool:
+    def has_body(self):
         return self.chunked or self.content_length > 0
 
     # -- answering -----------------------------------------------------------------------
-    def respond_head(self, status: int, header_lines: bytes, *, content_length: int) -> None:
+    def respond_head(self, status, header_lines, content_length):
         """Start the response.  ``header_lines`` are complete ``Name: value\\r\\n`` lines
         without framing headers; ``content_length`` -1 means the length is unknown and the
         body is chunked (HTTP/1.1) or delimited by closing (HTTP/1.0)."""
         self.status = status
         self.response_started = True
         conn = self.conn
-        if conn.draining or (not self.request_complete and self.has_body):
+        if conn.draining or (not self.request_complete and (self.chunked or self.content_length > 0)):
             # a request whose body we did not read to the end cannot be followed by another
             self.keep_alive = False
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status).encode()), header_lines,
-                 b"X-Request-Id: ", self.request_id.encode(), b"\r\n"]
+        status_line = STATUS_LINES.get(status)
+        if status_line is None:
+            status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status).encode())
+        parts = [status_line, header_lines, b"X-Request-Id: ", self.request_id.encode(), b"\r\n"]
         bodiless = self.head_request or status in (204, 304) or status < 200
         if content_length >= 0:
             if status != 204 and status != 304:
                 parts.append(b"Content-Length: %d\r\n" % content_length)
         elif not bodiless:
             if self.version == "1.1":
-                self._resp_chunked = True
+                self.resp_chunked = True
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False
@@ -91,29 +87,29 @@ class Exchange:
         parts.append(b"\r\n")
         conn.write(b"".join(parts))
 
-    def respond_body(self, chunk: bytes) -> None:
+    def respond_body(self, chunk):
         if self.head_request or not chunk:
             return
         self.bytes_sent += len(chunk)
-        if self._resp_chunked:
+        if self.resp_chunked:
             self.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         else:
             self.conn.write(chunk)
 
-    def respond_end(self) -> None:
-        if self._resp_chunked and not self.head_request:
+    def respond_end(self):
+        if self.resp_chunked and not self.head_request:
             self.conn.write(b"0\r\n\r\n")
         self.conn.exchange_finished(self)
 
-    def respond_full(self, status: int, header_lines: bytes, body: bytes) -> None:
+    def respond_full(self, status, header_lines, body):
         """A whole response at once (mocks, errors): one write."""
-        self.respond_head(status, header_lines, content_length=len(body))
+        self.respond_head(status, header_lines, len(body))
         if body and not self.head_request:
             self.bytes_sent += len(body)
             self.conn.write(body)
         self.conn.exchange_finished(self)
 
-    def fail(self, error: GatewayError) -> None:
+    def fail(self, error):
         """Answer with the gateway's own error, or cut the connection if the answer started."""
         if self.done:
             return

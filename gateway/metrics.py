@@ -13,7 +13,6 @@ status is a class (2xx ...), code is a ROMA code.
 """
 from __future__ import annotations
 
-from bisect import bisect_left
 from time import perf_counter
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
@@ -25,9 +24,10 @@ UNROUTED = ("", "")   # requests answered before an API was found (404, malforme
 
 
 class ApiStats:
-    """Per (api, env) totals of one worker.  Lives across reloads: counters never reset."""
+    """Per (api, env) totals of one worker.  Lives across reloads: counters never reset.
 
-    __slots__ = ("counts", "duration", "duration_sum", "upstream", "upstream_sum")
+    Attribute types: gateway/metrics.pxd.
+    """
 
     def __init__(self):
         self.counts = [0] * len(STATUS_CLASSES)
@@ -38,24 +38,35 @@ class ApiStats:
 
     def observe(self, status_index, duration, upstream):
         self.counts[status_index] += 1
-        self.duration[bisect_left(BUCKETS, duration)] += 1
+        self.duration[_bucket(duration)] += 1
         self.duration_sum += duration
         if upstream >= 0.0:
-            self.upstream[bisect_left(BUCKETS, upstream)] += 1
+            self.upstream[_bucket(upstream)] += 1
             self.upstream_sum += upstream
 
     def as_list(self):
         return [self.counts, self.duration, self.duration_sum, self.upstream, self.upstream_sum]
 
 
+def _bucket(value):
+    """Index of the first bucket bound >= value (bisect_left, without a call per request)."""
+    i = 0
+    n = len(BUCKETS)
+    while i < n and BUCKETS[i] < value:
+        i += 1
+    return i
+
+
 class WorkerMetrics:
+    """The totals of one worker (attribute types: gateway/metrics.pxd)."""
+
     def __init__(self, implementation):
-        self.apis: dict[tuple, ApiStats] = {}
-        self.errors: dict[str, int] = {}
+        self.apis = {}      # (api, env) -> ApiStats
+        self.errors = {}    # ROMA code -> count
         self.implementation = implementation
         self.unrouted = self.api_stats(*UNROUTED)
 
-    def api_stats(self, api, env) -> ApiStats:
+    def api_stats(self, api, env):
         stats = self.apis.get((api, env))
         if stats is None:
             stats = self.apis[(api, env)] = ApiStats()
@@ -65,7 +76,9 @@ class WorkerMetrics:
         status = ex.status
         index = 0 if aborted or status == 0 else min(status // 100, 5)
         api = ex.api
-        stats = api.stats if api is not None and api.stats is not None else self.unrouted
+        stats = self.unrouted
+        if api is not None and api.stats is not None:
+            stats = api.stats
         stats.observe(index, perf_counter() - ex.started, ex.upstream_elapsed)
         if ex.error_code:
             self.count_error(ex.error_code)
@@ -73,7 +86,7 @@ class WorkerMetrics:
     def count_error(self, code):
         self.errors[code] = self.errors.get(code, 0) + 1
 
-    def export(self, worker) -> dict:
+    def export(self, worker):
         in_flight = sum(1 for c in worker.connections if c.current is not None) + sum(
             len(c.pending) for c in worker.connections)
         return {

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from fastpath import PathError, normalize_path
 
-from .errors import BadRequest, NotFound
+from gateway.errors import BadRequest, NotFound
 
 DEFAULT_ENV = "RELEASE"
 
 
 class Pipeline:
-    __slots__ = ("worker",)
+    """Routes exchanges for one worker (attribute types: gateway/pipeline.pxd)."""
 
     def __init__(self, worker):
         self.worker = worker

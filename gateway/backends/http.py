@@ -20,8 +20,8 @@ from __future__ import annotations
 from time import perf_counter
 from urllib.parse import urlsplit
 
-from ..errors import BackendTimeout, BackendUnavailable
-from ..http.server import UPSTREAM
+from gateway.errors import BackendTimeout, BackendUnavailable
+from gateway.http.server import UPSTREAM
 from fastpath import filter_request_headers, filter_response_headers
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
@@ -35,13 +35,12 @@ class BackendConfigError(ValueError):
 
 
 class HttpBackend:
-    """The compiled plan of an http backend for one API in one environment."""
+    """The compiled plan of an http backend for one API in one environment.
 
-    __slots__ = ("runtime", "key", "host_header", "path_parts", "path_has_params", "base_query",
-                 "method", "timeout_s", "retries", "prefix", "authority")
+    Attribute types: gateway/backends/http.pxd.
+    """
 
-    def __init__(self, runtime, url: str, method: str | None, timeout_ms: int, retries: int,
-                 host_header: str | None, prefix: bool):
+    def __init__(self, runtime, url, method, timeout_ms, retries, host_header, prefix):
         self.runtime = runtime
         parts = urlsplit(url)
         if parts.scheme != "http":
@@ -60,6 +59,7 @@ class HttpBackend:
         self.authority = parts.netloc
         self.host_header = (host_header or parts.netloc).encode("latin-1")
         self.path_parts = _path_template(parts.path or "/")
+        self.replay_limit = runtime.limits.replay_body_bytes if runtime is not None else 0
         self.path_has_params = len(self.path_parts) > 1
         self.base_query = parts.query.encode("latin-1")
         self.method = method.encode() if method and method != "ANY" else None
@@ -100,11 +100,14 @@ class HttpBackend:
             call.upstream.pause_reading(paused)
 
     # -- request building -----------------------------------------------------------------
-    def build_head(self, ex) -> bytes:
+    def build_head(self, ex):
         parts = self.path_parts
         if self.path_has_params:
             params = ex.params or {}
-            path = "".join(params.get(p, "") if i % 2 else p for i, p in enumerate(parts))
+            pieces = []
+            for i in range(len(parts)):
+                pieces.append(params.get(parts[i], "") if i % 2 else parts[i])
+            path = "".join(pieces)
         else:
             path = parts[0]
         if self.prefix and ex.rest:
@@ -151,10 +154,10 @@ def _path_template(path: str) -> list:
 
 
 class ProxyCall:
-    """One exchange's trip to the backend; the owner of an UpstreamConnection while it lasts."""
+    """One exchange's trip to the backend; the owner of an UpstreamConnection while it lasts.
 
-    __slots__ = ("backend", "ex", "upstream", "queued", "queued_bytes", "replay", "replay_bytes",
-                 "retries_left", "stale_replays", "idempotent", "connecting", "finished")
+    Attribute types: gateway/backends/http.pxd.
+    """
 
     def __init__(self, backend, ex):
         self.backend = backend
@@ -232,12 +235,12 @@ class ProxyCall:
     def _remember(self, data):
         if self.replay is not None:
             self.replay_bytes += len(data)
-            if self.replay_bytes > self.backend.runtime.limits.replay_body_bytes:
+            if self.replay_bytes > self.backend.replay_limit:
                 self.replay = None
             else:
                 self.replay.append(data)
 
-    def _retry(self, fresh=True):
+    def _retry(self, fresh):
         """Send the whole request again on a new connection."""
         self.queued = self.replay + self.queued
         self.queued_bytes = sum(len(b) for b in self.queued)
@@ -254,12 +257,12 @@ class ProxyCall:
             conn.close()
 
     # -- events from the upstream connection ----------------------------------------------------
-    def upstream_head(self, conn, status, headers, keep_alive):
+    def upstream_head(self, conn, status, headers):
         ex = self.ex
         ex.upstream_elapsed = perf_counter() - ex.upstream_started
         lines, length, framed = filter_response_headers(headers)
         ex.conn.set_deadline(UPSTREAM, self.backend.timeout_s)   # from now on, a read-idle timeout
-        ex.respond_head(status, lines, content_length=length)
+        ex.respond_head(status, lines, length)
         return framed
 
     def upstream_body(self, chunk):

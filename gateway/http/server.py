@@ -16,14 +16,13 @@ into one error answer and closes the connection.
 """
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from time import perf_counter
 
 import httptools
 
-from ..errors import FramingError, GatewayError, TooLarge, error_body, reason
-from ..exchange import Exchange
+from gateway.errors import FramingError, GatewayError, InternalError, TooLarge, error_body, reason
+from gateway.exchange import Exchange
 
 # deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
 _NONE, _HEAD, _IDLE, _BODY, UPSTREAM, _SEND, _DRAIN = range(7)
@@ -40,19 +39,28 @@ _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HE
                                       "TRACE", "CONNECT")}
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client connection.  ``worker`` is the worker's shared state (snapshot, pool, ...)."""
+class ClientConnection:
+    """One client connection (an asyncio protocol).
 
-    __slots__ = (
-        "worker", "limits", "transport", "parser", "client_ip", "url", "headers", "in_head",
-        "head_bytes", "headers_size", "h_host", "h_te", "h_cl", "h_expect", "h_stage", "parsing",
-        "current", "pending", "reading_paused", "writing_paused", "deadline", "deadline_kind",
-        "closed", "draining", "deferred_error", "requests", "corked", "out",
-    )
+    ``worker`` is the worker's shared state (snapshot, pool, ...).  No asyncio.Protocol base
+    class: uvloop needs only the methods, and the compiled form is an extension type.
+    """
+
+    # attributes and their types: gateway/http/server.pxd
 
     def __init__(self, worker):
         self.worker = worker
-        self.limits = worker.limits
+        limits = self.limits = worker.limits
+        self.max_uri = limits.max_uri_bytes
+        self.max_header = limits.max_header_bytes
+        self.max_headers = limits.max_headers_bytes
+        self.max_count = limits.max_headers_count
+        self.max_body = limits.max_body_bytes
+        self.head_guard = limits.head_guard_bytes
+        self.head_timeout = limits.head_timeout_s
+        self.body_timeout = limits.body_timeout_s
+        self.keepalive_timeout = limits.keepalive_timeout_s
+        self.pipeline = worker.pipeline
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = ""
@@ -94,7 +102,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.current
         if ex is not None and not ex.done:
             ex.api.handler.on_abort(ex)
-            self._account(ex, aborted=True)
+            self._account(ex, True)
         self.current = None
         self.pending.clear()
         self.parsing = None
@@ -128,6 +136,15 @@ class ClientConnection(asyncio.Protocol):
             # is parsed as the next request by a fresh parser.
             self._after_upgrade(data, upgrade)
             return
+        except httptools.HttpParserCallbackError as exc:
+            # httptools wraps what a callback raised; the original is the exception's context
+            cause = exc.__context__
+            if isinstance(cause, GatewayError):
+                self.reject(cause)
+            else:
+                self.worker.log.error("request callback failed", exc_info=cause or exc)
+                self.reject(InternalError("Internal error", f"callback: {cause!r}"))
+            return
         except httptools.HttpParserError as exc:
             self.reject(FramingError("Malformed HTTP request", f"parser: {exc}"))
             return
@@ -135,13 +152,10 @@ class ClientConnection(asyncio.Protocol):
             self.uncork()
         if self.in_head:
             self.head_bytes += len(data)
-            if self.head_bytes > self.limits.head_guard_bytes:
+            if self.head_bytes > self.head_guard:
                 self.reject(TooLarge("Request headers too large", status=494))
 
     def _after_upgrade(self, data, upgrade):
-        if self.parsing is not None and self.parsing.method == "CONNECT":
-            self.reject(FramingError("CONNECT is not supported", "CONNECT request"))
-            return
         offset = upgrade.args[0] if upgrade.args else len(data)
         self.parser = httptools.HttpRequestParser(self)
         rest = data[offset:]
@@ -162,20 +176,19 @@ class ClientConnection(asyncio.Protocol):
         self.headers = []
         self.h_host = self.h_te = self.h_cl = self.h_expect = self.h_stage = None
         if self.deadline_kind == _IDLE:
-            self.set_deadline(_HEAD, self.limits.head_timeout_s)
+            self.set_deadline(_HEAD, self.head_timeout)
 
     def on_url(self, url):
         self.url += url
-        if len(self.url) > self.limits.max_uri_bytes:
+        if len(self.url) > self.max_uri:
             raise TooLarge("Request URI too large", status=414)
 
     def on_header(self, name, value):
         size = len(name) + len(value)
-        limits = self.limits
-        if size > limits.max_header_bytes:
+        if size > self.max_header:
             raise TooLarge("Request header too large", f"header {name[:64]!r}: {size} bytes", status=494)
         self.headers_size += size
-        if self.headers_size > limits.max_headers_bytes or len(self.headers) >= limits.max_headers_count:
+        if self.headers_size > self.max_headers or len(self.headers) >= self.max_count:
             raise TooLarge("Request headers too large", status=494)
         watched = _WATCHED.get(name.lower())
         if watched is not None:
@@ -205,6 +218,8 @@ class ClientConnection(asyncio.Protocol):
             raise FramingError("Unsupported HTTP version", f"HTTP/{version}")
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
+        if method == "CONNECT":
+            raise FramingError("CONNECT is not supported", "CONNECT request")
         worker = self.worker
         ex = Exchange(self, method, self.url, self.headers, version,
                       parser.should_keep_alive() and not self.draining, perf_counter())
@@ -236,7 +251,7 @@ class ClientConnection(asyncio.Protocol):
         elif cl is not None:
             # llhttp has checked the digits; the limit is ours
             length = int(cl)
-            if length > self.limits.max_body_bytes:
+            if length > self.max_body:
                 raise TooLarge("Request body too large", f"Content-Length {length}", status=413)
             ex.content_length = length
         host = self.h_host
@@ -281,12 +296,12 @@ class ClientConnection(asyncio.Protocol):
         if ex is None:
             return
         ex.body_received += len(chunk)
-        if ex.body_received > self.limits.max_body_bytes:
+        if ex.body_received > self.max_body:
             raise TooLarge("Request body too large", status=413)
         if ex is self.current:
             if not ex.done:
                 if self.deadline_kind == _BODY:  # the client is making progress
-                    self.set_deadline(_BODY, self.limits.body_timeout_s)
+                    self.set_deadline(_BODY, self.body_timeout)
                 ex.api.handler.on_body(ex, chunk)
         else:
             ex.handler_state.append(chunk)
@@ -308,7 +323,7 @@ class ClientConnection(asyncio.Protocol):
         queued_body = ex.handler_state
         ex.handler_state = None
         try:
-            self.worker.pipeline.enter(ex)
+            self.pipeline.enter(ex)
         except GatewayError as error:
             self.set_deadline(_NONE, 0)
             ex.fail(error)
@@ -316,8 +331,8 @@ class ClientConnection(asyncio.Protocol):
         handler = ex.api.handler
         if ex.expect_continue and not ex.request_complete:
             self.write(_CONTINUE)
-        if ex.has_body and not ex.request_complete:
-            self.set_deadline(_BODY, self.limits.body_timeout_s)
+        if (ex.chunked or ex.content_length > 0) and not ex.request_complete:
+            self.set_deadline(_BODY, self.body_timeout)
         else:
             self.set_deadline(_NONE, 0)
         handler.on_head(ex)
@@ -332,7 +347,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.done:
             return
         ex.done = True
-        self._account(ex)
+        self._account(ex, False)
         ex.handler_state = None   # the handler's state points back at ex: free it without the GC
         if self.current is ex:
             self.current = None
@@ -355,19 +370,19 @@ class ClientConnection(asyncio.Protocol):
             return
         self.resume_reading()
         if self.parsing is None and not self.in_head:
-            self.set_deadline(_IDLE, self.limits.keepalive_timeout_s)
+            self.set_deadline(_IDLE, self.keepalive_timeout)
 
     def abort_exchange(self, ex):
         """The exchange cannot be answered properly any more: cut the connection."""
         if not ex.done:
             ex.done = True
-            self._account(ex, aborted=True)
+            self._account(ex, True)
         ex.handler_state = None
         if self.current is ex:
             self.current = None
         self.close()
 
-    def _account(self, ex, aborted=False):
+    def _account(self, ex, aborted):
         try:
             self.worker.observe(ex, aborted)
         except Exception:  # observation must never break the data path

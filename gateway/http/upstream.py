@@ -16,9 +16,8 @@ import socket
 import httptools
 
 
-class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "key", "transport", "parser", "owner", "headers", "uses", "idle_since",
-                 "got_bytes", "closed", "interim", "skip_body", "eof_body", "reading_paused")
+class UpstreamConnection:
+    """A connection to a backend (an asyncio protocol; attribute types in upstream.pxd)."""
 
     def __init__(self, pool, key):
         self.pool = pool
@@ -146,7 +145,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         headers = self.headers
         self.headers = []
-        framed = owner.upstream_head(self, status, headers, parser.should_keep_alive())
+        framed = owner.upstream_head(self, status, headers)
         self.eof_body = not framed and not self.skip_body and status not in (204, 304)
         if self.skip_body and self.owner is owner:
             # a response to HEAD has no body whatever its Content-Length says; llhttp does not
@@ -175,12 +174,15 @@ class UpstreamConnection(asyncio.Protocol):
 
 class UpstreamPool:
     """Idle keep-alive connections per backend address ``(host, port)``."""
+    # attribute types: gateway/http/upstream.pxd
 
     def __init__(self, loop, limits):
         self.loop = loop
         self.limits = limits
-        self.idle: dict[tuple, list] = {}
+        self.idle = {}           # (host, port) -> [UpstreamConnection], oldest first
         self.opened = 0          # connections open now (idle + busy), for the metrics
+        self.max_idle = limits.upstream_max_idle_per_backend
+        self.idle_timeout = limits.upstream_idle_timeout_s
 
     def take(self, key):
         """An idle connection to ``key`` or None.  Most recently used first."""
@@ -197,7 +199,7 @@ class UpstreamPool:
         conns = self.idle.get(conn.key)
         if conns is None:
             conns = self.idle[conn.key] = []
-        if len(conns) >= self.limits.upstream_max_idle_per_backend:
+        if len(conns) >= self.max_idle:
             conn.close()
             return
         if conn.reading_paused:
@@ -222,7 +224,7 @@ class UpstreamPool:
 
     def sweep(self, now):
         """Close connections idle longer than the limit (called by the worker's sweep)."""
-        limit = self.limits.upstream_idle_timeout_s
+        limit = self.idle_timeout
         for conns in self.idle.values():
             # oldest first: the list is ordered by the time they were given back
             while conns and now - conns[0].idle_since > limit:

@@ -1,0 +1,53 @@
+# Types for the compiled form of gateway/backends/http.py (Cython pure-Python mode).
+from gateway.exchange cimport Exchange
+from gateway.http.upstream cimport UpstreamConnection
+
+
+cdef class HttpBackend:
+    cdef public object runtime
+    cdef public object key
+    cdef public str authority
+    cdef public bytes host_header
+    cdef public list path_parts
+    cdef public bint path_has_params
+    cdef public bytes base_query
+    cdef public bytes method
+    cdef public double timeout_s
+    cdef public int retries
+    cdef public bint prefix
+    cdef public Py_ssize_t replay_limit
+
+    cpdef on_head(self, Exchange ex)
+    cpdef on_body(self, Exchange ex, bytes chunk)
+    cpdef on_request_end(self, Exchange ex)
+    cpdef on_timeout(self, Exchange ex)
+    cpdef on_abort(self, Exchange ex)
+    cpdef on_client_paused(self, Exchange ex, bint paused)
+    cpdef bytes build_head(self, Exchange ex)
+
+
+cdef class ProxyCall:
+    cdef public HttpBackend backend
+    cdef public Exchange ex
+    cdef public UpstreamConnection upstream
+    cdef public list queued
+    cdef public Py_ssize_t queued_bytes
+    cdef public list replay
+    cdef public Py_ssize_t replay_bytes
+    cdef public int retries_left
+    cdef public int stale_replays
+    cdef public bint idempotent
+    cdef public bint connecting
+    cdef public bint finished
+
+    cpdef dispatch(self, bint fresh)
+    cpdef attach(self, UpstreamConnection conn)
+    cpdef send_body(self, bytes data)
+    cdef _remember(self, bytes data)
+    cdef _retry(self, bint fresh)
+    cpdef drop_upstream(self)
+    cpdef upstream_head(self, UpstreamConnection conn, int status, list headers)
+    cpdef upstream_body(self, bytes chunk)
+    cpdef upstream_done(self, UpstreamConnection conn, bint reusable)
+    cpdef upstream_bad_response(self, UpstreamConnection conn, str detail)
+    cpdef upstream_lost(self, UpstreamConnection conn, object exc)

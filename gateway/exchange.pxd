@@ -1,0 +1,42 @@
+# Types for the compiled form of gateway/exchange.py (Cython pure-Python mode).
+
+cdef class Exchange:
+    cdef public object conn
+    cdef public str method
+    cdef public bytes raw_target
+    cdef public str path
+    cdef public bytes query
+    cdef public list headers
+    cdef public str host
+    cdef public str version
+    cdef public bint keep_alive
+    cdef public str request_id
+    cdef public str client_ip
+    cdef public str env
+    cdef public object api
+    cdef public object params
+    cdef public str rest
+    cdef public long long content_length
+    cdef public bint chunked
+    cdef public bint expect_continue
+    cdef public double started
+    cdef public double upstream_started
+    cdef public double upstream_elapsed
+    cdef public int status
+    cdef public long long bytes_sent
+    cdef public bint response_started
+    cdef public bint done
+    cdef public str error_code
+    cdef public object handler_state
+    cdef public object caller
+    cdef public bint request_complete
+    cdef public long long body_received
+    cdef public str upstream_addr
+    cdef public bint resp_chunked
+    cdef public bint head_request
+
+    cpdef respond_head(self, int status, bytes header_lines, long long content_length)
+    cpdef respond_body(self, bytes chunk)
+    cpdef respond_end(self)
+    cpdef respond_full(self, int status, bytes header_lines, bytes body)
+    cpdef fail(self, object error)

@@ -1,0 +1,61 @@
+# Types for the compiled form of gateway/http/server.py (Cython pure-Python mode).
+from gateway.exchange cimport Exchange
+
+cdef class ClientConnection:
+    cdef public object worker
+    cdef public object limits
+    cdef public object pipeline
+    cdef public object transport
+    cdef public object parser
+    cdef public str client_ip
+    cdef public bytes url
+    cdef public list headers
+    cdef public bint in_head
+    cdef public Py_ssize_t head_bytes
+    cdef public Py_ssize_t headers_size
+    cdef public object h_host
+    cdef public object h_te
+    cdef public object h_cl
+    cdef public object h_expect
+    cdef public object h_stage
+    cdef public Exchange parsing
+    cdef public Exchange current
+    cdef public object pending
+    cdef public bint reading_paused
+    cdef public bint writing_paused
+    cdef public double deadline
+    cdef public int deadline_kind
+    cdef public bint closed
+    cdef public bint draining
+    cdef public object deferred_error
+    cdef public long long requests
+    cdef public bint corked
+    cdef public list out
+    cdef public Py_ssize_t max_uri
+    cdef public Py_ssize_t max_header
+    cdef public Py_ssize_t max_headers
+    cdef public Py_ssize_t max_count
+    cdef public long long max_body
+    cdef public Py_ssize_t head_guard
+    cdef public double head_timeout
+    cdef public double body_timeout
+    cdef public double keepalive_timeout
+
+    cdef _check_framing(self, Exchange ex)
+    cdef _absolute_form(self, Exchange ex, bytes target, object host)
+    cdef _start(self, Exchange ex)
+    cpdef exchange_finished(self, Exchange ex)
+    cpdef abort_exchange(self, Exchange ex)
+    cdef _account(self, Exchange ex, bint aborted)
+    cpdef reject(self, object error)
+    cdef _write_error(self, object error)
+    cpdef log_error(self, Exchange ex, object error)
+    cpdef write(self, bytes data)
+    cpdef uncork(self)
+    cpdef close(self)
+    cpdef pause_reading(self)
+    cpdef resume_reading(self)
+    cpdef body_backpressure(self, bint paused)
+    cpdef set_deadline(self, int kind, double seconds)
+    cpdef check_deadline(self, double now)
+    cpdef start_drain(self)

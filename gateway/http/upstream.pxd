@@ -1,0 +1,38 @@
+# Types for the compiled form of gateway/http/upstream.py (Cython pure-Python mode).
+
+cdef class UpstreamConnection:
+    cdef public object pool
+    cdef public object key
+    cdef public object transport
+    cdef public object parser
+    cdef public object owner
+    cdef public list headers
+    cdef public int uses
+    cdef public double idle_since
+    cdef public bint got_bytes
+    cdef public bint closed
+    cdef public bint interim
+    cdef public bint skip_body
+    cdef public bint eof_body
+    cdef public bint reading_paused
+
+    cpdef close(self)
+    cpdef send(self, object owner, bytes data, bint skip_body)
+    cpdef write(self, bytes data)
+    cpdef pause_reading(self, bint paused)
+    cdef _finish(self, object owner, bint keep_alive)
+
+
+cdef class UpstreamPool:
+    cdef public object loop
+    cdef public object limits
+    cdef public dict idle
+    cdef public int opened
+    cdef public Py_ssize_t max_idle
+    cdef public double idle_timeout
+
+    cpdef UpstreamConnection take(self, object key)
+    cpdef give_back(self, UpstreamConnection conn, double now)
+    cpdef forget(self, UpstreamConnection conn)
+    cpdef sweep(self, double now)
+    cpdef close_all(self)

@@ -1,0 +1,21 @@
+# Types for the compiled form of gateway/metrics.py (Cython pure-Python mode).
+from gateway.exchange cimport Exchange
+
+cdef class ApiStats:
+    cdef public list counts
+    cdef public list duration
+    cdef public double duration_sum
+    cdef public list upstream
+    cdef public double upstream_sum
+    cpdef observe(self, int status_index, double duration, double upstream)
+
+cdef Py_ssize_t _bucket(double value)
+
+cdef class WorkerMetrics:
+    cdef public dict apis
+    cdef public dict errors
+    cdef public str implementation
+    cdef public ApiStats unrouted
+    cpdef ApiStats api_stats(self, str api, str env)
+    cpdef observe(self, Exchange ex, bint aborted)
+    cpdef count_error(self, str code)
