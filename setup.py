@@ -7,6 +7,7 @@ Tollgate then runs on the interpreted forms (``fastpath.IMPLEMENTATION == "pure"
 ``TOLLGATE_NO_EXTENSIONS=1`` skips the compilation on purpose.
 """
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,11 +26,15 @@ def fastpath_extensions():
     except ImportError:
         print("tollgate: Cython is not installed; fastpath runs interpreted", file=sys.stderr)
         return []
-    extensions = [
-        Extension(f"fastpath._compiled.{pxd.stem}", [f"fastpath/{pxd.stem}.py"],
-                  extra_compile_args=["-O2"])
-        for pxd in sorted((HERE / "fastpath").glob("*.pxd"))
-    ]
+    extensions = []
+    for pxd in sorted((HERE / "fastpath").glob("*.pxd")):
+        # Cython finds a module's .pxd by the module's name, not beside its source: the typing
+        # of fastpath/<name>.pxd reaches fastpath._compiled.<name> only from a copy there.
+        typed = HERE / "fastpath" / "_compiled" / pxd.name
+        if not typed.exists() or typed.read_bytes() != pxd.read_bytes():
+            shutil.copyfile(pxd, typed)
+        extensions.append(Extension(f"fastpath._compiled.{pxd.stem}", [f"fastpath/{pxd.stem}.py"],
+                                    extra_compile_args=["-O2"]))
     # The data plane's protocol and pipeline classes (they do I/O, so they are not fastpath)
     # compile in place; gateway/__init__.py loads their sources instead when running interpreted.
     for pxd in sorted((HERE / "gateway").rglob("*.pxd")):

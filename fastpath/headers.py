@@ -37,30 +37,47 @@ def _connection_tokens(headers: list) -> frozenset:
     return frozenset(tokens)
 
 
+def _without(headers: list, drop: frozenset, extra: frozenset) -> list:
+    """The pieces of the ``Name: value\r\n`` lines of headers in neither set (rare path)."""
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in drop and lname not in extra:
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
+    return out
+
+
 def filter_request_headers(headers: list):
     """Return ``(x_forwarded_for, lines)`` for a request being forwarded.
 
     ``x_forwarded_for`` is the client's X-Forwarded-For chain (joined when repeated) or None;
-    ``lines`` is the ``Name: value\\r\\n`` block of every end-to-end header, in order.
+    ``lines`` is the ``Name: value\r\n`` block of every end-to-end header, in order.
     """
+    drop: frozenset = REQUEST_DROP
+    plain: frozenset = _PLAIN_CONNECTION
     forwarded = None
-    out = []
+    out: list = []
     extra = None
     name: bytes
     value: bytes
     lname: bytes
     for name, value in headers:
         lname = name.lower()
-        if lname in REQUEST_DROP:
+        if lname in drop:
             if lname == b"x-forwarded-for":
                 forwarded = value if forwarded is None else forwarded + b", " + value
-            elif (lname == b"connection" and extra is None
-                  and value.strip().lower() not in _PLAIN_CONNECTION):
+            elif lname == b"connection" and extra is None and value.strip().lower() not in plain:
                 extra = _connection_tokens(headers)
             continue
-        out.append(name + b": " + value + b"\r\n")
+        out.append(name)
+        out.append(b": ")
+        out.append(value)
+        out.append(b"\r\n")
     if extra:
-        out = [line for line in out if line[:line.index(b":")].lower() not in extra]
+        out = _without(headers, drop, extra)
     return forwarded, b"".join(out)
 
 
@@ -70,7 +87,9 @@ def filter_response_headers(headers: list):
     ``content_length`` is the backend's Content-Length or -1; ``framed`` says whether the body
     has its own end (a length or chunked) rather than ending when the backend closes.
     """
-    out = []
+    drop: frozenset = RESPONSE_DROP
+    plain: frozenset = _PLAIN_CONNECTION
+    out: list = []
     length: cython.longlong = -1
     framed: cython.bint = False
     extra = None
@@ -79,18 +98,20 @@ def filter_response_headers(headers: list):
     lname: bytes
     for name, value in headers:
         lname = name.lower()
-        if lname in RESPONSE_DROP:
+        if lname in drop:
             if lname == b"content-length":
                 length = int(value)
                 framed = True
             elif lname == b"transfer-encoding":
                 framed = True
                 length = -1
-            elif (lname == b"connection" and extra is None
-                  and value.strip().lower() not in _PLAIN_CONNECTION):
+            elif lname == b"connection" and extra is None and value.strip().lower() not in plain:
                 extra = _connection_tokens(headers)
             continue
-        out.append(name + b": " + value + b"\r\n")
+        out.append(name)
+        out.append(b": ")
+        out.append(value)
+        out.append(b"\r\n")
     if extra:
-        out = [line for line in out if line[:line.index(b":")].lower() not in extra]
+        out = _without(headers, drop, extra)
     return b"".join(out), length, framed

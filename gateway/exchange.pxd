@@ -1,5 +1,11 @@
 # Types for the compiled form of gateway/exchange.py (Cython pure-Python mode).
 
+cdef class RequestIds:
+    cdef public str prefix
+    cdef public unsigned long long counter
+    cpdef str next(self)
+
+
 cdef class Exchange:
     cdef public object conn
     cdef public str method

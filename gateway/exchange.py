@@ -13,6 +13,18 @@ from gateway.errors import REASONS, GatewayError, error_body, reason
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text.encode()) for code, text in REASONS.items()}
 
 
+class RequestIds:
+    """Request ids: 32 hex characters, a random per-process prefix and a counter."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.counter = 0
+
+    def next(self):
+        self.counter += 1
+        return f"{self.prefix}{self.counter:016x}"
+
+
 class Exchange:
     # attributes and their types: gateway/exchange.pxd (the compiled form's declarations)
 

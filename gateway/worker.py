@@ -19,7 +19,6 @@ import signal
 import socket
 import struct
 import sys
-from time import perf_counter
 
 import msgspec
 import uvloop
@@ -28,6 +27,7 @@ import fastpath
 
 from .accesslog import AccessLog
 from .config import ConfigError, load_document
+from .exchange import RequestIds
 from .http.limits import Limits
 from .http.server import ClientConnection
 from .http.upstream import UpstreamPool
@@ -66,8 +66,7 @@ class Worker:
         self.snapshot = None
         self.config_bytes = b""
         self.access_log = AccessLog(settings.access_log) if settings.access_log else None
-        self._rid_prefix = os.urandom(8).hex()
-        self._rid_counter = 0
+        self.request_ids = RequestIds(os.urandom(8).hex())
         self._tasks: set = set()
         self._channel = None
         self._server = None
@@ -75,9 +74,7 @@ class Worker:
 
     # -- services for connections and handlers ------------------------------------------------
     def next_request_id(self) -> str:
-        """32 hex characters, unique: a random per-process prefix and a counter."""
-        self._rid_counter += 1
-        return f"{self._rid_prefix}{self._rid_counter:016x}"
+        return self.request_ids.next()
 
     def spawn(self, coro):
         task = self.loop.create_task(coro)
@@ -89,11 +86,6 @@ class Worker:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task failed", exc_info=task.exception())
-
-    def observe(self, ex, aborted):
-        self.metrics.observe(ex, aborted)
-        if self.access_log is not None:
-            self.access_log.log(ex, perf_counter() - ex.started, aborted)
 
     def count_protocol_error(self, error):
         self.metrics.count_error(error.code)

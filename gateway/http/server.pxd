@@ -1,10 +1,14 @@
 # Types for the compiled form of gateway/http/server.py (Cython pure-Python mode).
-from gateway.exchange cimport Exchange
+from gateway.exchange cimport Exchange, RequestIds
+from gateway.metrics cimport WorkerMetrics
 
 cdef class ClientConnection:
     cdef public object worker
     cdef public object limits
     cdef public object pipeline
+    cdef public RequestIds request_ids
+    cdef public WorkerMetrics metrics
+    cdef public object access_log
     cdef public object transport
     cdef public object parser
     cdef public str client_ip

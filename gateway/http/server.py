@@ -61,6 +61,9 @@ class ClientConnection:
         self.body_timeout = limits.body_timeout_s
         self.keepalive_timeout = limits.keepalive_timeout_s
         self.pipeline = worker.pipeline
+        self.request_ids = worker.request_ids
+        self.metrics = worker.metrics
+        self.access_log = worker.access_log
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = ""
@@ -223,7 +226,7 @@ class ClientConnection:
         worker = self.worker
         ex = Exchange(self, method, self.url, self.headers, version,
                       parser.should_keep_alive() and not self.draining, perf_counter())
-        ex.request_id = worker.next_request_id()
+        ex.request_id = self.request_ids.next()
         self.requests += 1
         self._check_framing(ex)
         self.parsing = ex
@@ -384,7 +387,9 @@ class ClientConnection:
 
     def _account(self, ex, aborted):
         try:
-            self.worker.observe(ex, aborted)
+            self.metrics.observe(ex, aborted)
+            if self.access_log is not None:
+                self.access_log.log(ex, perf_counter() - ex.started, aborted)
         except Exception:  # observation must never break the data path
             self.worker.log.exception("observing an exchange failed")
 
@@ -410,7 +415,7 @@ class ClientConnection:
         self._write_error(error)
 
     def _write_error(self, error):
-        request_id = self.worker.next_request_id()
+        request_id = self.request_ids.next()
         self.worker.count_protocol_error(error)
         self.worker.log_protocol_error(self, error, request_id)
         body = error_body(error, request_id)
