@@ -68,6 +68,7 @@ class WorkerProcess:
         self.ready = False
         self.version = ""
         self.started_at = 0.0
+        self.channel_task = None
 
 
 class Master:
@@ -105,7 +106,9 @@ class Master:
         wp.ready = False
         wp.started_at = time.monotonic()
         reader = os.fdopen(read_fd, "rb", buffering=0)
-        self.loop.create_task(self._read_channel(wp, wp.pid, reader))
+        # keep the task: the loop holds tasks weakly, and a collected reader would close the
+        # pipe's descriptor under uvloop's feet (and silence the worker's metrics)
+        wp.channel_task = self.loop.create_task(self._read_channel(wp, wp.pid, reader))
 
     async def _read_channel(self, wp, pid, reader):
         stream = asyncio.StreamReader(limit=64 * 1024 * 1024)

@@ -192,6 +192,9 @@ class ProxyCall:
         while True:
             try:
                 conn = await runtime.pool.connect(backend.key)
+                if conn.closed:
+                    # accepted and closed before we could send: nothing reached the backend
+                    raise ConnectionResetError("closed by the backend right after connecting")
             except (OSError, TimeoutError) as exc:
                 if self.finished or self.ex.done:
                     return

@@ -53,6 +53,7 @@ class GatewayProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if self.status("/readyz")[0] == 200:
@@ -60,6 +61,7 @@ class GatewayProcess:
             except OSError:
                 pass
             time.sleep(0.05)
+        self.stop()
         raise RuntimeError(f"gateway not ready in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
@@ -117,4 +119,5 @@ class GatewayProcess:
                 self.proc.wait(5)
                 raise
         finally:
-            self._log.close()
+            if not self._log.closed:
+                self._log.close()
