@@ -509,6 +509,16 @@ def start_nginx_proxy(workdir: Path, upstream: str, args: argparse.Namespace) ->
     return Target("nginx", svc, svc.url + PATH)
 
 
+def start_floor(workdir: Path, upstream: str) -> Target:
+    """The floor of the stack (benchmarks/floor_proxy.py): what uvloop + httptools cost alone."""
+    port = free_port()
+    svc = Service("floor", [sys.executable, "-m", "benchmarks.floor_proxy", str(port),
+                            upstream.rsplit(":", 1)[1]], workdir, f"http://127.0.0.1:{port}")
+    svc.start()
+    svc.wait_ready(lambda: http_get(svc.url + PATH) == (200, BODY.encode()))
+    return Target("floor", svc, svc.url + PATH)
+
+
 def tollgate_command() -> list[str]:
     """``python -m tollgate`` from this interpreter, else the ``tollgate`` console script."""
     cmd = [sys.executable, "-m", "tollgate"]
@@ -688,8 +698,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     p.add_argument("--workers", type=int, default=1, help="worker processes of each proxy (default 1)")
-    p.add_argument("--targets", default="nginx,tollgate",
-                   help="comma-separated, among nginx,tollgate (default both)")
+    p.add_argument("--targets", default="nginx,tollgate,floor",
+                   help="comma-separated, among nginx,tollgate,floor (default all three; floor is "
+                        "benchmarks/floor_proxy.py, the least a uvloop + httptools proxy costs)")
     p.add_argument("--access-log-cost", action="store_true",
                    help="also run Tollgate with --access-log FILE and report what it costs")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -697,9 +708,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="keep benchmarks/.work/<run>/ (confs, logs) even after a clean run")
     args = p.parse_args(argv)
     args.target_list = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(args.target_list) - {"nginx", "tollgate"}
+    unknown = set(args.target_list) - {"nginx", "tollgate", "floor"}
     if unknown or not args.target_list:
-        p.error(f"--targets: unknown {sorted(unknown)}; choose among nginx,tollgate")
+        p.error(f"--targets: unknown {sorted(unknown)}; choose among nginx,tollgate,floor")
     if args.access_log_cost and "tollgate" not in args.target_list:
         p.error("--access-log-cost needs the tollgate target")
     if min(args.duration, args.reps, args.connections, args.threads, args.workers) < 1:
@@ -741,6 +752,8 @@ def main(argv=None) -> int:
             if args.access_log_cost:
                 targets.append(start_tollgate(workdir, upstream_addr, args, "tollgate+accesslog",
                                               workdir / "tollgate-access.log"))
+        if "floor" in args.target_list:
+            targets.append(start_floor(workdir, upstream_addr))
         names = [t.name for t in targets]
 
         notes = []

@@ -108,12 +108,22 @@ def test_killed_worker_is_started_again(make_gateway, backend_m):
     old = [w["pid"] for w in ready["workers"]]
     os.kill(old[0], signal.SIGKILL)
     time.sleep(0.1)
-    # the other worker keeps serving meanwhile
-    deadline = time.monotonic() + 10
+    # the other worker keeps serving meanwhile.  Each worker has its own SO_REUSEPORT socket,
+    # so a connection the kernel had queued on the killed worker's socket (or sent there while
+    # it was torn down) is refused: a crash can cost those, never a graceful reload (workers
+    # are not restarted for one).  Count them, and require that the survivor serves.
+    deadline = time.monotonic() + 30   # a bound, not a speed claim: a loaded CI box is slow
     new = None
+    served = refused = 0
     while time.monotonic() < deadline:
-        status, headers, _ = get(gw, "/mock")
+        try:
+            status, headers, _ = get(gw, "/mock")
+        except ConnectionError:
+            refused += 1
+            time.sleep(0.05)
+            continue
         assert status == 200
+        served += 1
         code, ready = readyz(gw)
         pids = [w["pid"] for w in ready["workers"]]
         if code == 200 and old[0] not in pids and old[1] in pids and all(w["ready"] for w in ready["workers"]):
@@ -121,6 +131,7 @@ def test_killed_worker_is_started_again(make_gateway, backend_m):
             break
         time.sleep(0.1)
     assert new, f"the killed worker was not replaced: {ready}"
+    assert served >= 1 and refused <= 3, (served, refused)
     os.kill(new, 0)
     assert ready["ready"] is True
     seen = set()
