@@ -30,9 +30,10 @@ The rules (decisions, all tested in ``tests/fastpath/test_pathnorm.py``):
 
 Cost: a path that needs no change (the common case) is checked by one scan and returned as the
 very same ``str`` object, with no allocation.  (A normal path that holds a kept escape such as
-``%2F`` takes the slow path, and is still handed back as the same object.)  The compiled form scans with a typed character
-loop; the interpreted form lets one precompiled regular expression do the scan, since a loop
-over characters is the slowest thing the interpreter can do.  Both then share the slow path.
+``%2F`` takes the slow path, and is still handed back as the same object.)  The compiled form
+scans with a typed character loop (``for c in path`` with ``c`` a ``Py_UCS4`` is a C loop); the
+interpreted form lets one precompiled regular expression do the scan, since a loop over
+characters is the slowest thing the interpreter can do.  Both then share the slow path.
 """
 from __future__ import annotations
 
@@ -87,8 +88,11 @@ def _is_clean(path: str) -> bool:
     """
     n = len(path)
     seg = 1  # index of the first character of the current segment
-    for i in range(1, n):
-        c = path[i]
+    i = -1
+    for c in path:  # Cython turns this into a C loop over the characters
+        i += 1
+        if i == 0:
+            continue  # the leading '/', checked by the caller
         if c == "/":
             k = i - seg
             if k == 0:
@@ -108,11 +112,12 @@ def _check_characters(path: str) -> None:
     """Raise PathError for the first character rule 2 forbids."""
     bad = -1
     if _COMPILED:
-        for i in range(len(path)):
-            c = path[i]
+        i = 0
+        for c in path:
             if c < "!" or c > "~" or c == "#" or c == "\\":
                 bad = i
                 break
+            i += 1
     else:
         found = _FORBIDDEN.search(path)
         if found is not None:

@@ -2,6 +2,8 @@
 # The trie nodes are extension types with typed slots, and the matcher's helpers are C functions
 # with typed indices, so that a lookup costs dict probes and slices rather than interpreter work.
 import cython
+# _next_slash's compiled branch calls the C API directly; the interpreted one uses str.find.
+from cpython.unicode cimport PyUnicode_FindChar
 
 cdef bint _COMPILED
 
@@ -44,8 +46,11 @@ cdef object _find_node(_Node node, list segments)
 @cython.locals(child=_Node)
 cdef _Node _make_node(_Node node, list segments)
 
-@cython.locals(n=Py_ssize_t, end=Py_ssize_t, j=Py_ssize_t, i=Py_ssize_t, c=Py_UCS4, fold=bint)
+@cython.locals(n=Py_ssize_t, end=Py_ssize_t, j=Py_ssize_t, i=Py_ssize_t, c=Py_UCS4, fold=bint, bracket=bint)
 cdef str _host_key(str host)
+
+@cython.locals(end=Py_ssize_t)
+cdef Py_ssize_t _next_slash(str path, Py_ssize_t start, Py_ssize_t stop) except -2
 
 @cython.locals(route=object)
 cdef object _pick(dict routes, str method)

@@ -25,7 +25,9 @@ Templates
 Matching
     ``match(env, host, method, path)`` returns ``(target, params, rest)`` or None.  ``path``
     must be normalized already (the gateway calls normalize_path first); a path that does not
-    start with '/' matches nothing.  ``host`` is the raw Host header ("" when absent): it is
+    start with '/' matches nothing.  ``method`` is the request method as sent (case-sensitive;
+    one no route names, e.g. TRACE, only finds ANY routes).  ``host`` is the raw Host header
+    ("" or None when absent: only the any-host routes are then tried): it is
     lower-cased, a ``:port`` is stripped (``[::1]:8080`` -> ``[::1]``), then one trailing dot.  The
     routes of that exact host are tried first; when they give no match, the any-host routes.
 
@@ -53,8 +55,11 @@ Cost
     and never scans the routes, so it does not grow with their number.  Routes made only of
     literals and matched exactly are also indexed by their whole path (with and without a
     trailing slash), so the most common lookup is a single dict probe.  Backtracking only
-    happens where literals and parameters overlap at the same depth; its worst case is bounded
-    by the template depth, not by the number of routes.
+    happens where a literal and a parameter branch both exist at the same depth and the literal
+    one finds nothing; a node has at most one literal child per segment, one ``{x}`` child and
+    one ``{x+}`` child, so the worst case grows with the templates' depth (2 branches per level
+    where every level overlaps), never with the number of routes.  In the compiled form the
+    segment scan calls ``PyUnicode_FindChar`` (cimported in router.pxd), the rest is shared.
 
 Conflicts
     Two routes with the same environment, host, method, template shape (parameter names do not
@@ -360,31 +365,50 @@ def _host_key(host: str) -> str:
     """The canonical form of a Host header: lower-case, no ':port', no trailing dot."""
     n = len(host)
     end = n
-    if n > 0 and host[0] == "[":  # an IPv6 literal: the port follows the ']'
-        j = host.find("]")
-        if j >= 0:
-            end = j + 1
-    else:
-        j = host.find(":")
-        if j >= 0:
-            end = j
-    if end > 0 and host[end - 1] == ".":
-        end -= 1
     if _COMPILED:
-        # Lower-case only when needed, so the usual header is returned without allocation.
+        # One pass that finds the end of the name and whether it needs lower-casing, so that the
+        # usual header comes back without allocation.
+        bracket = n > 0 and host[0] == "["  # an IPv6 literal: the port follows the ']'
         fold = False
-        for i in range(end):
-            c = host[i]
+        i = 0
+        for c in host:  # Cython turns this into a C loop over the characters
+            if bracket:
+                if c == "]":
+                    end = i + 1
+                    break
+            elif c == ":":
+                end = i
+                break
             if ("A" <= c <= "Z") or c > "\x7f":
                 fold = True
-                break
+            i += 1
     else:
+        if n > 0 and host[0] == "[":
+            j = host.find("]")
+            if j >= 0:
+                end = j + 1
+        else:
+            j = host.find(":")
+            if j >= 0:
+                end = j
         fold = True
+    if end > 0 and host[end - 1] == ".":
+        end -= 1
     if end != n:
         host = host[:end]
     if fold:
         host = host.lower()
     return host
+
+
+def _next_slash(path: str, start: int, stop: int) -> int:
+    """The index of the first '/' in ``path[start:stop]``, or ``stop``."""
+    if _COMPILED:
+        # The C API (cimported by router.pxd) rather than str.find with boxed arguments.
+        end = PyUnicode_FindChar(path, "/", start, stop, 1)  # noqa: F821 - compiled form only
+    else:
+        end = path.find("/", start, stop)
+    return stop if end < 0 else end
 
 
 def _pick(routes: dict, method: str) -> object:
@@ -407,9 +431,7 @@ def _walk(node: _Node, path: str, pos: int, stop: int, method: str) -> object:
         if node.prefix is not None:
             return _pick(node.prefix, method)
         return None
-    end = path.find("/", pos + 1, stop)
-    if end < 0:
-        end = stop
+    end = _next_slash(path, pos + 1, stop)
     if node.children is not None:
         child = node.children.get(path[pos + 1:end])
         if child is not None:
@@ -453,9 +475,7 @@ def _lookup(tree: _Tree, method: str, path: str, n: int, stop: int) -> object:
     pos = 0
     names = route.names
     for k in range(len(names)):
-        end = path.find("/", pos + 1, stop)
-        if end < 0:
-            end = stop
+        end = _next_slash(path, pos + 1, stop)
         name = names[k]
         if name is not None:
             params[name] = path[pos + 1:end]

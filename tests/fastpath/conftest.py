@@ -1,0 +1,61 @@
+"""Fixtures that run every fastpath test on both forms of a module: "pure" and "compiled".
+
+The compiled form must be built (``python setup.py build_ext --inplace``); a missing or stale
+build fails the compiled tests rather than quietly testing less.  ``TOLLGATE_NO_EXTENSIONS=1``
+says there is deliberately no build: the compiled ids are then skipped.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import fastpath
+
+FORMS = ("pure", "compiled")
+NO_EXTENSIONS = os.environ.get("TOLLGATE_NO_EXTENSIONS", "").strip() not in ("", "0")
+BUILD_HINT = "build it: python setup.py build_ext --inplace"
+FASTPATH_DIR = Path(fastpath.__file__).parent
+#: The seed of the random (hypothesis) tests in this folder; TOLLGATE_TEST_SEED overrides it.
+SEED = int(os.environ.get("TOLLGATE_TEST_SEED", "20240611"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return (f"fastpath: live form {fastpath.IMPLEMENTATION}; random tests seed {SEED} "
+            "(TOLLGATE_TEST_SEED to change)")
+
+
+def load_form(name: str, form: str) -> ModuleType:
+    """fastpath module ``name`` in form "pure" or "compiled", or skip / fail as the docstring says."""
+    if form == "pure":
+        return fastpath.load(name, compiled=False)
+    if NO_EXTENSIONS:
+        pytest.skip("TOLLGATE_NO_EXTENSIONS=1: the compiled form is not tested")
+    try:
+        module = fastpath.load(name, compiled=True)
+    except ImportError as exc:
+        pytest.fail(f"the compiled form of fastpath.{name} does not import ({exc}); {BUILD_HINT}")
+    built = os.path.getmtime(module.__file__)
+    for source in (FASTPATH_DIR / f"{name}.py", FASTPATH_DIR / f"{name}.pxd"):
+        if source.exists() and os.path.getmtime(source) > built:
+            pytest.fail(f"the compiled form of fastpath.{name} is older than {source.name}; {BUILD_HINT}")
+    return module
+
+
+@pytest.fixture(params=FORMS)
+def form(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def pathnorm_mod(form: str) -> ModuleType:
+    """fastpath.pathnorm in each form."""
+    return load_form("pathnorm", form)
+
+
+@pytest.fixture
+def router_mod(form: str) -> ModuleType:
+    """fastpath.router in each form."""
+    return load_form("router", form)
