@@ -8,7 +8,7 @@ client connection owns.  Errors are answered through :meth:`fail` only.
 """
 from __future__ import annotations
 
-from gateway.errors import REASONS, GatewayError, error_body, reason
+from gateway.errors import REASONS, error_body, reason
 
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text.encode()) for code, text in REASONS.items()}
 

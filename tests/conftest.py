@@ -14,6 +14,14 @@ def backend():
     b.stop()
 
 
+@pytest.fixture(scope="module")
+def backend_m():
+    """One real backend shared by the tests of a module (cheaper than one per test)."""
+    b = Backend().start()
+    yield b
+    b.stop()
+
+
 @pytest.fixture
 def make_gateway(tmp_path):
     """Start gateways with ``make_gateway(config_dict, workers=1, access_log=None)``."""

@@ -223,7 +223,6 @@ class ClientConnection:
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         if method == "CONNECT":
             raise FramingError("CONNECT is not supported", "CONNECT request")
-        worker = self.worker
         ex = Exchange(self, method, self.url, self.headers, version,
                       parser.should_keep_alive() and not self.draining, perf_counter())
         ex.request_id = self.request_ids.next()

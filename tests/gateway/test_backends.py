@@ -14,7 +14,6 @@ import time
 import pytest
 
 from tests.support.backend import Backend
-from tests.support.client import request
 from tests.support.gateway import GatewayProcess, free_port
 
 

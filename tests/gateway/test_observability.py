@@ -17,17 +17,10 @@ import pytest
 
 import fastpath
 from tests.conftest import proxy_config
-from tests.support.backend import Backend
 from tests.support.gateway import GatewayProcess
 
 PUSH_WAIT = 1.0          # > push interval (0.5 s) + tick
 
-
-@pytest.fixture(scope="module")
-def backend_m():
-    b = Backend().start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,35 +20,19 @@ import yaml
 
 import fastpath
 from tests.conftest import proxy_config
-from tests.support.backend import Backend
 from tests.support.gateway import ROOT, free_port
 
 
-@pytest.fixture(scope="module")
-def backend_m():
-    b = Backend().start()
-    yield b
-    b.stop()
-
-
-def status_get(gw, path, timeout=2.0):
-    c = http.client.HTTPConnection("127.0.0.1", gw.status_port, timeout=timeout)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
 
 
 def readyz(gw):
-    status, body = status_get(gw, "/readyz")
+    status, body = gw.status("/readyz")
     return status, json.loads(body)
 
 
 def scrape_once(gw) -> dict:
     from prometheus_client.parser import text_string_to_metric_families
-    status, body = status_get(gw, "/metrics")
+    status, body = gw.status("/metrics")
     assert status == 200
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(body.decode()) for s in family.samples}

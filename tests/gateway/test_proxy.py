@@ -16,19 +16,12 @@ import httptools
 import pytest
 
 from tests.conftest import proxy_config
-from tests.support.backend import Backend
 from tests.support.client import exchange, request
 from tests.support.gateway import GatewayProcess
 
 BLOCK = bytes(range(256)) * 64          # the backend's /bytes pattern, 16 KB
 MB = 1024 * 1024
 
-
-@pytest.fixture(scope="module")
-def backend_m():
-    b = Backend().start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,9 @@ import time
 import pytest
 
 from tests.conftest import proxy_config
-from tests.support.backend import Backend
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def backend_m():
-    b = Backend().start()
-    yield b
-    b.stop()
 
 
 def config_a(address):
@@ -42,19 +35,9 @@ def config_b(address):
     return cfg
 
 
-def status_get(gw, path, timeout=2.0):
-    """GET on the status listener, with a short timeout (a healthy one answers at once)."""
-    c = http.client.HTTPConnection("127.0.0.1", gw.status_port, timeout=timeout)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
-
 
 def readyz(gw) -> dict:
-    status, body = status_get(gw, "/readyz")
+    status, body = gw.status("/readyz")
     assert status == 200, body
     return json.loads(body)
 
@@ -82,7 +65,7 @@ def scrape_once(gw) -> dict:
     """One /metrics scrape: {(sample name, ((label, value), ...)): value}."""
     from prometheus_client.parser import text_string_to_metric_families
     out = {}
-    status, body = status_get(gw, "/metrics")
+    status, body = gw.status("/metrics")
     assert status == 200
     for family in text_string_to_metric_families(body.decode()):
         for s in family.samples:

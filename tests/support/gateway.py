@@ -71,9 +71,11 @@ class GatewayProcess:
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
-    def status(self, path):
+    def status(self, path, timeout=5.0):
+        """GET on the status listener: (status, body); a healthy one answers at once."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}{path}", timeout=5) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}{path}",
+                                        timeout=timeout) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
