@@ -85,7 +85,8 @@ class Exchange:
         bodiless = self.head_request or status in (204, 304) or status < 200
         if content_length >= 0:
             if status != 204 and status != 304:
-                parts.append(b"Content-Length: %d\r\n" % content_length)
+                # an f-string of a C integer compiles to a direct conversion (bytes % does not)
+                parts.append(f"Content-Length: {content_length}\r\n".encode())
         elif not bodiless:
             if self.version == "1.1":
                 self.resp_chunked = True

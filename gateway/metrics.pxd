@@ -1,4 +1,5 @@
 # Types for the compiled form of gateway/metrics.py (Cython pure-Python mode).
+cimport cython
 from gateway.exchange cimport Exchange
 
 cdef class ApiStats:
@@ -17,5 +18,6 @@ cdef class WorkerMetrics:
     cdef public str implementation
     cdef public ApiStats unrouted
     cpdef ApiStats api_stats(self, str api, str env)
+    @cython.locals(stats=ApiStats, index=int, status=int)
     cpdef observe(self, Exchange ex, bint aborted)
     cpdef count_error(self, str code)

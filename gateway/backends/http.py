@@ -163,7 +163,7 @@ class ProxyCall:
         self.backend = backend
         self.ex = ex
         self.upstream = None
-        head = backend.build_head(ex)
+        head = self.backend.build_head(self.ex)   # typed attributes: a C call when compiled
         self.queued = [head]           # bytes not yet written to a connection
         self.queued_bytes = len(head)
         self.replay = []               # bytes written so far, kept while small, for a replay
