@@ -105,14 +105,21 @@ class Master:
         wp.pid = wp.proc.pid
         wp.ready = False
         wp.started_at = time.monotonic()
-        reader = os.fdopen(read_fd, "rb", buffering=0)
-        # keep the task: the loop holds tasks weakly, and a collected reader would close the
-        # pipe's descriptor under uvloop's feet (and silence the worker's metrics)
-        wp.channel_task = self.loop.create_task(self._read_channel(wp, wp.pid, reader))
+        # keep the task: the loop holds tasks weakly, and a collected reader would stop the
+        # worker's reports (metrics, readiness, reload results)
+        wp.channel_task = self.loop.create_task(self._read_channel(wp, wp.pid, read_fd))
 
-    async def _read_channel(self, wp, pid, reader):
+    async def _read_channel(self, wp, pid, read_fd):
+        # The transport owns the descriptor (libuv closes it); the file object must not close
+        # it again: by then its number may belong to a new worker's pipe or a status socket.
+        reader = os.fdopen(read_fd, "rb", buffering=0, closefd=False)
         stream = asyncio.StreamReader(limit=64 * 1024 * 1024)
-        await self.loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), reader)
+        try:
+            transport, _ = await self.loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stream), reader)
+        except BaseException:
+            os.close(read_fd)
+            raise
         decoder = msgspec.msgpack.Decoder()
         try:
             while True:
@@ -122,7 +129,7 @@ class Master:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            reader.close()
+            transport.close()
 
     def _on_message(self, wp, pid, message):
         kind = message.get("t")

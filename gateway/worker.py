@@ -153,8 +153,10 @@ class Worker:
         if not self.load(initial=True):
             raise SystemExit(2)
         if self.settings.channel_fd >= 0:
+            # the transport owns the descriptor (see Master._read_channel)
             self._channel, _ = await self.loop.connect_write_pipe(
-                asyncio.Protocol, os.fdopen(self.settings.channel_fd, "wb", buffering=0))
+                asyncio.Protocol, os.fdopen(self.settings.channel_fd, "wb", buffering=0,
+                                            closefd=False))
         sock = self.listen_socket()
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), sock=sock, backlog=4096)
