@@ -1,5 +1,29 @@
 # Types for the compiled form of gateway/exchange.py (Cython pure-Python mode).
 
+cdef class Exchange
+
+cdef class Connection:
+    cdef public bint draining
+    cdef public bint corked
+    cpdef write(self, bytes data)
+    cpdef uncork(self)
+    cpdef exchange_finished(self, Exchange ex)
+    cpdef abort_exchange(self, Exchange ex)
+    cpdef log_error(self, Exchange ex, object error)
+    cpdef set_deadline(self, int kind, double seconds)
+    cpdef body_backpressure(self, bint paused)
+
+
+cdef class Handler:
+    cdef public double timeout_s
+    cpdef on_head(self, Exchange ex)
+    cpdef on_body(self, Exchange ex, bytes chunk)
+    cpdef on_request_end(self, Exchange ex)
+    cpdef on_timeout(self, Exchange ex)
+    cpdef on_abort(self, Exchange ex)
+    cpdef on_client_paused(self, Exchange ex, bint paused)
+
+
 cdef class RequestIds:
     cdef public str prefix
     cdef public unsigned long long counter
@@ -7,7 +31,8 @@ cdef class RequestIds:
 
 
 cdef class Exchange:
-    cdef public object conn
+    cdef public Connection conn
+    cdef public Handler handler
     cdef public str method
     cdef public bytes raw_target
     cdef public str path

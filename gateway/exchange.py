@@ -13,6 +13,69 @@ from gateway.errors import REASONS, error_body, reason
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text.encode()) for code, text in REASONS.items()}
 
 
+class Connection:
+    """What an exchange needs of the client connection that carries it.
+
+    A base class so that, compiled, these calls are C calls (gateway/http/server.py's
+    ClientConnection is the implementation).
+    """
+
+    def __init__(self):
+        self.draining = False
+        self.corked = False
+
+    def write(self, data):
+        raise NotImplementedError
+
+    def uncork(self):
+        raise NotImplementedError
+
+    def exchange_finished(self, ex):
+        raise NotImplementedError
+
+    def abort_exchange(self, ex):
+        raise NotImplementedError
+
+    def log_error(self, ex, error):
+        raise NotImplementedError
+
+    def set_deadline(self, kind, seconds):
+        raise NotImplementedError
+
+    def body_backpressure(self, paused):
+        raise NotImplementedError
+
+
+class Handler:
+    """A backend handler: what answers an exchange once the pipeline's stages let it through.
+
+    The client connection calls these in order: ``on_head``, ``on_body`` for each request body
+    chunk, ``on_request_end``; and ``on_timeout``, ``on_abort`` or ``on_client_paused`` when
+    those happen.  ``timeout_s`` bounds the wait for the backend.
+    """
+
+    def __init__(self):
+        self.timeout_s = 0.0
+
+    def on_head(self, ex):
+        pass
+
+    def on_body(self, ex, chunk):
+        pass
+
+    def on_request_end(self, ex):
+        pass
+
+    def on_timeout(self, ex):
+        pass
+
+    def on_abort(self, ex):
+        pass
+
+    def on_client_paused(self, ex, paused):
+        pass
+
+
 class RequestIds:
     """Request ids: 32 hex characters, a random per-process prefix and a counter."""
 
@@ -44,6 +107,7 @@ class Exchange:
         self.client_ip = conn.client_ip
         self.env = "RELEASE"
         self.api = None                 # the CompiledApi once routed
+        self.handler = None             # its backend handler (api.handler), typed for C calls
         self.params = None
         self.rest = ""
         self.content_length = -1        # -1: no Content-Length

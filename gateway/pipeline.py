@@ -38,5 +38,6 @@ class Pipeline:
             raise NotFound("No API matches this request")
         api, ex.params, ex.rest = found
         ex.api = api
+        ex.handler = api.handler
         for stage in api.stages:
             stage(ex)

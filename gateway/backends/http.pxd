@@ -1,9 +1,9 @@
 # Types for the compiled form of gateway/backends/http.py (Cython pure-Python mode).
-from gateway.exchange cimport Exchange
-from gateway.http.upstream cimport UpstreamConnection
+from gateway.exchange cimport Exchange, Handler
+from gateway.http.upstream cimport UpstreamConnection, UpstreamOwner
 
 
-cdef class HttpBackend:
+cdef class HttpBackend(Handler):
     cdef public object runtime
     cdef public object key
     cdef public str authority
@@ -12,7 +12,6 @@ cdef class HttpBackend:
     cdef public bint path_has_params
     cdef public bytes base_query
     cdef public bytes method
-    cdef public double timeout_s
     cdef public int retries
     cdef public bint prefix
     cdef public Py_ssize_t replay_limit
@@ -26,9 +25,8 @@ cdef class HttpBackend:
     cpdef bytes build_head(self, Exchange ex)
 
 
-cdef class ProxyCall:
+cdef class ProxyCall(UpstreamOwner):
     cdef public HttpBackend backend
-    cdef public Exchange ex
     cdef public UpstreamConnection upstream
     cdef public list queued
     cdef public Py_ssize_t queued_bytes

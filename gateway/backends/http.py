@@ -21,7 +21,9 @@ from time import perf_counter
 from urllib.parse import urlsplit
 
 from gateway.errors import BackendTimeout, BackendUnavailable
+from gateway.exchange import Handler
 from gateway.http.server import UPSTREAM
+from gateway.http.upstream import UpstreamOwner
 from fastpath import filter_request_headers, filter_response_headers
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
@@ -34,7 +36,7 @@ class BackendConfigError(ValueError):
     pass
 
 
-class HttpBackend:
+class HttpBackend(Handler):
     """The compiled plan of an http backend for one API in one environment.
 
     Attribute types: gateway/backends/http.pxd.
@@ -153,7 +155,7 @@ def _path_template(path: str) -> list:
         pos = end + 1
 
 
-class ProxyCall:
+class ProxyCall(UpstreamOwner):
     """One exchange's trip to the backend; the owner of an UpstreamConnection while it lasts.
 
     Attribute types: gateway/backends/http.pxd.

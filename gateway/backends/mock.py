@@ -1,11 +1,12 @@
 """The ``mock`` backend: a fixed response, answered by the gateway itself."""
 from __future__ import annotations
 
-from ..errors import REASONS
+from gateway.errors import REASONS
+from gateway.exchange import Handler
 
 
-class MockBackend:
-    __slots__ = ("status", "header_lines", "body", "timeout_s")
+class MockBackend(Handler):
+    __slots__ = ("status", "header_lines", "body")
 
     def __init__(self, status: int, headers: dict, body: str):
         if status not in REASONS and not 100 <= status <= 599:
@@ -22,20 +23,7 @@ class MockBackend:
         self.body = body.encode("utf-8")
         self.timeout_s = 0.0
 
-    def on_head(self, ex):
-        pass
-
-    def on_body(self, ex, chunk):
-        pass  # the request body is read and dropped (bounded by the body limit)
+    # on_body: the request body is read and dropped (bounded by the body limit), as the base does
 
     def on_request_end(self, ex):
         ex.respond_full(self.status, self.header_lines, self.body)
-
-    def on_timeout(self, ex):
-        pass
-
-    def on_abort(self, ex):
-        pass
-
-    def on_client_paused(self, ex, paused):
-        pass

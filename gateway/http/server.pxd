@@ -1,8 +1,8 @@
 # Types for the compiled form of gateway/http/server.py (Cython pure-Python mode).
-from gateway.exchange cimport Exchange, RequestIds
+from gateway.exchange cimport Connection, Exchange, RequestIds
 from gateway.metrics cimport WorkerMetrics
 
-cdef class ClientConnection:
+cdef class ClientConnection(Connection):
     cdef public object worker
     cdef public object limits
     cdef public object pipeline
@@ -30,10 +30,8 @@ cdef class ClientConnection:
     cdef public double deadline
     cdef public int deadline_kind
     cdef public bint closed
-    cdef public bint draining
     cdef public object deferred_error
     cdef public long long requests
-    cdef public bint corked
     cdef public list out
     cdef public Py_ssize_t max_uri
     cdef public Py_ssize_t max_header

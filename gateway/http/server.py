@@ -22,7 +22,7 @@ from time import perf_counter
 import httptools
 
 from gateway.errors import FramingError, GatewayError, InternalError, TooLarge, error_body, reason
-from gateway.exchange import Exchange
+from gateway.exchange import Connection, Exchange
 
 # deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
 _NONE, _HEAD, _IDLE, _BODY, UPSTREAM, _SEND, _DRAIN = range(7)
@@ -39,7 +39,7 @@ _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HE
                                       "TRACE", "CONNECT")}
 
 
-class ClientConnection:
+class ClientConnection(Connection):
     """One client connection (an asyncio protocol).
 
     ``worker`` is the worker's shared state (snapshot, pool, ...).  No asyncio.Protocol base
@@ -104,7 +104,7 @@ class ClientConnection:
         self.worker.connections.discard(self)
         ex = self.current
         if ex is not None and not ex.done:
-            ex.api.handler.on_abort(ex)
+            ex.handler.on_abort(ex)
             self._account(ex, True)
         self.current = None
         self.pending.clear()
@@ -114,15 +114,15 @@ class ClientConnection:
         self.writing_paused = True
         ex = self.current
         if ex is not None and not ex.done:
-            ex.api.handler.on_client_paused(ex, True)
+            ex.handler.on_client_paused(ex, True)
         self.set_deadline(_SEND, self.limits.send_timeout_s)
 
     def resume_writing(self):
         self.writing_paused = False
         ex = self.current
         if ex is not None and not ex.done:
-            ex.api.handler.on_client_paused(ex, False)
-            self.set_deadline(_UPSTREAM, ex.api.handler.timeout_s)
+            ex.handler.on_client_paused(ex, False)
+            self.set_deadline(_UPSTREAM, ex.handler.timeout_s)
 
     def data_received(self, data):
         if self.closed:
@@ -304,7 +304,7 @@ class ClientConnection:
             if not ex.done:
                 if self.deadline_kind == _BODY:  # the client is making progress
                     self.set_deadline(_BODY, self.body_timeout)
-                ex.api.handler.on_body(ex, chunk)
+                ex.handler.on_body(ex, chunk)
         else:
             ex.handler_state.append(chunk)
 
@@ -317,7 +317,7 @@ class ClientConnection:
         if ex is self.current and not ex.done:
             if self.deadline_kind == _BODY:
                 self.set_deadline(_NONE, 0)
-            ex.api.handler.on_request_end(ex)
+            ex.handler.on_request_end(ex)
 
     # -- running exchanges ----------------------------------------------------------------
     def _start(self, ex):
@@ -330,7 +330,7 @@ class ClientConnection:
             self.set_deadline(_NONE, 0)
             ex.fail(error)
             return
-        handler = ex.api.handler
+        handler = ex.handler
         if ex.expect_continue and not ex.request_complete:
             self.write(_CONTINUE)
         if (ex.chunked or ex.content_length > 0) and not ex.request_complete:
@@ -402,8 +402,8 @@ class ClientConnection:
         if ex is not None and ex is self.current and not ex.done:
             # the request being received is the one answered now: its answer is this error
             self.parsing = None
-            if ex.api is not None:
-                ex.api.handler.on_abort(ex)
+            if ex.handler is not None:
+                ex.handler.on_abort(ex)
             ex.fail(error)
             return
         self.parsing = None
@@ -480,7 +480,7 @@ class ClientConnection:
         self.deadline = 0.0
         ex = self.current
         if kind == _UPSTREAM and ex is not None and not ex.done:
-            ex.api.handler.on_timeout(ex)
+            ex.handler.on_timeout(ex)
         elif kind in (_HEAD, _BODY):
             if ex is not None and not ex.done and ex.response_started:
                 self.abort_exchange(ex)
@@ -488,7 +488,7 @@ class ClientConnection:
                 self.reject(GatewayError("Request not received in time", status=408))
         else:  # idle keep-alive, a client not reading its response, drain
             if ex is not None and not ex.done:
-                ex.api.handler.on_abort(ex)
+                ex.handler.on_abort(ex)
                 self.abort_exchange(ex)
             self.close()
 

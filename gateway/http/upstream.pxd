@@ -1,11 +1,24 @@
 # Types for the compiled form of gateway/http/upstream.py (Cython pure-Python mode).
+from gateway.exchange cimport Connection, Exchange
+
+
+cdef class UpstreamConnection
+
+
+cdef class UpstreamOwner:
+    cdef public Exchange ex
+    cpdef upstream_head(self, UpstreamConnection conn, int status, list headers)
+    cpdef upstream_body(self, bytes chunk)
+    cpdef upstream_done(self, UpstreamConnection conn, bint reusable)
+    cpdef upstream_bad_response(self, UpstreamConnection conn, str detail)
+    cpdef upstream_lost(self, UpstreamConnection conn, object exc)
 
 cdef class UpstreamConnection:
     cdef public object pool
     cdef public object key
     cdef public object transport
     cdef public object parser
-    cdef public object owner
+    cdef public UpstreamOwner owner
     cdef public list headers
     cdef public int uses
     cdef public double idle_since
@@ -17,10 +30,10 @@ cdef class UpstreamConnection:
     cdef public bint reading_paused
 
     cpdef close(self)
-    cpdef send(self, object owner, bytes data, bint skip_body)
+    cpdef send(self, UpstreamOwner owner, bytes data, bint skip_body)
     cpdef write(self, bytes data)
     cpdef pause_reading(self, bint paused)
-    cdef _finish(self, object owner, bint keep_alive)
+    cdef _finish(self, UpstreamOwner owner, bint keep_alive)
 
 
 cdef class UpstreamPool:

@@ -15,6 +15,34 @@ import socket
 
 import httptools
 
+from gateway.exchange import Connection
+
+
+class UpstreamOwner:
+    """What an upstream connection reports to the backend call it carries a request for.
+
+    A base class so that, compiled, these calls are C calls (gateway/backends/http.py's
+    ProxyCall is the implementation).  ``ex`` is the exchange being served.
+    """
+
+    def __init__(self):
+        self.ex = None
+
+    def upstream_head(self, conn, status, headers):
+        raise NotImplementedError
+
+    def upstream_body(self, chunk):
+        raise NotImplementedError
+
+    def upstream_done(self, conn, reusable):
+        raise NotImplementedError
+
+    def upstream_bad_response(self, conn, detail):
+        raise NotImplementedError
+
+    def upstream_lost(self, conn, exc):
+        raise NotImplementedError
+
 
 class UpstreamConnection:
     """A connection to a backend (an asyncio protocol; attribute types in upstream.pxd)."""
@@ -56,7 +84,7 @@ class UpstreamConnection:
         if owner is not None:
             self.owner = None
             if self.eof_body and self.got_bytes and not self.interim:
-                owner.upstream_done(self, reusable=False)
+                owner.upstream_done(self, False)
             else:
                 owner.upstream_lost(self, exc)
 
@@ -117,7 +145,7 @@ class UpstreamConnection:
         self.got_bytes = True
         # what this read makes the client connection send leaves in one write (head and body
         # of a small response together), not one per parser callback
-        client = owner.ex.conn
+        client: Connection = owner.ex.conn
         client.corked = True
         try:
             self.parser.feed_data(data)
@@ -169,7 +197,7 @@ class UpstreamConnection:
     def _finish(self, owner, keep_alive):
         self.owner = None
         self.eof_body = False
-        owner.upstream_done(self, reusable=keep_alive)
+        owner.upstream_done(self, keep_alive)
 
 
 class UpstreamPool:
