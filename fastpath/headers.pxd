@@ -1,4 +1,32 @@
+# C-level types for fastpath/headers.py (Cython pure-Python mode).
+import cython
+
+cdef bint _COMPILED
+cdef int _KEEP, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _FORWARDED_FOR
+cdef frozenset REQUEST_DROP, RESPONSE_DROP, _PLAIN_CONNECTION
+cdef object _MAX_LENGTH
+cdef dict _REQUEST_CODES, _RESPONSE_CODES
+cdef list _REQUEST_BY_LENGTH, _RESPONSE_BY_LENGTH
+
+@cython.locals(a="const unsigned char *", b="const unsigned char *", i=Py_ssize_t)
+cdef bint _same_name(bytes name, bytes lower)
+
+@cython.locals(n=Py_ssize_t, known=bytes, code=int)
+cdef int _code(bytes name, list by_length, dict codes)
+
+@cython.locals(p="const unsigned char *", start=Py_ssize_t, end=Py_ssize_t)
+cdef bint _is_plain_connection(bytes value)
+
+@cython.locals(p="const unsigned char *", n="long long", digits=int, i=Py_ssize_t, c="unsigned char")
+cdef long long _content_length(bytes value) except? -1
+
+cdef long long _big_length(bytes value) except? -1
+
 cdef frozenset _connection_tokens(list headers)
 cdef list _without(list headers, frozenset drop, frozenset extra)
+
+@cython.locals(name=bytes, value=bytes, out=list, code=int)
 cpdef tuple filter_request_headers(list headers)
+
+@cython.locals(name=bytes, value=bytes, out=list, code=int, length="long long", framed=bint)
 cpdef tuple filter_response_headers(list headers)

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Header work of the proxy: what is forwarded each way, and the response framing.
 
 Hop-by-hop headers (RFC 9110 §7.6.1) never cross the gateway, nor does any header a
@@ -5,24 +6,132 @@ Hop-by-hop headers (RFC 9110 §7.6.1) never cross the gateway, nor does any head
 X-Request-Id) are dropped from what the client sent, so a client cannot forge them.
 Names are compared case-insensitively; values pass unchanged (llhttp has already refused
 NUL, bare CR/LF and obs-fold).
-"""
-import cython
 
+Cost: every header of every request and response passes through here, so the compiled form
+classifies a name without allocating: it looks only at the names of the same length and
+compares them byte by byte, folding case with ``| 0x20`` (exact for HTTP token characters
+against the lower-case letters and ``-`` of the names below: no other token character folds
+onto them).  The interpreted form lower-cases the name and looks it up in a dict.  A
+Content-Length value is read by a digit loop in the compiled form (llhttp has checked it).
+"""
+from __future__ import annotations
+
+try:
+    import cython
+
+    _COMPILED = cython.compiled
+except ImportError:  # pragma: no cover - without Cython only the interpreted form exists
+    _COMPILED = False
+
+# What a header name means to the filters.  _KEEP: forwarded as it is.
+_KEEP, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _FORWARDED_FOR = range(6)
+
+_HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+               b"transfer-encoding", b"upgrade")
 # dropped from requests before forwarding (lower-case)
-REQUEST_DROP = frozenset((
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade", b"proxy-authorization", b"host", b"content-length", b"expect",
+REQUEST_DROP = frozenset(_HOP_BY_HOP + (
+    b"proxy-authorization", b"host", b"content-length", b"expect",
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id",
 ))
 # dropped from responses before forwarding (lower-case); framing is set by the gateway
-RESPONSE_DROP = frozenset((
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade", b"proxy-authenticate", b"content-length", b"x-request-id",
-))
+RESPONSE_DROP = frozenset(_HOP_BY_HOP + (b"proxy-authenticate", b"content-length", b"x-request-id"))
 
+_SPECIAL = {b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH,
+            b"transfer-encoding": _TRANSFER_ENCODING, b"x-forwarded-for": _FORWARDED_FOR}
+
+
+def _codes(drop: frozenset) -> dict:
+    return {name: _SPECIAL.get(name, _DROP) for name in drop}
+
+
+def _by_length(codes: dict) -> list:
+    """``table[n]``: the ``(name, code)`` pairs of the names n bytes long."""
+    table = [() for _ in range(max(len(n) for n in codes) + 1)]
+    for name, code in sorted(codes.items()):
+        table[len(name)] += ((name, code),)
+    return table
+
+
+_REQUEST_CODES = _codes(REQUEST_DROP)
+_RESPONSE_CODES = _codes(RESPONSE_DROP)
+_REQUEST_BY_LENGTH = _by_length(_REQUEST_CODES)
+_RESPONSE_BY_LENGTH = _by_length(_RESPONSE_CODES)
 
 # Connection options that name no other header: the common values need no second pass.
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close"))
+_MAX_LENGTH = 2 ** 63 - 1
+
+
+def _same_name(name: bytes, lower: bytes) -> bool:
+    """``name`` equals the lower-case ``lower`` ignoring case (compiled form; equal lengths)."""
+    a = name
+    b = lower
+    for i in range(len(lower)):
+        if (a[i] | 0x20) != b[i]:
+            return False
+    return True
+
+
+def _code(name: bytes, by_length: list, codes: dict) -> int:
+    if _COMPILED:
+        n = len(name)
+        if n >= len(by_length):
+            return _KEEP
+        for known, code in by_length[n]:
+            if _same_name(name, known):
+                return code
+        return _KEEP
+    return codes.get(name.lower(), _KEEP)
+
+
+def _is_plain_connection(value: bytes) -> bool:
+    """A Connection value of only ``keep-alive`` or ``close`` (any case, optional spaces)."""
+    if _COMPILED:
+        p = value
+        start = 0
+        end = len(value)
+        while start < end and (p[start] == 32 or p[start] == 9):
+            start += 1
+        while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
+            end -= 1
+        if end - start == 10:
+            return _same_name(value[start:end], b"keep-alive")
+        if end - start == 5:
+            return _same_name(value[start:end], b"close")
+        return False
+    return value.strip().lower() in _PLAIN_CONNECTION
+
+
+def _content_length(value: bytes) -> int:
+    """The number a Content-Length value holds (llhttp has checked it is one).
+
+    Raises ValueError when it is not a number, or one too large to be a length here
+    (over 2**63 - 1: llhttp accepts up to 2**64 - 1).
+    """
+    if _COMPILED:
+        p = value
+        n = 0
+        digits = 0
+        for i in range(len(value)):
+            c = p[i]
+            if 48 <= c <= 57:
+                if digits >= 18:
+                    return _big_length(value)
+                n = n * 10 + (c - 48)
+                digits += 1
+            elif c != 32 and c != 9:
+                return _big_length(value)   # not digits: int() raises the error it should
+        if digits == 0:
+            return _big_length(value)
+        return n
+    return _big_length(value)
+
+
+def _big_length(value: bytes) -> int:
+    n = int(value)
+    if not 0 <= n <= _MAX_LENGTH:
+        raise ValueError(f"Content-Length out of range: {value[:32]!r}")
+    return n
 
 
 def _connection_tokens(headers: list) -> frozenset:
@@ -56,28 +165,22 @@ def filter_request_headers(headers: list):
     ``x_forwarded_for`` is the client's X-Forwarded-For chain (joined when repeated) or None;
     ``lines`` is the ``Name: value\r\n`` block of every end-to-end header, in order.
     """
-    drop: frozenset = REQUEST_DROP
-    plain: frozenset = _PLAIN_CONNECTION
     forwarded = None
-    out: list = []
+    out = []
     extra = None
-    name: bytes
-    value: bytes
-    lname: bytes
     for name, value in headers:
-        lname = name.lower()
-        if lname in drop:
-            if lname == b"x-forwarded-for":
-                forwarded = value if forwarded is None else forwarded + b", " + value
-            elif lname == b"connection" and extra is None and value.strip().lower() not in plain:
-                extra = _connection_tokens(headers)
-            continue
-        out.append(name)
-        out.append(b": ")
-        out.append(value)
-        out.append(b"\r\n")
+        code = _code(name, _REQUEST_BY_LENGTH, _REQUEST_CODES)
+        if code == _KEEP:
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
+        elif code == _FORWARDED_FOR:
+            forwarded = value if forwarded is None else forwarded + b", " + value
+        elif code == _CONNECTION and extra is None and not _is_plain_connection(value):
+            extra = _connection_tokens(headers)
     if extra:
-        out = _without(headers, drop, extra)
+        out = _without(headers, REQUEST_DROP, extra)
     return forwarded, b"".join(out)
 
 
@@ -87,31 +190,25 @@ def filter_response_headers(headers: list):
     ``content_length`` is the backend's Content-Length or -1; ``framed`` says whether the body
     has its own end (a length or chunked) rather than ending when the backend closes.
     """
-    drop: frozenset = RESPONSE_DROP
-    plain: frozenset = _PLAIN_CONNECTION
-    out: list = []
-    length: cython.longlong = -1
-    framed: cython.bint = False
+    out = []
+    length = -1
+    framed = False
     extra = None
-    name: bytes
-    value: bytes
-    lname: bytes
     for name, value in headers:
-        lname = name.lower()
-        if lname in drop:
-            if lname == b"content-length":
-                length = int(value)
-                framed = True
-            elif lname == b"transfer-encoding":
-                framed = True
-                length = -1
-            elif lname == b"connection" and extra is None and value.strip().lower() not in plain:
-                extra = _connection_tokens(headers)
-            continue
-        out.append(name)
-        out.append(b": ")
-        out.append(value)
-        out.append(b"\r\n")
+        code = _code(name, _RESPONSE_BY_LENGTH, _RESPONSE_CODES)
+        if code == _KEEP:
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
+        elif code == _CONTENT_LENGTH:
+            length = _content_length(value)
+            framed = True
+        elif code == _TRANSFER_ENCODING:
+            framed = True
+            length = -1
+        elif code == _CONNECTION and extra is None and not _is_plain_connection(value):
+            extra = _connection_tokens(headers)
     if extra:
-        out = _without(headers, drop, extra)
+        out = _without(headers, RESPONSE_DROP, extra)
     return b"".join(out), length, framed

@@ -2,7 +2,14 @@
 
 cdef class Exchange
 
+cdef class Clock:
+    cdef public double now
+
+
 cdef class Connection:
+    cdef public Clock clock
+    cdef public double deadline
+    cdef public int deadline_kind
     cdef public bint draining
     cdef public bint corked
     cpdef write(self, bytes data)

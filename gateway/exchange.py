@@ -13,6 +13,17 @@ from gateway.errors import REASONS, error_body, reason
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text.encode()) for code, text in REASONS.items()}
 
 
+class Clock:
+    """The worker's coarse clock (event-loop time), advanced by the worker's sweep.
+
+    Deadlines only need the sweep's precision; a typed field read is far cheaper per request
+    than a call to the loop's clock or an attribute of the (Python) worker object.
+    """
+
+    def __init__(self, now):
+        self.now = now
+
+
 class Connection:
     """What an exchange needs of the client connection that carries it.
 
@@ -23,6 +34,9 @@ class Connection:
     def __init__(self):
         self.draining = False
         self.corked = False
+        self.clock = None
+        self.deadline = 0.0
+        self.deadline_kind = 0
 
     def write(self, data):
         raise NotImplementedError

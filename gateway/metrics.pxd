@@ -10,6 +10,11 @@ cdef class ApiStats:
     cdef public double upstream_sum
     cpdef observe(self, int status_index, double duration, double upstream)
 
+# one per BUCKETS entry: a length mismatch fails at import, loudly
+cdef double _BOUNDS[14]
+cdef Py_ssize_t _NBOUNDS
+
+@cython.locals(i=Py_ssize_t)
 cdef Py_ssize_t _bucket(double value)
 
 cdef class WorkerMetrics:

@@ -48,11 +48,16 @@ class ApiStats:
         return [self.counts, self.duration, self.duration_sum, self.upstream, self.upstream_sum]
 
 
+# The bounds again, as a C array in the compiled form (gateway/metrics.pxd): the per-request
+# bucket search then reads doubles, not tuple items.
+_BOUNDS = list(BUCKETS)
+_NBOUNDS = len(BUCKETS)
+
+
 def _bucket(value):
     """Index of the first bucket bound >= value (bisect_left, without a call per request)."""
     i = 0
-    n = len(BUCKETS)
-    while i < n and BUCKETS[i] < value:
+    while i < _NBOUNDS and _BOUNDS[i] < value:
         i += 1
     return i
 

@@ -27,7 +27,7 @@ import fastpath
 
 from .accesslog import AccessLog
 from .config import ConfigError, load_document
-from .exchange import RequestIds
+from .exchange import Clock, RequestIds
 from .http.limits import Limits
 from .http.server import ClientConnection
 from .http.upstream import UpstreamPool
@@ -57,7 +57,7 @@ class Worker:
         self.loop = loop
         self.limits = settings.limits
         self.log = log
-        self.now = loop.time()
+        self.clock = Clock(loop.time())
         self.connections: set = set()
         self.draining = False
         self.pool = UpstreamPool(loop, self.limits)
@@ -193,7 +193,7 @@ class Worker:
         next_push = 0.0
         while True:
             await asyncio.sleep(tick)
-            now = self.now = self.loop.time()
+            now = self.clock.now = self.loop.time()
             for conn in list(self.connections):
                 if conn.deadline:
                     conn.check_deadline(now)

@@ -275,14 +275,14 @@ class ProxyCall(UpstreamOwner):
         ex.respond_body(chunk)
         conn = ex.conn
         if conn.deadline_kind == UPSTREAM:
-            conn.deadline = conn.worker.now + self.backend.timeout_s
+            conn.deadline = conn.clock.now + self.backend.timeout_s
 
     def upstream_done(self, conn, reusable):
         self.upstream = None
         self.finished = True
         ex = self.ex
         if reusable and ex.request_complete and not self.queued:
-            self.backend.runtime.pool.give_back(conn, ex.conn.worker.now)
+            self.backend.runtime.pool.give_back(conn, ex.conn.clock.now)
         else:
             conn.close()
         ex.respond_end()

@@ -27,12 +27,12 @@ cdef class ClientConnection(Connection):
     cdef public object pending
     cdef public bint reading_paused
     cdef public bint writing_paused
-    cdef public double deadline
-    cdef public int deadline_kind
     cdef public bint closed
     cdef public object deferred_error
     cdef public long long requests
     cdef public list out
+    cdef public bint lingering
+    cdef public Py_ssize_t linger_bytes
     cdef public Py_ssize_t max_uri
     cdef public Py_ssize_t max_header
     cdef public Py_ssize_t max_headers
@@ -54,6 +54,7 @@ cdef class ClientConnection(Connection):
     cpdef log_error(self, Exchange ex, object error)
     cpdef write(self, bytes data)
     cpdef uncork(self)
+    cpdef linger(self)
     cpdef close(self)
     cpdef pause_reading(self)
     cpdef resume_reading(self)

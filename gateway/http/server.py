@@ -25,7 +25,7 @@ from gateway.errors import FramingError, GatewayError, InternalError, TooLarge, 
 from gateway.exchange import Connection, Exchange
 
 # deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
-_NONE, _HEAD, _IDLE, _BODY, UPSTREAM, _SEND, _DRAIN = range(7)
+_NONE, _HEAD, _IDLE, _BODY, UPSTREAM, _SEND, _DRAIN, _LINGER = range(8)
 _UPSTREAM = UPSTREAM
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -50,6 +50,7 @@ class ClientConnection(Connection):
 
     def __init__(self, worker):
         self.worker = worker
+        self.clock = worker.clock
         limits = self.limits = worker.limits
         self.max_uri = limits.max_uri_bytes
         self.max_header = limits.max_header_bytes
@@ -89,6 +90,8 @@ class ClientConnection(Connection):
         self.deferred_error = None
         self.requests = 0
         self.corked = False          # while True, writes are collected and sent as one
+        self.lingering = False       # answered and half-closed; discarding what still comes
+        self.linger_bytes = 0
         self.out = []
 
     # -- connection events ---------------------------------------------------------------
@@ -126,6 +129,11 @@ class ClientConnection(Connection):
 
     def data_received(self, data):
         if self.closed:
+            return
+        if self.lingering:
+            self.linger_bytes += len(data)
+            if self.linger_bytes > self.limits.linger_max_bytes:
+                self.close()
             return
         self.corked = True
         try:
@@ -168,6 +176,8 @@ class ClientConnection(Connection):
     def eof_received(self):
         # A client that half-closes after sending its request still gets its answer when
         # one is under way; otherwise the connection is done.
+        if self.lingering:
+            return False
         return self.current is not None and not self.current.done
 
     # -- parser callbacks (raise GatewayError to stop parsing) -----------------------------
@@ -356,7 +366,10 @@ class ClientConnection(Connection):
         if self.closed:
             return
         if not ex.keep_alive:
-            self.close()
+            if ex.request_complete and self.parsing is None and not self.in_head:
+                self.close()
+            else:
+                self.linger()    # the client may still be sending the request we answered
             return
         if self.deferred_error is not None:
             error, self.deferred_error = self.deferred_error, None
@@ -422,7 +435,7 @@ class ClientConnection(Connection):
                 b"X-Request-Id: %s\r\nConnection: close\r\n\r\n"
                 % (error.status, reason(error.status).encode(), len(body), request_id.encode()))
         self.write(head + body)
-        self.close()
+        self.linger()
 
     def log_error(self, ex, error):
         self.worker.log_exchange_error(ex, error)
@@ -442,6 +455,30 @@ class ClientConnection(Connection):
             if not self.closed:
                 self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+
+    def linger(self):
+        """Close after an answer sent while the client may still be sending (an error, a
+        request body not read to its end): send FIN, then read and discard for a while.
+
+        Closing at once with unread bytes in the socket makes the kernel answer them with a
+        reset, which can destroy the response in the client's receive buffer before the
+        client reads it: the client would see a reset instead of our 413.  Bounded by
+        ``linger_timeout_s`` and ``linger_max_bytes``.
+        """
+        if self.closed or self.lingering:
+            return
+        self.uncork()
+        self.lingering = True
+        self.in_head = False
+        self.parsing = None
+        self.pending.clear()
+        try:
+            self.transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            self.close()
+            return
+        self.resume_reading()
+        self.set_deadline(_LINGER, self.limits.linger_timeout_s)
 
     def close(self):
         if not self.closed:
@@ -469,7 +506,7 @@ class ClientConnection(Connection):
 
     def set_deadline(self, kind, seconds):
         self.deadline_kind = kind
-        self.deadline = self.worker.now + seconds if kind != _NONE else 0.0
+        self.deadline = self.clock.now + seconds if kind != _NONE else 0.0
 
     def check_deadline(self, now):
         """Called by the worker's sweep; acts when this connection's deadline has passed."""
@@ -481,6 +518,8 @@ class ClientConnection(Connection):
         ex = self.current
         if kind == _UPSTREAM and ex is not None and not ex.done:
             ex.handler.on_timeout(ex)
+        elif kind == _LINGER:
+            self.close()
         elif kind in (_HEAD, _BODY):
             if ex is not None and not ex.done and ex.response_started:
                 self.abort_exchange(ex)
@@ -495,7 +534,9 @@ class ClientConnection(Connection):
     def start_drain(self):
         """SIGTERM: finish what is under way, then close; close idle connections now."""
         self.draining = True
-        if self.current is None and self.parsing is None and not self.in_head:
+        if self.lingering:
+            self.close()
+        elif self.current is None and self.parsing is None and not self.in_head:
             self.close()
         elif self.current is not None:
             self.current.keep_alive = False

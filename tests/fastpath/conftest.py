@@ -59,3 +59,9 @@ def pathnorm_mod(form: str) -> ModuleType:
 def router_mod(form: str) -> ModuleType:
     """fastpath.router in each form."""
     return load_form("router", form)
+
+
+@pytest.fixture
+def headers_mod(form: str) -> ModuleType:
+    """fastpath.headers in each form."""
+    return load_form("headers", form)

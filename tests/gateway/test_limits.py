@@ -425,3 +425,70 @@ def test_pipelined_requests_are_answered_in_order(gw, backend):
     ids = [r.header("X-Request-Id") for r in responses]
     assert len(set(ids)) == 5 and all(ids)
     assert not closed
+
+
+def _send_then_read(port, data, timeout=10.0):
+    """Send all of ``data`` before reading anything, then read until the gateway closes.
+
+    Returns (bytes read, how the connection ended: "eof" or "reset")."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except (ConnectionResetError, BrokenPipeError):
+            pass      # the gateway may have stopped reading; what it answered is still checked
+        received = b""
+        while True:
+            try:
+                buf = sock.recv(65536)
+            except ConnectionResetError:
+                return received, "reset"
+            if not buf:
+                return received, "eof"
+            received += buf
+
+
+def test_error_answer_survives_a_client_still_sending(gw, backend):
+    """The gateway refuses a 13 MB Content-Length at the head, while 1 MB of the body is still
+    arriving.  It must not close with those bytes unread (the kernel would reset the connection
+    and the client could lose the 413): it half-closes, discards what comes, then closes."""
+    for attempt in range(5):
+        data = head("/echo?t=linger", b"Content-Length: %d\r\n" % (13 * MB), method=b"POST") + b"x" * MB
+        received, ended = _send_then_read(gw.port, data)
+        assert received.startswith(b"HTTP/1.1 413 "), (attempt, ended, received[:200])
+        assert b"APIC.0201" in received and b"Connection: close\r\n" in received, received[:400]
+        assert ended == "eof", (attempt, ended)
+    assert wait_backend(backend, "t=linger", timeout=0.3) == []
+
+
+def test_lingering_is_bounded(gw):
+    """A client that keeps sending after the error answer is cut off once the discard bound
+    (4 MB) is passed, and an idle one once the linger timeout (2 s) is over."""
+    data = head("/echo?t=linger-bound", b"Content-Length: %d\r\n" % (13 * MB), method=b"POST")
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(data)
+        sent = 0
+        cut = False
+        start = time.monotonic()
+        try:
+            while sent < 64 * MB and time.monotonic() - start < 8:
+                sock.sendall(b"y" * (256 * KB))
+                sent += 256 * KB
+        except (ConnectionResetError, BrokenPipeError):
+            cut = True
+        assert cut, f"the gateway kept discarding {sent} bytes"
+        assert sent < 16 * MB, sent
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while True:
+            buf = sock.recv(65536)
+            if not buf:
+                break           # the gateway's FIN: it still reads, to discard
+            received += buf
+        assert received.startswith(b"HTTP/1.1 413 "), received[:200]
+        sock.sendall(b"z")      # discarded: the gateway is lingering, not closed
+        time.sleep(3.0)         # past the 2 s linger timeout: now it has closed
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            for _ in range(20):
+                sock.sendall(b"z")
+                time.sleep(0.05)
