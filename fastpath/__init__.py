@@ -21,7 +21,7 @@ import os
 from types import ModuleType
 
 #: The modules of fastpath, each with a ``.pxd`` beside it (setup.py compiles exactly these).
-MODULES = ("headers", "pathnorm", "router")
+MODULES = ("buffers", "headers", "pathnorm", "router")
 
 FORCED_PURE = os.environ.get("TOLLGATE_NO_EXTENSIONS", "").strip() not in ("", "0")
 
@@ -69,8 +69,12 @@ PathError = _LIVE["pathnorm"].PathError
 Router = _LIVE["router"].Router
 filter_request_headers = _LIVE["headers"].filter_request_headers
 filter_response_headers = _LIVE["headers"].filter_response_headers
+concat = _LIVE["buffers"].concat
+name_table = _LIVE["headers"].name_table
+name_code = _LIVE["headers"].name_code
 RouteConflict = _LIVE["router"].RouteConflict
 
 __all__ = ["IMPLEMENTATION", "MODULES", "load", "compiled_available",
            "normalize_path", "PathError", "Router", "RouteConflict",
-           "filter_request_headers", "filter_response_headers"]
+           "filter_request_headers", "filter_response_headers", "concat",
+           "name_table", "name_code"]

@@ -1,5 +1,7 @@
 # C-level types for fastpath/headers.py (Cython pure-Python mode).
 import cython
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.string cimport memcpy
 
 cdef bint _COMPILED
 cdef int _KEEP, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _FORWARDED_FOR
@@ -11,8 +13,14 @@ cdef list _REQUEST_BY_LENGTH, _RESPONSE_BY_LENGTH
 @cython.locals(a="const unsigned char *", b="const unsigned char *", i=Py_ssize_t)
 cdef bint _same_name(bytes name, bytes lower)
 
+@cython.locals(a="const unsigned char *", b="const unsigned char *", i=Py_ssize_t)
+cdef bint _same_at(bytes value, Py_ssize_t start, bytes lower)
+
+@cython.locals(out=bytes, dst="char *", src="const char *", pos=Py_ssize_t, n=Py_ssize_t, name=bytes, value=bytes)
+cdef bytes _kept_lines(list headers, list by_length, Py_ssize_t total)
+
 @cython.locals(n=Py_ssize_t, known=bytes, code=int)
-cdef int _code(bytes name, list by_length, dict codes)
+cpdef int name_code(bytes name, list by_length, dict codes)
 
 @cython.locals(p="const unsigned char *", start=Py_ssize_t, end=Py_ssize_t)
 cdef bint _is_plain_connection(bytes value)
@@ -25,8 +33,8 @@ cdef long long _big_length(bytes value) except? -1
 cdef frozenset _connection_tokens(list headers)
 cdef list _without(list headers, frozenset drop, frozenset extra)
 
-@cython.locals(name=bytes, value=bytes, out=list, code=int)
+@cython.locals(name=bytes, value=bytes, out=list, code=int, total=Py_ssize_t)
 cpdef tuple filter_request_headers(list headers)
 
-@cython.locals(name=bytes, value=bytes, out=list, code=int, length="long long", framed=bint)
+@cython.locals(name=bytes, value=bytes, out=list, code=int, total=Py_ssize_t, length="long long", framed=bint)
 cpdef tuple filter_response_headers(list headers)

@@ -44,8 +44,10 @@ def _codes(drop: frozenset) -> dict:
     return {name: _SPECIAL.get(name, _DROP) for name in drop}
 
 
-def _by_length(codes: dict) -> list:
-    """``table[n]``: the ``(name, code)`` pairs of the names n bytes long."""
+def name_table(codes: dict) -> list:
+    """The lookup table of :func:`name_code` for ``codes`` ({lower-case name: int code > 0}).
+
+    ``table[n]``: the ``(name, code)`` pairs of the names n bytes long."""
     table = [() for _ in range(max(len(n) for n in codes) + 1)]
     for name, code in sorted(codes.items()):
         table[len(name)] += ((name, code),)
@@ -54,8 +56,8 @@ def _by_length(codes: dict) -> list:
 
 _REQUEST_CODES = _codes(REQUEST_DROP)
 _RESPONSE_CODES = _codes(RESPONSE_DROP)
-_REQUEST_BY_LENGTH = _by_length(_REQUEST_CODES)
-_RESPONSE_BY_LENGTH = _by_length(_RESPONSE_CODES)
+_REQUEST_BY_LENGTH = name_table(_REQUEST_CODES)
+_RESPONSE_BY_LENGTH = name_table(_RESPONSE_CODES)
 
 # Connection options that name no other header: the common values need no second pass.
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close"))
@@ -72,7 +74,19 @@ def _same_name(name: bytes, lower: bytes) -> bool:
     return True
 
 
-def _code(name: bytes, by_length: list, codes: dict) -> int:
+def _same_at(value: bytes, start: int, lower: bytes) -> bool:
+    """``value[start:start + len(lower)]`` equals ``lower`` ignoring case (compiled form)."""
+    a = value
+    b = lower
+    for i in range(len(lower)):
+        if (a[start + i] | 0x20) != b[i]:
+            return False
+    return True
+
+
+def name_code(name: bytes, by_length: list, codes: dict) -> int:
+    """The code of header ``name`` in ``codes`` ignoring case, or 0; ``by_length`` is
+    ``name_table(codes)``.  Allocation-free when compiled."""
     if _COMPILED:
         n = len(name)
         if n >= len(by_length):
@@ -95,9 +109,9 @@ def _is_plain_connection(value: bytes) -> bool:
         while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
             end -= 1
         if end - start == 10:
-            return _same_name(value[start:end], b"keep-alive")
+            return _same_at(value, start, b"keep-alive")
         if end - start == 5:
-            return _same_name(value[start:end], b"close")
+            return _same_at(value, start, b"close")
         return False
     return value.strip().lower() in _PLAIN_CONNECTION
 
@@ -134,6 +148,31 @@ def _big_length(value: bytes) -> int:
     return n
 
 
+def _kept_lines(headers: list, by_length: list, total: int) -> bytes:
+    """The ``Name: value\r\n`` lines of the headers classified _KEEP, ``total`` bytes, written
+    into one new bytes object (compiled form: no list of pieces, no join)."""
+    out = PyBytes_FromStringAndSize(cython.NULL, total)
+    dst = PyBytes_AS_STRING(out)
+    pos = 0
+    for name, value in headers:
+        if name_code(name, by_length, None) == _KEEP:
+            n = len(name)
+            src = name
+            memcpy(dst + pos, src, n)
+            pos += n
+            dst[pos] = 58       # ':'
+            dst[pos + 1] = 32   # ' '
+            pos += 2
+            n = len(value)
+            src = value
+            memcpy(dst + pos, src, n)
+            pos += n
+            dst[pos] = 13       # CR
+            dst[pos + 1] = 10   # LF
+            pos += 2
+    return out
+
+
 def _connection_tokens(headers: list) -> frozenset:
     """The header names listed by Connection headers (lower-case), or an empty set."""
     tokens = set()
@@ -167,20 +206,26 @@ def filter_request_headers(headers: list):
     """
     forwarded = None
     out = []
+    total = 0
     extra = None
     for name, value in headers:
-        code = _code(name, _REQUEST_BY_LENGTH, _REQUEST_CODES)
+        code = name_code(name, _REQUEST_BY_LENGTH, _REQUEST_CODES)
         if code == _KEEP:
-            out.append(name)
-            out.append(b": ")
-            out.append(value)
-            out.append(b"\r\n")
+            if _COMPILED:
+                total += len(name) + len(value) + 4
+            else:
+                out.append(name)
+                out.append(b": ")
+                out.append(value)
+                out.append(b"\r\n")
         elif code == _FORWARDED_FOR:
             forwarded = value if forwarded is None else forwarded + b", " + value
         elif code == _CONNECTION and extra is None and not _is_plain_connection(value):
             extra = _connection_tokens(headers)
     if extra:
-        out = _without(headers, REQUEST_DROP, extra)
+        return forwarded, b"".join(_without(headers, REQUEST_DROP, extra))
+    if _COMPILED:
+        return forwarded, _kept_lines(headers, _REQUEST_BY_LENGTH, total)
     return forwarded, b"".join(out)
 
 
@@ -191,16 +236,20 @@ def filter_response_headers(headers: list):
     has its own end (a length or chunked) rather than ending when the backend closes.
     """
     out = []
+    total = 0
     length = -1
     framed = False
     extra = None
     for name, value in headers:
-        code = _code(name, _RESPONSE_BY_LENGTH, _RESPONSE_CODES)
+        code = name_code(name, _RESPONSE_BY_LENGTH, _RESPONSE_CODES)
         if code == _KEEP:
-            out.append(name)
-            out.append(b": ")
-            out.append(value)
-            out.append(b"\r\n")
+            if _COMPILED:
+                total += len(name) + len(value) + 4
+            else:
+                out.append(name)
+                out.append(b": ")
+                out.append(value)
+                out.append(b"\r\n")
         elif code == _CONTENT_LENGTH:
             length = _content_length(value)
             framed = True
@@ -210,5 +259,7 @@ def filter_response_headers(headers: list):
         elif code == _CONNECTION and extra is None and not _is_plain_connection(value):
             extra = _connection_tokens(headers)
     if extra:
-        out = _without(headers, RESPONSE_DROP, extra)
+        return b"".join(_without(headers, RESPONSE_DROP, extra)), length, framed
+    if _COMPILED:
+        return _kept_lines(headers, _RESPONSE_BY_LENGTH, total), length, framed
     return b"".join(out), length, framed

@@ -1,4 +1,13 @@
 # Types for the compiled form of gateway/exchange.py (Cython pure-Python mode).
+cimport cython
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from fastpath._compiled.buffers cimport concat
+
+cdef bint _COMPILED
+
+@cython.locals(ts=timespec)
+cpdef double monotonic()
+
 
 cdef class Exchange
 
@@ -51,6 +60,7 @@ cdef class Exchange:
     cdef public str request_id
     cdef public str client_ip
     cdef public str env
+    cdef public object stage
     cdef public object api
     cdef public object params
     cdef public str rest

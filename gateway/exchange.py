@@ -8,9 +8,31 @@ client connection owns.  Errors are answered through :meth:`fail` only.
 """
 from __future__ import annotations
 
+from time import perf_counter
+
+from fastpath import concat
 from gateway.errors import REASONS, error_body, reason
 
+try:
+    import cython
+
+    _COMPILED = cython.compiled
+except ImportError:  # pragma: no cover - without Cython only the interpreted form exists
+    _COMPILED = False
+
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text.encode()) for code, text in REASONS.items()}
+
+
+def monotonic():
+    """Seconds of the monotonic clock, for durations: ``time.perf_counter()``.
+
+    Compiled, a direct ``clock_gettime(CLOCK_MONOTONIC)`` (the clock perf_counter reads on
+    Linux), instead of a Python call and a float object, four times per request.
+    """
+    if _COMPILED:
+        clock_gettime(CLOCK_MONOTONIC, cython.address(ts))
+        return ts.tv_sec + ts.tv_nsec * 1e-9
+    return perf_counter()
 
 
 class Clock:
@@ -120,6 +142,7 @@ class Exchange:
         self.request_id = ""
         self.client_ip = conn.client_ip
         self.env = "RELEASE"
+        self.stage = None               # the X-Stage header (bytes) when the request had one
         self.api = None                 # the CompiledApi once routed
         self.handler = None             # its backend handler (api.handler), typed for C calls
         self.params = None
@@ -176,7 +199,7 @@ class Exchange:
         elif self.version == "1.0":
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        conn.write(b"".join(parts))
+        conn.write(concat(parts))
 
     def respond_body(self, chunk):
         if self.head_request or not chunk:

@@ -1,6 +1,6 @@
 # Types for the compiled form of gateway/metrics.py (Cython pure-Python mode).
 cimport cython
-from gateway.exchange cimport Exchange
+from gateway.exchange cimport Exchange, monotonic
 
 cdef class ApiStats:
     cdef public list counts

@@ -13,8 +13,8 @@ status is a class (2xx ...), code is a ROMA code.
 """
 from __future__ import annotations
 
-from time import perf_counter
 
+from gateway.exchange import monotonic
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
@@ -84,7 +84,7 @@ class WorkerMetrics:
         stats = self.unrouted
         if api is not None and api.stats is not None:
             stats = api.stats
-        stats.observe(index, perf_counter() - ex.started, ex.upstream_elapsed)
+        stats.observe(index, monotonic() - ex.started, ex.upstream_elapsed)
         if ex.error_code:
             self.count_error(ex.error_code)
 

@@ -1,6 +1,17 @@
 # Types for the compiled form of gateway/pipeline.py (Cython pure-Python mode).
+# The fastpath functions are cimported: compiled, the gateway calls them as C functions (the
+# gateway is compiled only together with a live compiled fastpath; see gateway/__init__.py).
+cimport cython
 from gateway.exchange cimport Exchange
+from fastpath._compiled.pathnorm cimport normalize_path
+from fastpath._compiled.router cimport Router
+
+cdef bint _COMPILED
+
+@cython.locals(i=Py_ssize_t)
+cdef Py_ssize_t _query_start(bytes raw)
 
 cdef class Pipeline:
     cdef public object worker
+    @cython.locals(router=Router, q=Py_ssize_t, raw=bytes, path=str, found=tuple)
     cpdef enter(self, Exchange ex)

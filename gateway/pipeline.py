@@ -10,7 +10,24 @@ from fastpath import PathError, normalize_path
 
 from gateway.errors import BadRequest, NotFound
 
+try:
+    import cython
+
+    _COMPILED = cython.compiled
+except ImportError:  # pragma: no cover - without Cython only the interpreted form exists
+    _COMPILED = False
+
 DEFAULT_ENV = "RELEASE"
+
+
+def _query_start(raw):
+    """Index of the '?' that starts the query, or -1 (a C scan when compiled)."""
+    if _COMPILED:
+        for i in range(len(raw)):
+            if raw[i] == 63:
+                return i
+        return -1
+    return raw.find(b"?")
 
 
 class Pipeline:
@@ -21,7 +38,7 @@ class Pipeline:
 
     def enter(self, ex):
         raw = ex.raw_target
-        q = raw.find(b"?")
+        q = _query_start(raw)
         if q >= 0:
             ex.query = raw[q + 1:]
             raw = raw[:q]
@@ -30,10 +47,11 @@ class Pipeline:
         except PathError as exc:
             raise BadRequest("Malformed request path", f"path {raw[:128]!r}: {exc}") from None
         ex.path = path
-        stage = ex.conn.h_stage
+        stage = ex.stage
         env = stage.decode("latin-1") if stage is not None else DEFAULT_ENV
         ex.env = env
-        found = self.worker.snapshot.router.match(env, ex.host, ex.method, path)
+        router = self.worker.snapshot.router   # one read: a reload swaps the whole snapshot
+        found = router.match(env, ex.host, ex.method, path)
         if found is None:
             raise NotFound("No API matches this request")
         api, ex.params, ex.rest = found

@@ -1,10 +1,15 @@
 # Types for the compiled form of gateway/backends/http.py (Cython pure-Python mode).
-from gateway.exchange cimport Exchange, Handler
-from gateway.http.upstream cimport UpstreamConnection, UpstreamOwner
+cimport cython
+# compiled, the fastpath functions are C calls (see gateway/pipeline.pxd)
+from fastpath._compiled.buffers cimport concat
+from fastpath._compiled.headers cimport filter_request_headers, filter_response_headers
+from gateway.exchange cimport Exchange, Handler, monotonic
+from gateway.http.upstream cimport UpstreamConnection, UpstreamOwner, UpstreamPool
 
 
 cdef class HttpBackend(Handler):
     cdef public object runtime
+    cdef public UpstreamPool pool
     cdef public object key
     cdef public str authority
     cdef public bytes host_header
@@ -22,6 +27,7 @@ cdef class HttpBackend(Handler):
     cpdef on_timeout(self, Exchange ex)
     cpdef on_abort(self, Exchange ex)
     cpdef on_client_paused(self, Exchange ex, bint paused)
+    @cython.locals(n=Py_ssize_t, path=str, target=bytes, query=bytes, method=bytes, framing=bytes, headers=bytes, client_ip=bytes)
     cpdef bytes build_head(self, Exchange ex)
 
 

@@ -17,14 +17,13 @@ response body down, both ways with flow control, and decides what a failure mean
 """
 from __future__ import annotations
 
-from time import perf_counter
 from urllib.parse import urlsplit
 
 from gateway.errors import BackendTimeout, BackendUnavailable
-from gateway.exchange import Handler
+from gateway.exchange import Handler, monotonic
 from gateway.http.server import UPSTREAM
 from gateway.http.upstream import UpstreamOwner
-from fastpath import filter_request_headers, filter_response_headers
+from fastpath import concat, filter_request_headers, filter_response_headers
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
 _CHUNK_END = b"0\r\n\r\n"
@@ -44,6 +43,7 @@ class HttpBackend(Handler):
 
     def __init__(self, runtime, url, method, timeout_ms, retries, host_header, prefix):
         self.runtime = runtime
+        self.pool = runtime.pool if runtime is not None else None   # typed: C calls per request
         parts = urlsplit(url)
         if parts.scheme != "http":
             raise BackendConfigError(f"backend url {url!r}: only http:// backends are supported")
@@ -113,7 +113,8 @@ class HttpBackend(Handler):
         else:
             path = parts[0]
         if self.prefix and ex.rest:
-            path = (path[:-1] if path.endswith("/") else path) + ex.rest
+            n = len(path)
+            path = (path[:n - 1] if n > 0 and path[n - 1] == "/" else path) + ex.rest
         target = path.encode("latin-1")
         query = ex.query
         if self.base_query:
@@ -129,7 +130,7 @@ class HttpBackend(Handler):
             framing = b""
         forwarded_for, headers = filter_request_headers(ex.headers)
         client_ip = ex.client_ip.encode()
-        return b"".join((
+        return concat((
             method, b" ", target, b" HTTP/1.1\r\nHost: ", self.host_header, b"\r\n",
             headers,
             b"X-Forwarded-For: ", forwarded_for + b", " + client_ip if forwarded_for else client_ip,
@@ -180,13 +181,13 @@ class ProxyCall(UpstreamOwner):
 
     # -- sending ----------------------------------------------------------------------------
     def dispatch(self, fresh):
-        runtime = self.backend.runtime
-        conn = None if fresh else runtime.pool.take(self.backend.key)
+        backend = self.backend
+        conn = None if fresh else backend.pool.take(backend.key)
         if conn is not None:
             self.attach(conn)
         else:
             self.connecting = True
-            runtime.spawn(self.connect())
+            backend.runtime.spawn(self.connect())
 
     async def connect(self):
         backend = self.backend
@@ -217,7 +218,7 @@ class ProxyCall(UpstreamOwner):
     def attach(self, conn):
         self.upstream = conn
         ex = self.ex
-        self.ex.upstream_started = perf_counter()
+        self.ex.upstream_started = monotonic()
         data = b"".join(self.queued) if len(self.queued) > 1 else self.queued[0]
         self.queued = []
         self.queued_bytes = 0
@@ -264,7 +265,7 @@ class ProxyCall(UpstreamOwner):
     # -- events from the upstream connection ----------------------------------------------------
     def upstream_head(self, conn, status, headers):
         ex = self.ex
-        ex.upstream_elapsed = perf_counter() - ex.upstream_started
+        ex.upstream_elapsed = monotonic() - ex.upstream_started
         lines, length, framed = filter_response_headers(headers)
         ex.conn.set_deadline(UPSTREAM, self.backend.timeout_s)   # from now on, a read-idle timeout
         ex.respond_head(status, lines, length)
@@ -282,7 +283,7 @@ class ProxyCall(UpstreamOwner):
         self.finished = True
         ex = self.ex
         if reusable and ex.request_complete and not self.queued:
-            self.backend.runtime.pool.give_back(conn, ex.conn.clock.now)
+            self.backend.pool.give_back(conn, ex.conn.clock.now)
         else:
             conn.close()
         ex.respond_end()

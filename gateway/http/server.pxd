@@ -1,11 +1,14 @@
 # Types for the compiled form of gateway/http/server.py (Cython pure-Python mode).
-from gateway.exchange cimport Connection, Exchange, RequestIds
+cimport cython
+from gateway.exchange cimport Connection, Exchange, RequestIds, monotonic
 from gateway.metrics cimport WorkerMetrics
+from gateway.pipeline cimport Pipeline
+from fastpath._compiled.headers cimport name_code
 
 cdef class ClientConnection(Connection):
     cdef public object worker
     cdef public object limits
-    cdef public object pipeline
+    cdef public Pipeline pipeline
     cdef public RequestIds request_ids
     cdef public WorkerMetrics metrics
     cdef public object access_log
@@ -43,8 +46,9 @@ cdef class ClientConnection(Connection):
     cdef public double body_timeout
     cdef public double keepalive_timeout
 
+    @cython.locals(host=bytes, target=bytes)
     cdef _check_framing(self, Exchange ex)
-    cdef _absolute_form(self, Exchange ex, bytes target, object host)
+    cdef bytes _absolute_form(self, Exchange ex, bytes target, object host)
     cdef _start(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)
     cpdef abort_exchange(self, Exchange ex)

@@ -17,12 +17,12 @@ into one error answer and closes the connection.
 from __future__ import annotations
 
 from collections import deque
-from time import perf_counter
 
 import httptools
 
+from fastpath import name_code, name_table
 from gateway.errors import FramingError, GatewayError, InternalError, TooLarge, error_body, reason
-from gateway.exchange import Connection, Exchange
+from gateway.exchange import Connection, Exchange, monotonic
 
 # deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
 _NONE, _HEAD, _IDLE, _BODY, UPSTREAM, _SEND, _DRAIN, _LINGER = range(8)
@@ -34,6 +34,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _H_HOST, _H_CL, _H_TE, _H_EXPECT, _H_STAGE = 1, 2, 3, 4, 5
 _WATCHED = {b"host": _H_HOST, b"content-length": _H_CL, b"transfer-encoding": _H_TE,
             b"expect": _H_EXPECT, b"x-stage": _H_STAGE}
+_WATCHED_TABLE = name_table(_WATCHED)
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
                                       "TRACE", "CONNECT")}
@@ -203,8 +204,8 @@ class ClientConnection(Connection):
         self.headers_size += size
         if self.headers_size > self.max_headers or len(self.headers) >= self.max_count:
             raise TooLarge("Request headers too large", status=494)
-        watched = _WATCHED.get(name.lower())
-        if watched is not None:
+        watched = name_code(name, _WATCHED_TABLE, _WATCHED)
+        if watched != 0:
             if watched == _H_HOST:
                 if self.h_host is not None:
                     raise FramingError("Repeated Host header")
@@ -234,8 +235,9 @@ class ClientConnection(Connection):
         if method == "CONNECT":
             raise FramingError("CONNECT is not supported", "CONNECT request")
         ex = Exchange(self, method, self.url, self.headers, version,
-                      parser.should_keep_alive() and not self.draining, perf_counter())
+                      parser.should_keep_alive() and not self.draining, monotonic())
         ex.request_id = self.request_ids.next()
+        ex.stage = self.h_stage
         self.requests += 1
         self._check_framing(ex)
         self.parsing = ex
@@ -268,7 +270,7 @@ class ClientConnection(Connection):
             ex.content_length = length
         host = self.h_host
         target = self.url
-        if target[:1] != b"/":
+        if len(target) == 0 or target[0] != 47:     # not origin-form ('/...')
             host = self._absolute_form(ex, target, host)
         else:
             ex.raw_target = target
@@ -401,7 +403,7 @@ class ClientConnection(Connection):
         try:
             self.metrics.observe(ex, aborted)
             if self.access_log is not None:
-                self.access_log.log(ex, perf_counter() - ex.started, aborted)
+                self.access_log.log(ex, monotonic() - ex.started, aborted)
         except Exception:  # observation must never break the data path
             self.worker.log.exception("observing an exchange failed")
 

@@ -65,3 +65,9 @@ def router_mod(form: str) -> ModuleType:
 def headers_mod(form: str) -> ModuleType:
     """fastpath.headers in each form."""
     return load_form("headers", form)
+
+
+@pytest.fixture
+def buffers_mod(form: str) -> ModuleType:
+    """fastpath.buffers in each form."""
+    return load_form("buffers", form)
