@@ -425,6 +425,7 @@ class Target:
 class Run:
     target: str
     rep: int
+    session: int
     wrk: WrkResult
     cpu_user_us: float      # per request, all the proxy's processes
     cpu_sys_us: float
@@ -440,7 +441,7 @@ class Run:
 
 
 def measure(target: Target, upstream: Service, upstream_status: str, rep: int,
-            args: argparse.Namespace) -> Run:
+            args: argparse.Namespace, session: int = 1) -> Run:
     up_before = upstream_counters(upstream_status)
     cpu_before, ucpu_before = target.service.cpu(), upstream.cpu()
     try:
@@ -470,7 +471,7 @@ def measure(target: Target, upstream: Service, upstream_status: str, rep: int,
     tick_us = 1e6 / CLK_TCK
     # The stub_status query made by the second upstream_counters() call counts once in each.
     run = Run(
-        target=target.name, rep=rep, wrk=result,
+        target=target.name, rep=rep, session=session, wrk=result,
         cpu_user_us=(cpu_after.user - cpu_before.user) * tick_us / n,
         cpu_sys_us=(cpu_after.system - cpu_before.system) * tick_us / n,
         upstream_cpu_us=((ucpu_after.user + ucpu_after.system)
@@ -619,7 +620,8 @@ def report(args, runs: list[Run], names: list[str], info: list[str], steal: str,
           f"Setup: wrk `-t{args.threads} -c{args.connections} -d{args.duration}s --latency` on "
           f"`GET {PATH}` (a {len(BODY)}-byte JSON answer from an upstream nginx, 1 worker); "
           f"proxies with {args.workers} worker(s); nginx upstream `keepalive "
-          f"{max(256, args.connections)}`; {args.reps} reps, targets interleaved (order rotates "
+          f"{max(256, args.connections)}`; {args.sessions} session(s) of {args.reps} reps (each "
+          f"session starts every process afresh), targets interleaved (order rotates "
           f"each rep), after a {WARMUP_SECONDS}s warm-up of each. 127.0.0.1 only. "
           f"CPU us/req = user+system CPU time of all the proxy's processes (master and workers) "
           f"over the run / requests completed.", ""]
@@ -628,9 +630,10 @@ def report(args, runs: list[Run], names: list[str], info: list[str], steal: str,
     problems = [r for r in runs if r.problems]
     if problems:
         md += ["**WARNING: some runs were not clean:**", ""]
-        md += [f"- {r.target} rep {r.rep}: {'; '.join(r.problems)}" for r in problems] + [""]
+        md += [f"- {r.target} session {r.session} rep {r.rep}: {'; '.join(r.problems)}"
+               for r in problems] + [""]
 
-    md += ["### Summary (median over reps)", "",
+    md += ["### Summary (median over all reps of all sessions)", "",
            "| target | req/s | p50 ms | p99 ms | CPU us/req | user | sys | upstream CPU us/req |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     med = {}
@@ -666,6 +669,17 @@ def report(args, runs: list[Run], names: list[str], info: list[str], steal: str,
             md.append(f"| {metric} | {ratio:.2f}x | {min(per_rep):.2f}-{max(per_rep):.2f} "
                       f"| {op} {bound:.2f} | {_verdict(ratio, metric)} |")
         md.append("")
+        if args.sessions > 1:
+            md += ["Per session (ratios of that session's medians):", "",
+                   "| session | req/s | CPU/req | p99 |", "|---|---:|---:|---:|"]
+            for s in range(1, args.sessions + 1):
+                cells = []
+                for metric, (_key, get) in pairs.items():
+                    t = statistics.median(get(r) for r in by_target["tollgate"] if r.session == s)
+                    g = statistics.median(get(r) for r in by_target["nginx"] if r.session == s)
+                    cells.append(f"{t / g:.2f}x")
+                md.append(f"| {s} | " + " | ".join(cells) + " |")
+            md.append("")
 
     if "tollgate" in med and "tollgate+accesslog" in med:
         base, logged = med["tollgate"], med["tollgate+accesslog"]
@@ -677,8 +691,11 @@ def report(args, runs: list[Run], names: list[str], info: list[str], steal: str,
                f"(+{logged['cpu'] - base['cpu']:.1f} us/req) |", ""]
 
     md += tollgate_notes
-    for rep in range(1, args.reps + 1):
-        md += [f"### Rep {rep}", ""] + rep_table([r for r in runs if r.rep == rep]) + [""]
+    for s in range(1, args.sessions + 1):
+        for rep in range(1, args.reps + 1):
+            title = f"Session {s}, rep {rep}" if args.sessions > 1 else f"Rep {rep}"
+            md += [f"### {title}", ""] + rep_table(
+                [r for r in runs if r.rep == rep and r.session == s]) + [""]
     md += ["Columns: req/s and latency percentiles as wrk reports them (latency from wrk's "
            "sending a request to its reading the whole answer). \"upstream reqs / new conns\": "
            "requests the upstream nginx served and TCP connections it accepted during the run "
@@ -695,6 +712,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run (default 10)")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
+    p.add_argument("--sessions", type=int, default=2,
+                   help="sessions, each starting every process afresh and running --reps "
+                        "(default 2)")
     p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     p.add_argument("--workers", type=int, default=1, help="worker processes of each proxy (default 1)")
@@ -713,13 +733,59 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--targets: unknown {sorted(unknown)}; choose among nginx,tollgate,floor")
     if args.access_log_cost and "tollgate" not in args.target_list:
         p.error("--access-log-cost needs the tollgate target")
-    if min(args.duration, args.reps, args.connections, args.threads, args.workers) < 1:
-        p.error("--duration, --reps, --connections, --threads and --workers must be >= 1")
+    if min(args.duration, args.reps, args.sessions, args.connections, args.threads, args.workers) < 1:
+        p.error("--duration, --reps, --sessions, --connections, --threads and --workers must be >= 1")
     if args.connections < args.threads:
         p.error("--connections must be >= --threads (wrk needs a connection per thread)")
     if args.duration > 120:
         p.error("--duration is capped at 120 s to keep the run bounded")
     return args
+
+
+def run_session(args: argparse.Namespace, workdir: Path, session: int, runs: list[Run],
+                notes: list[str]) -> list[str]:
+    """Start the upstream and every target, warm them up, run the interleaved reps (appended to
+    ``runs``; problems to ``notes``).  Returns the target names; the caller stops everything."""
+    (workdir / "tmp").mkdir(parents=True)
+    upstream, upstream_addr, upstream_status = start_upstream(workdir)
+    targets: list[Target] = []
+    if "nginx" in args.target_list:
+        targets.append(start_nginx_proxy(workdir, upstream_addr, args))
+    if "tollgate" in args.target_list:
+        targets.append(start_tollgate(workdir, upstream_addr, args, "tollgate", None))
+        if args.access_log_cost:
+            targets.append(start_tollgate(workdir, upstream_addr, args, "tollgate+accesslog",
+                                          workdir / "tollgate-access.log"))
+    if "floor" in args.target_list:
+        targets.append(start_floor(workdir, upstream_addr))
+
+    for t in targets:
+        log(f"session {session}: warm-up {t.name}: {WARMUP_SECONDS}s")
+        warm = run_wrk(t.url, WARMUP_SECONDS, args.threads, args.connections)
+        if warm.errors or not t.service.alive():
+            problem = (f"{t.name} warm-up (session {session}): {warm.errors} errors (socket "
+                       f"{warm.socket_errors}, non-2xx {warm.non2xx}); process {t.service.died_why()}")
+            loud(problem)
+            notes += [f"**{problem}**", ""]
+
+    for rep in range(1, args.reps + 1):
+        k = (rep - 1) % len(targets)
+        for t in targets[k:] + targets[:k]:
+            log(f"session {session}/{args.sessions}, rep {rep}/{args.reps}: {t.name} for {args.duration}s")
+            run = measure(t, upstream, upstream_status, rep, args, session)
+            runs.append(run)
+            log(f"  {run.wrk.rps:,.0f} req/s, p50 {_fmt_ms(run.wrk.p50_ms)} ms, "
+                f"p99 {_fmt_ms(run.wrk.p99_ms)} ms, CPU {run.cpu_us:.1f} us/req "
+                f"(user {run.cpu_user_us:.1f}, sys {run.cpu_sys_us:.1f}), "
+                f"upstream {run.upstream_cpu_us:.1f} us/req")
+
+    for t in targets:
+        if t.name.startswith("tollgate"):
+            tail = t.service.log_tail(200)
+            if re.search(r"Traceback|\bERROR\b|\bCRITICAL\b", tail):
+                notes += [f"**{t.name} logged errors** (session {session}, tail of its log):", "",
+                          "```", t.service.log_tail(40), "```", ""]
+    return [t.name for t in targets]
 
 
 def main(argv=None) -> int:
@@ -743,53 +809,17 @@ def main(argv=None) -> int:
     clean = False
     try:
         info = machine_info()
-        upstream, upstream_addr, upstream_status = start_upstream(workdir)
-        targets: list[Target] = []
-        if "nginx" in args.target_list:
-            targets.append(start_nginx_proxy(workdir, upstream_addr, args))
-        if "tollgate" in args.target_list:
-            targets.append(start_tollgate(workdir, upstream_addr, args, "tollgate", None))
-            if args.access_log_cost:
-                targets.append(start_tollgate(workdir, upstream_addr, args, "tollgate+accesslog",
-                                              workdir / "tollgate-access.log"))
-        if "floor" in args.target_list:
-            targets.append(start_floor(workdir, upstream_addr))
-        names = [t.name for t in targets]
-
-        notes = []
-        for t in targets:
-            log(f"warm-up {t.name}: {WARMUP_SECONDS}s")
-            warm = run_wrk(t.url, WARMUP_SECONDS, args.threads, args.connections)
-            if warm.errors or not t.service.alive():
-                problem = (f"{t.name} warm-up: {warm.errors} errors (socket {warm.socket_errors}, "
-                           f"non-2xx {warm.non2xx}); process {t.service.died_why()}")
-                loud(problem)
-                notes += [f"**{problem}**", ""]
-
         runs: list[Run] = []
+        notes: list[str] = []
         busy0, steal0, total0 = system_cpu()
-        for rep in range(1, args.reps + 1):
-            k = (rep - 1) % len(targets)
-            for t in targets[k:] + targets[:k]:
-                log(f"rep {rep}/{args.reps}: {t.name} for {args.duration}s")
-                run = measure(t, upstream, upstream_status, rep, args)
-                runs.append(run)
-                log(f"  {run.wrk.rps:,.0f} req/s, p50 {_fmt_ms(run.wrk.p50_ms)} ms, "
-                    f"p99 {_fmt_ms(run.wrk.p99_ms)} ms, CPU {run.cpu_us:.1f} us/req "
-                    f"(user {run.cpu_user_us:.1f}, sys {run.cpu_sys_us:.1f}), "
-                    f"upstream {run.upstream_cpu_us:.1f} us/req")
+        for session in range(1, args.sessions + 1):
+            names = run_session(args, workdir / f"session-{session}", session, runs, notes)
+            stop_all()      # the next session starts every process afresh
         busy1, steal1, total1 = system_cpu()
         span = max(total1 - total0, 1)
         steal = (f"machine busy {100 * (busy1 - busy0) / span:.0f}% of all CPUs, "
                  f"steal {100 * (steal1 - steal0) / span:.1f}%; load average "
                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-
-        for t in targets:
-            if t.name.startswith("tollgate"):
-                tail = t.service.log_tail(200)
-                if re.search(r"Traceback|\bERROR\b|\bCRITICAL\b", tail):
-                    notes += [f"**{t.name} logged errors** (tail of its log):", "", "```",
-                              t.service.log_tail(40), "```", ""]
 
         md = report(args, runs, names, info, steal, notes)
         print(md)
@@ -808,9 +838,9 @@ def main(argv=None) -> int:
         if clean and not args.keep_work:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
-            big = workdir / "tollgate-access.log"
-            if big.exists() and not args.keep_work:
-                big.unlink()
+            if not args.keep_work:
+                for big in workdir.glob("session-*/tollgate-access.log"):
+                    big.unlink()
             log(f"work dir kept: {workdir}")
 
 

@@ -31,6 +31,7 @@ def concat(parts) -> bytes:
 
 
 def _concat_tuple(parts: tuple) -> bytes:
+    # compiled form only: memcpy and the PyBytes_* macros are cimported by buffers.pxd
     total = 0
     for part in parts:
         if type(part) is not bytes:

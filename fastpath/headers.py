@@ -151,6 +151,7 @@ def _big_length(value: bytes) -> int:
 def _kept_lines(headers: list, by_length: list, total: int) -> bytes:
     """The ``Name: value\r\n`` lines of the headers classified _KEEP, ``total`` bytes, written
     into one new bytes object (compiled form: no list of pieces, no join)."""
+    # compiled form only: memcpy and the PyBytes_* functions are cimported by headers.pxd
     out = PyBytes_FromStringAndSize(cython.NULL, total)
     dst = PyBytes_AS_STRING(out)
     pos = 0

@@ -30,6 +30,7 @@ def monotonic():
     Linux), instead of a Python call and a float object, four times per request.
     """
     if _COMPILED:
+        # clock_gettime, CLOCK_MONOTONIC and the timespec ts come from exchange.pxd
         clock_gettime(CLOCK_MONOTONIC, cython.address(ts))
         return ts.tv_sec + ts.tv_nsec * 1e-9
     return perf_counter()
