@@ -4,7 +4,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcpy
 
 cdef bint _COMPILED
-cdef int _KEEP, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _FORWARDED_FOR
+cdef int _KEEP, _DATE, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _FORWARDED_FOR
 cdef frozenset REQUEST_DROP, RESPONSE_DROP, _PLAIN_CONNECTION
 cdef object _MAX_LENGTH
 cdef dict _REQUEST_CODES, _RESPONSE_CODES
@@ -36,5 +36,5 @@ cdef list _without(list headers, frozenset drop, frozenset extra)
 @cython.locals(name=bytes, value=bytes, out=list, code=int, total=Py_ssize_t)
 cpdef tuple filter_request_headers(list headers)
 
-@cython.locals(name=bytes, value=bytes, out=list, code=int, total=Py_ssize_t, length="long long", framed=bint)
+@cython.locals(name=bytes, value=bytes, out=list, code=int, total=Py_ssize_t, length="long long", framed=bint, dated=bint)
 cpdef tuple filter_response_headers(list headers)

@@ -23,8 +23,10 @@ try:
 except ImportError:  # pragma: no cover - without Cython only the interpreted form exists
     _COMPILED = False
 
-# What a header name means to the filters.  _KEEP: forwarded as it is.
-_KEEP, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _FORWARDED_FOR = range(6)
+# What a header name means to the filters.  Codes below _DROP are forwarded as they are:
+# _KEEP, and _DATE (a response's Date, which the caller must know about: a proxy adds one
+# when the backend sent none, RFC 9110 §6.6.1).
+_KEEP, _DATE, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _FORWARDED_FOR = range(7)
 
 _HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                b"transfer-encoding", b"upgrade")
@@ -56,6 +58,7 @@ def name_table(codes: dict) -> list:
 
 _REQUEST_CODES = _codes(REQUEST_DROP)
 _RESPONSE_CODES = _codes(RESPONSE_DROP)
+_RESPONSE_CODES[b"date"] = _DATE
 _REQUEST_BY_LENGTH = name_table(_REQUEST_CODES)
 _RESPONSE_BY_LENGTH = name_table(_RESPONSE_CODES)
 
@@ -149,14 +152,14 @@ def _big_length(value: bytes) -> int:
 
 
 def _kept_lines(headers: list, by_length: list, total: int) -> bytes:
-    """The ``Name: value\r\n`` lines of the headers classified _KEEP, ``total`` bytes, written
+    """The ``Name: value\r\n`` lines of the headers forwarded (code < _DROP), ``total`` bytes, written
     into one new bytes object (compiled form: no list of pieces, no join)."""
     # compiled form only: memcpy and the PyBytes_* functions are cimported by headers.pxd
     out = PyBytes_FromStringAndSize(cython.NULL, total)
     dst = PyBytes_AS_STRING(out)
     pos = 0
     for name, value in headers:
-        if name_code(name, by_length, None) == _KEEP:
+        if name_code(name, by_length, None) < _DROP:
             n = len(name)
             src = name
             memcpy(dst + pos, src, n)
@@ -231,19 +234,23 @@ def filter_request_headers(headers: list):
 
 
 def filter_response_headers(headers: list):
-    """Return ``(lines, content_length, framed)`` for a backend response being forwarded.
+    """Return ``(lines, content_length, framed, dated)`` for a backend response being forwarded.
 
     ``content_length`` is the backend's Content-Length or -1; ``framed`` says whether the body
-    has its own end (a length or chunked) rather than ending when the backend closes.
+    has its own end (a length or chunked) rather than ending when the backend closes;
+    ``dated`` whether the backend sent a Date (kept in ``lines``).
     """
     out = []
     total = 0
     length = -1
     framed = False
+    dated = False
     extra = None
     for name, value in headers:
         code = name_code(name, _RESPONSE_BY_LENGTH, _RESPONSE_CODES)
-        if code == _KEEP:
+        if code < _DROP:
+            if code == _DATE:
+                dated = True
             if _COMPILED:
                 total += len(name) + len(value) + 4
             else:
@@ -260,7 +267,7 @@ def filter_response_headers(headers: list):
         elif code == _CONNECTION and extra is None and not _is_plain_connection(value):
             extra = _connection_tokens(headers)
     if extra:
-        return b"".join(_without(headers, RESPONSE_DROP, extra)), length, framed
+        return b"".join(_without(headers, RESPONSE_DROP, extra)), length, framed, dated
     if _COMPILED:
-        return _kept_lines(headers, _RESPONSE_BY_LENGTH, total), length, framed
-    return b"".join(out), length, framed
+        return _kept_lines(headers, _RESPONSE_BY_LENGTH, total), length, framed, dated
+    return b"".join(out), length, framed, dated

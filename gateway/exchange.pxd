@@ -13,6 +13,9 @@ cdef class Exchange
 
 cdef class Clock:
     cdef public double now
+    cdef public long long second
+    cdef public bytes date
+    cpdef advance(self, double now)
 
 
 cdef class Connection:

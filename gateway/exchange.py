@@ -8,7 +8,8 @@ client connection owns.  Errors are answered through :meth:`fail` only.
 """
 from __future__ import annotations
 
-from time import perf_counter
+from email.utils import formatdate
+from time import perf_counter, time
 
 from fastpath import concat
 from gateway.errors import REASONS, error_body, reason
@@ -36,8 +37,14 @@ def monotonic():
     return perf_counter()
 
 
+def date_line(when=None):
+    """The ``Date: ...\r\n`` header line (RFC 9110 §6.6.1, IMF-fixdate) for a POSIX time."""
+    return b"Date: " + formatdate(when, usegmt=True).encode("ascii") + b"\r\n"
+
+
 class Clock:
-    """The worker's coarse clock (event-loop time), advanced by the worker's sweep.
+    """The worker's coarse clock (event-loop time), advanced by the worker's sweep, and the
+    ``Date`` line of the answers the gateway writes itself, renewed each second.
 
     Deadlines only need the sweep's precision; a typed field read is far cheaper per request
     than a call to the loop's clock or an attribute of the (Python) worker object.
@@ -45,6 +52,17 @@ class Clock:
 
     def __init__(self, now):
         self.now = now
+        self.second = 0
+        self.date = b""
+        self.advance(now)
+
+    def advance(self, now):
+        """Set the loop time; renew the Date line when the wall-clock second changed."""
+        self.now = now
+        wall = int(time())
+        if wall != self.second:
+            self.second = wall
+            self.date = date_line(wall)
 
 
 class Connection:
@@ -217,8 +235,9 @@ class Exchange:
         self.conn.exchange_finished(self)
 
     def respond_full(self, status, header_lines, body):
-        """A whole response at once (mocks, errors): one write."""
-        self.respond_head(status, header_lines, len(body))
+        """A whole response at once (mocks, errors): one write.  The gateway is the origin of
+        these answers, so they carry its Date (a proxied answer carries the backend's)."""
+        self.respond_head(status, self.conn.clock.date + header_lines, len(body))
         if body and not self.head_request:
             self.bytes_sent += len(body)
             self.conn.write(body)

@@ -193,7 +193,8 @@ class Worker:
         next_push = 0.0
         while True:
             await asyncio.sleep(tick)
-            now = self.clock.now = self.loop.time()
+            now = self.loop.time()
+            self.clock.advance(now)
             for conn in list(self.connections):
                 if conn.deadline:
                     conn.check_deadline(now)

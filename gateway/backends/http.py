@@ -266,7 +266,9 @@ class ProxyCall(UpstreamOwner):
     def upstream_head(self, conn, status, headers):
         ex = self.ex
         ex.upstream_elapsed = monotonic() - ex.upstream_started
-        lines, length, framed = filter_response_headers(headers)
+        lines, length, framed, dated = filter_response_headers(headers)
+        if not dated:   # a proxy adds the Date a backend left out (RFC 9110 §6.6.1)
+            lines = ex.conn.clock.date + lines
         ex.conn.set_deadline(UPSTREAM, self.backend.timeout_s)   # from now on, a read-idle timeout
         ex.respond_head(status, lines, length)
         return framed

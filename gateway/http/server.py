@@ -433,9 +433,10 @@ class ClientConnection(Connection):
         self.worker.count_protocol_error(error)
         self.worker.log_protocol_error(self, error, request_id)
         body = error_body(error, request_id)
-        head = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        head = (b"HTTP/1.1 %d %s\r\n%bContent-Type: application/json\r\nContent-Length: %d\r\n"
                 b"X-Request-Id: %s\r\nConnection: close\r\n\r\n"
-                % (error.status, reason(error.status).encode(), len(body), request_id.encode()))
+                % (error.status, reason(error.status).encode(), self.clock.date, len(body),
+                   request_id.encode()))
         self.write(head + body)
         self.linger()
 

@@ -54,12 +54,25 @@ def test_plain_connection_values_drop_nothing_else(headers_mod, value):
 
 def test_response_framing(headers_mod):
     f = headers_mod.filter_response_headers
-    assert f([(b"Content-Length", b"102"), (b"Server", b"n")]) == (lines((b"Server", b"n")), 102, True)
-    assert f([(b"content-length", b" 7 ")]) == (b"", 7, True)
-    assert f([(b"CONTENT-LENGTH", b"0")]) == (b"", 0, True)
-    assert f([(b"Content-Length", b"9223372036854775807")]) == (b"", 2 ** 63 - 1, True)
-    assert f([(b"Transfer-Encoding", b"chunked")]) == (b"", -1, True)
-    assert f([(b"Date", b"d")]) == (lines((b"Date", b"d")), -1, False)
+    assert f([(b"Content-Length", b"102"), (b"Server", b"n")]) == (lines((b"Server", b"n")), 102, True, False)
+    assert f([(b"content-length", b" 7 ")]) == (b"", 7, True, False)
+    assert f([(b"CONTENT-LENGTH", b"0")]) == (b"", 0, True, False)
+    assert f([(b"Content-Length", b"9223372036854775807")]) == (b"", 2 ** 63 - 1, True, False)
+    assert f([(b"Transfer-Encoding", b"chunked")]) == (b"", -1, True, False)
+    assert f([(b"Server", b"s")]) == (lines((b"Server", b"s")), -1, False, False)
+
+
+@pytest.mark.parametrize("name", [b"Date", b"date", b"DATE", b"dAtE"])
+def test_response_date_is_kept_and_reported(headers_mod, name):
+    headers = [(b"Server", b"s"), (name, b"Tue, 01 Jan 2019 00:00:00 GMT"), (b"Etag", b"e")]
+    assert headers_mod.filter_response_headers(headers) == (lines(*headers), -1, False, True)
+    # a Date a Connection header names is dropped like any other named header
+    headers.append((b"Connection", b"date"))
+    assert headers_mod.filter_response_headers(headers)[0] == lines((b"Server", b"s"), (b"Etag", b"e"))
+
+
+def test_request_date_is_an_ordinary_header(headers_mod):
+    assert headers_mod.filter_request_headers([(b"Date", b"d")]) == (None, lines((b"Date", b"d")))
 
 
 def test_response_bad_content_length_raises(headers_mod):

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.support.backend import Backend
+from tests.support.client import assert_http_date
 from tests.support.gateway import GatewayProcess, free_port
 
 
@@ -410,3 +411,4 @@ def test_mock_backend_status_headers_body(gw):
         assert body == "hello mock \u00e9".encode()
         assert headers["content-length"] == str(len(body))
         assert headers.get("x-request-id")
+        assert_http_date(headers.get("date"))     # the gateway is the origin of a mock answer

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import proxy_config
 from tests.support.backend import Backend
-from tests.support.client import exchange
+from tests.support.client import assert_http_date, exchange
 from tests.support.gateway import GatewayProcess
 
 
@@ -76,6 +76,7 @@ def assert_refused(gw, backend, data: bytes, status=400):
     before = len(backend.requests)
     responses, closed = exchange(gw.port, data, timeout=5)
     assert_framing_error(responses, closed, status)
+    assert_http_date(responses[0].header("Date"))    # the gateway's own answer carries its Date
     assert backend_seen(gw, backend, before) == [], "the backend received a refused request"
     return responses[0]
 

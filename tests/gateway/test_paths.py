@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.backend import Backend
-from tests.support.client import exchange
+from tests.support.client import assert_http_date, exchange
 from tests.support.gateway import GatewayProcess
 
 ADMIN = b'{"admin":true}'
@@ -200,6 +200,7 @@ def test_unknown_path_is_404_apic_0101(gw, backend):
     r = get(gw, b"/nothing/here")
     assert_error(r, 404, "APIC.0101")
     assert set(r.json()) == {"error_code", "error_msg", "request_id"}
+    assert_http_date(r.header("Date"))
     assert len(backend.requests) == before
 
 

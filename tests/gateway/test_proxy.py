@@ -16,7 +16,7 @@ import httptools
 import pytest
 
 from tests.conftest import proxy_config
-from tests.support.client import exchange, request
+from tests.support.client import assert_http_date, exchange, request
 from tests.support.gateway import GatewayProcess
 
 BLOCK = bytes(range(256)) * 64          # the backend's /bytes pattern, 16 KB
@@ -242,6 +242,19 @@ def test_backend_connection_and_keep_alive_response_headers_not_forwarded(gw):
         assert r.header("Connection") is None, r.headers
         assert r.header("X-Backend") is not None       # an ordinary header does pass
     assert not closed, "the backend's Connection: close must not close the client connection"
+
+
+def test_date_of_the_backend_passes_and_a_missing_one_is_added(gw):
+    backend_date = "Tue, 01 Jan 2019 00:00:00 GMT"
+    responses, _ = exchange(gw.port, b"GET /echo?date=Tue,+01+Jan+2019+00:00:00+GMT HTTP/1.1\r\n"
+                                     b"Host: gw.test\r\n\r\n"
+                                     b"GET /echo/undated HTTP/1.1\r\nHost: gw.test\r\n\r\n", expect=2)
+    dated, undated = responses
+    assert [v for k, v in dated.headers if k.lower() == "date"] == [backend_date], dated.headers
+    # the test backend sends no Date: the gateway adds its own (RFC 9110 §6.6.1)
+    dates = [v for k, v in undated.headers if k.lower() == "date"]
+    assert len(dates) == 1, undated.headers
+    assert_http_date(dates[0])
 
 
 @pytest.mark.parametrize("code", [204, 304])

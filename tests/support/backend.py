@@ -2,7 +2,8 @@
 
 It listens on a free 127.0.0.1 port and answers by path (query ``k=v`` tunes each):
 
-* ``/echo...``            200 JSON: method, target, headers, body length and sha256
+* ``/echo...``            200 JSON: method, target, headers, body length and sha256; no Date
+                          header unless ``date=VALUE``
 * ``/bytes?n=N``          200 with N bytes (Content-Length); ``&chunked=1`` chunked in 16 KB parts
 * ``/eof?n=N``            200 with N bytes and no length: the body ends when it closes
 * ``/slow?ms=M``          waits M ms, then as /echo
@@ -148,9 +149,10 @@ class _Conn(asyncio.Protocol):
             return
         else:
             close = path.startswith("/close") or not keep
+            date = b"Date: %s\r\n" % query["date"].encode() if "date" in query else b""
             t.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Backend: %d\r\n"
-                    b"Keep-Alive: timeout=5\r\nContent-Length: %d\r\n%s\r\n%b"
-                    % (self.backend.port, len(echo), b"Connection: close\r\n" if close else b"", echo))
+                    b"Keep-Alive: timeout=5\r\n%sContent-Length: %d\r\n%s\r\n%b"
+                    % (self.backend.port, date, len(echo), b"Connection: close\r\n" if close else b"", echo))
             if close:
                 t.close()
                 return

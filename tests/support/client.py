@@ -108,3 +108,13 @@ def request(port: int, method="GET", target="/", headers=None, body=b"", host="g
     responses, _ = exchange(port, data, timeout=timeout)
     assert responses and responses[0].complete, f"no complete response to {method} {target}"
     return responses[0]
+
+
+def assert_http_date(value):
+    """``value`` is an IMF-fixdate (RFC 9110 §5.6.7) naming the present moment (within a
+    minute: the check is of the clock the gateway reads, not of its speed)."""
+    import re
+    from email.utils import parsedate_to_datetime
+
+    assert value and re.fullmatch(r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT", value), value
+    assert abs(parsedate_to_datetime(value).timestamp() - time.time()) < 60, value
