@@ -25,7 +25,7 @@ cpdef int name_code(bytes name, list by_length, dict codes)
 @cython.locals(p="const unsigned char *", start=Py_ssize_t, end=Py_ssize_t)
 cdef bint _is_plain_connection(bytes value)
 
-@cython.locals(p="const unsigned char *", n="long long", digits=int, i=Py_ssize_t, c="unsigned char")
+@cython.locals(p="const unsigned char *", n="long long", start=Py_ssize_t, end=Py_ssize_t, i=Py_ssize_t, c="unsigned char")
 cdef long long _content_length(bytes value) except? -1
 
 cdef long long _big_length(bytes value) except? -1

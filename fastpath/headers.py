@@ -129,17 +129,19 @@ def _content_length(value: bytes) -> int:
         p = value
         n = 0
         digits = 0
-        for i in range(len(value)):
+        start = 0
+        end = len(value)
+        while start < end and (p[start] == 32 or p[start] == 9):
+            start += 1
+        while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
+            end -= 1
+        if start == end or end - start > 18:
+            return _big_length(value)       # empty or too long for the C integer: Python decides
+        for i in range(start, end):
             c = p[i]
-            if 48 <= c <= 57:
-                if digits >= 18:
-                    return _big_length(value)
-                n = n * 10 + (c - 48)
-                digits += 1
-            elif c != 32 and c != 9:
+            if c < 48 or c > 57:
                 return _big_length(value)   # not digits: int() raises the error it should
-        if digits == 0:
-            return _big_length(value)
+            n = n * 10 + (c - 48)
         return n
     return _big_length(value)
 
@@ -160,6 +162,8 @@ def _kept_lines(headers: list, by_length: list, total: int) -> bytes:
     pos = 0
     for name, value in headers:
         if name_code(name, by_length, None) < _DROP:
+            if pos + len(name) + len(value) + 4 > total:   # never write past the buffer
+                raise RuntimeError("header lines outgrew their computed size")
             n = len(name)
             src = name
             memcpy(dst + pos, src, n)
@@ -214,7 +218,7 @@ def filter_request_headers(headers: list):
     extra = None
     for name, value in headers:
         code = name_code(name, _REQUEST_BY_LENGTH, _REQUEST_CODES)
-        if code == _KEEP:
+        if code < _DROP:        # the predicate _kept_lines uses: the sizes must agree
             if _COMPILED:
                 total += len(name) + len(value) + 4
             else:
@@ -267,6 +271,7 @@ def filter_response_headers(headers: list):
         elif code == _CONNECTION and extra is None and not _is_plain_connection(value):
             extra = _connection_tokens(headers)
     if extra:
+        dated = dated and b"date" not in extra      # a Date the Connection header named is dropped
         return b"".join(_without(headers, RESPONSE_DROP, extra)), length, framed, dated
     if _COMPILED:
         return _kept_lines(headers, _RESPONSE_BY_LENGTH, total), length, framed, dated

@@ -197,7 +197,11 @@ class Worker:
             self.clock.advance(now)
             for conn in list(self.connections):
                 if conn.deadline:
-                    conn.check_deadline(now)
+                    try:
+                        conn.check_deadline(now)
+                    except Exception:   # one connection's failure must not stop the sweep
+                        log.exception("deadline handling failed; closing the connection")
+                        conn.hard_close()
             if now >= next_slow:
                 next_slow = now + 1.0
                 self.pool.sweep(now)

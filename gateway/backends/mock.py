@@ -13,8 +13,8 @@ class MockBackend(Handler):
             raise ValueError(f"mock status {status} is not an HTTP status")
         lines = []
         for name, value in headers.items():
-            if name.lower() in ("content-length", "transfer-encoding", "connection"):
-                continue  # the gateway frames the response itself
+            if name.lower() in ("content-length", "transfer-encoding", "connection", "date"):
+                continue  # the gateway frames the response and dates it itself
             if any(c in name + value for c in "\r\n\0") or not name:
                 raise ValueError(f"mock header {name!r}: invalid characters")
             lines.append(f"{name}: {value}\r\n")

@@ -60,6 +60,7 @@ cdef class ClientConnection(Connection):
     cpdef uncork(self)
     cpdef linger(self)
     cpdef close(self)
+    cpdef hard_close(self)
     cpdef pause_reading(self)
     cpdef resume_reading(self)
     cpdef body_backpressure(self, bint paused)

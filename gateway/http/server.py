@@ -40,6 +40,12 @@ _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HE
                                       "TRACE", "CONNECT")}
 
 
+class _StopParsing(Exception):
+    """Raised from a parser callback once the connection is lingering or closed: whatever the
+    client sends after the answer that ended the connection is never parsed, routed or
+    forwarded."""
+
+
 class ClientConnection(Connection):
     """One client connection (an asyncio protocol).
 
@@ -119,7 +125,8 @@ class ClientConnection(Connection):
         ex = self.current
         if ex is not None and not ex.done:
             ex.handler.on_client_paused(ex, True)
-        self.set_deadline(_SEND, self.limits.send_timeout_s)
+        if not self.lingering:      # lingering keeps its own (shorter) bound
+            self.set_deadline(_SEND, self.limits.send_timeout_s)
 
     def resume_writing(self):
         self.writing_paused = False
@@ -151,6 +158,8 @@ class ClientConnection(Connection):
         except httptools.HttpParserCallbackError as exc:
             # httptools wraps what a callback raised; the original is the exception's context
             cause = exc.__context__
+            if isinstance(cause, _StopParsing):
+                return
             if isinstance(cause, GatewayError):
                 self.reject(cause)
             else:
@@ -183,6 +192,8 @@ class ClientConnection(Connection):
 
     # -- parser callbacks (raise GatewayError to stop parsing) -----------------------------
     def on_message_begin(self):
+        if self.lingering or self.closed:
+            raise _StopParsing()
         self.in_head = True
         self.head_bytes = 0
         self.headers_size = 0
@@ -368,7 +379,8 @@ class ClientConnection(Connection):
         if self.closed:
             return
         if not ex.keep_alive:
-            if ex.request_complete and self.parsing is None and not self.in_head:
+            if (ex.request_complete and self.parsing is None and not self.in_head
+                    and not self.pending and not self.reading_paused):
                 self.close()
             else:
                 self.linger()    # the client may still be sending the request we answered
@@ -445,6 +457,8 @@ class ClientConnection(Connection):
 
     # -- I/O helpers ----------------------------------------------------------------------
     def write(self, data):
+        if self.lingering:
+            return              # the answer that ended the connection was the last
         if self.corked:
             self.out.append(data)
         elif not self.closed:
@@ -455,9 +469,10 @@ class ClientConnection(Connection):
         self.corked = False
         out = self.out
         if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()         # before writing: a failed write must not be retried forever
             if not self.closed:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+                self.transport.write(data)
 
     def linger(self):
         """Close after an answer sent while the client may still be sending (an error, a
@@ -489,6 +504,15 @@ class ClientConnection(Connection):
             self.closed = True
             self.worker.connections.discard(self)
             self.transport.close()
+
+    def hard_close(self):
+        """Close without waiting to send what is buffered (a peer that does not read)."""
+        if not self.closed:
+            self.corked = False
+            self.out.clear()
+            self.closed = True
+            self.worker.connections.discard(self)
+            self.transport.abort()
 
     def pause_reading(self):
         if not self.reading_paused and not self.closed:
@@ -522,7 +546,7 @@ class ClientConnection(Connection):
         if kind == _UPSTREAM and ex is not None and not ex.done:
             ex.handler.on_timeout(ex)
         elif kind == _LINGER:
-            self.close()
+            self.hard_close()
         elif kind in (_HEAD, _BODY):
             if ex is not None and not ex.done and ex.response_started:
                 self.abort_exchange(ex)
@@ -531,14 +555,18 @@ class ClientConnection(Connection):
         else:  # idle keep-alive, a client not reading its response, drain
             if ex is not None and not ex.done:
                 ex.handler.on_abort(ex)
+            if kind == _IDLE:
+                self.close()
+            else:
+                self.hard_close()   # unsent data would otherwise hold the socket open
+            if ex is not None and not ex.done:
                 self.abort_exchange(ex)
-            self.close()
 
     def start_drain(self):
         """SIGTERM: finish what is under way, then close; close idle connections now."""
         self.draining = True
         if self.lingering:
-            self.close()
+            pass                # ends by itself within linger_timeout_s
         elif self.current is None and self.parsing is None and not self.in_head:
             self.close()
         elif self.current is not None:

@@ -492,3 +492,20 @@ def test_lingering_is_bounded(gw):
             for _ in range(20):
                 sock.sendall(b"z")
                 time.sleep(0.05)
+
+
+def test_nothing_after_the_answer_that_ends_a_connection_is_forwarded(gw, backend):
+    """A POST refused at its head (404: no API) ends the connection, its body unread; a request
+    pipelined behind it in the same packet is neither parsed nor forwarded nor answered."""
+    data = (b"POST /nowhere HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 1\r\n\r\nx"
+            b"GET /echo?t=after-linger HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+    for _ in range(10):     # whether both arrive in one read is up to the kernel: try often
+        received, ended = _send_then_read(gw.port, data)
+        assert received.startswith(b"HTTP/1.1 404 "), received[:200]
+        assert received.count(b"HTTP/1.1 ") == 1, received
+    assert ended == "eof"
+    assert wait_backend(backend, "t=after-linger", timeout=0.5) == []
+    # and the worker still serves
+    ok, _ = _send_then_read(gw.port, b"GET /echo?t=still-serving HTTP/1.1\r\nHost: gw.test\r\n"
+                                     b"Connection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200 "), ok[:200]
