@@ -22,7 +22,13 @@ cdef bytes _kept_lines(list headers, list by_length, Py_ssize_t total)
 @cython.locals(n=Py_ssize_t, known=bytes, code=int)
 cpdef int name_code(bytes name, list by_length, dict codes)
 
-@cython.locals(p="const unsigned char *", start=Py_ssize_t, end=Py_ssize_t)
+@cython.locals(p="const unsigned char *", start=Py_ssize_t)
+cdef Py_ssize_t _ows_start(bytes value)
+
+@cython.locals(p="const unsigned char *", end=Py_ssize_t)
+cdef Py_ssize_t _ows_end(bytes value, Py_ssize_t start)
+
+@cython.locals(start=Py_ssize_t, end=Py_ssize_t)
 cdef bint _is_plain_connection(bytes value)
 
 @cython.locals(p="const unsigned char *", n="long long", start=Py_ssize_t, end=Py_ssize_t, i=Py_ssize_t, c="unsigned char")

@@ -101,16 +101,29 @@ def name_code(name: bytes, by_length: list, codes: dict) -> int:
     return codes.get(name.lower(), _KEEP)
 
 
+def _ows_start(value: bytes) -> int:
+    """Index of the first byte of ``value`` that is not a space or tab (compiled form)."""
+    p = value
+    start = 0
+    while start < len(value) and (p[start] == 32 or p[start] == 9):
+        start += 1
+    return start
+
+
+def _ows_end(value: bytes, start: int) -> int:
+    """End of ``value`` without trailing spaces and tabs, not before ``start`` (compiled form)."""
+    p = value
+    end = len(value)
+    while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
+        end -= 1
+    return end
+
+
 def _is_plain_connection(value: bytes) -> bool:
     """A Connection value of only ``keep-alive`` or ``close`` (any case, optional spaces)."""
     if _COMPILED:
-        p = value
-        start = 0
-        end = len(value)
-        while start < end and (p[start] == 32 or p[start] == 9):
-            start += 1
-        while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
-            end -= 1
+        start = _ows_start(value)
+        end = _ows_end(value, start)
         if end - start == 10:
             return _same_at(value, start, b"keep-alive")
         if end - start == 5:
@@ -128,13 +141,8 @@ def _content_length(value: bytes) -> int:
     if _COMPILED:
         p = value
         n = 0
-        digits = 0
-        start = 0
-        end = len(value)
-        while start < end and (p[start] == 32 or p[start] == 9):
-            start += 1
-        while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
-            end -= 1
+        start = _ows_start(value)
+        end = _ows_end(value, start)
         if start == end or end - start > 18:
             return _big_length(value)       # empty or too long for the C integer: Python decides
         for i in range(start, end):
