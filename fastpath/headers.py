@@ -67,16 +67,6 @@ _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close"))
 _MAX_LENGTH = 2 ** 63 - 1
 
 
-def _same_name(name: bytes, lower: bytes) -> bool:
-    """``name`` equals the lower-case ``lower`` ignoring case (compiled form; equal lengths)."""
-    a = name
-    b = lower
-    for i in range(len(lower)):
-        if (a[i] | 0x20) != b[i]:
-            return False
-    return True
-
-
 def _same_at(value: bytes, start: int, lower: bytes) -> bool:
     """``value[start:start + len(lower)]`` equals ``lower`` ignoring case (compiled form)."""
     a = value
@@ -95,7 +85,7 @@ def name_code(name: bytes, by_length: list, codes: dict) -> int:
         if n >= len(by_length):
             return _KEEP
         for known, code in by_length[n]:
-            if _same_name(name, known):
+            if _same_at(name, 0, known):
                 return code
         return _KEEP
     return codes.get(name.lower(), _KEEP)
@@ -144,32 +134,37 @@ def _content_length(value: bytes) -> int:
         start = _ows_start(value)
         end = _ows_end(value, start)
         if start == end or end - start > 18:
-            return _big_length(value)       # empty or too long for the C integer: Python decides
+            return _length_by_int(value)       # empty or too long for the C integer: Python decides
         for i in range(start, end):
             c = p[i]
             if c < 48 or c > 57:
-                return _big_length(value)   # not digits: int() raises the error it should
+                return _length_by_int(value)   # not digits: int() raises the error it should
             n = n * 10 + (c - 48)
         return n
-    return _big_length(value)
+    return _length_by_int(value)
 
 
-def _big_length(value: bytes) -> int:
+def _length_by_int(value: bytes) -> int:
+    """Content-Length read by int(): empty, non-digit or long values (and the interpreted form)."""
     n = int(value)
     if not 0 <= n <= _MAX_LENGTH:
         raise ValueError(f"Content-Length out of range: {value[:32]!r}")
     return n
 
 
-def _kept_lines(headers: list, by_length: list, total: int) -> bytes:
-    """The ``Name: value\r\n`` lines of the headers forwarded (code < _DROP), ``total`` bytes, written
-    into one new bytes object (compiled form: no list of pieces, no join)."""
-    # compiled form only: memcpy and the PyBytes_* functions are cimported by headers.pxd
+def _kept_lines(headers: list, by_length: list, codes: dict, total: int) -> bytes:
+    """The ``Name: value\r\n`` lines of the headers forwarded (code < _DROP), ``total`` bytes.
+
+    Compiled, written into one new bytes object (no list of pieces, no join; memcpy and the
+    PyBytes_* functions are cimported by headers.pxd).  Interpreted, a join."""
+    if not _COMPILED:
+        return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers
+                        if name_code(name, by_length, codes) < _DROP)
     out = PyBytes_FromStringAndSize(cython.NULL, total)
     dst = PyBytes_AS_STRING(out)
     pos = 0
     for name, value in headers:
-        if name_code(name, by_length, None) < _DROP:
+        if name_code(name, by_length, codes) < _DROP:
             if pos + len(name) + len(value) + 4 > total:   # never write past the buffer
                 raise RuntimeError("header lines outgrew their computed size")
             n = len(name)
@@ -221,28 +216,19 @@ def filter_request_headers(headers: list):
     ``lines`` is the ``Name: value\r\n`` block of every end-to-end header, in order.
     """
     forwarded = None
-    out = []
     total = 0
     extra = None
     for name, value in headers:
         code = name_code(name, _REQUEST_BY_LENGTH, _REQUEST_CODES)
         if code < _DROP:        # the predicate _kept_lines uses: the sizes must agree
-            if _COMPILED:
-                total += len(name) + len(value) + 4
-            else:
-                out.append(name)
-                out.append(b": ")
-                out.append(value)
-                out.append(b"\r\n")
+            total += len(name) + len(value) + 4
         elif code == _FORWARDED_FOR:
             forwarded = value if forwarded is None else forwarded + b", " + value
         elif code == _CONNECTION and extra is None and not _is_plain_connection(value):
             extra = _connection_tokens(headers)
     if extra:
         return forwarded, b"".join(_without(headers, REQUEST_DROP, extra))
-    if _COMPILED:
-        return forwarded, _kept_lines(headers, _REQUEST_BY_LENGTH, total)
-    return forwarded, b"".join(out)
+    return forwarded, _kept_lines(headers, _REQUEST_BY_LENGTH, _REQUEST_CODES, total)
 
 
 def filter_response_headers(headers: list):
@@ -252,7 +238,6 @@ def filter_response_headers(headers: list):
     has its own end (a length or chunked) rather than ending when the backend closes;
     ``dated`` whether the backend sent a Date (kept in ``lines``).
     """
-    out = []
     total = 0
     length = -1
     framed = False
@@ -260,16 +245,10 @@ def filter_response_headers(headers: list):
     extra = None
     for name, value in headers:
         code = name_code(name, _RESPONSE_BY_LENGTH, _RESPONSE_CODES)
-        if code < _DROP:
+        if code < _DROP:        # the predicate _kept_lines uses: the sizes must agree
+            total += len(name) + len(value) + 4
             if code == _DATE:
                 dated = True
-            if _COMPILED:
-                total += len(name) + len(value) + 4
-            else:
-                out.append(name)
-                out.append(b": ")
-                out.append(value)
-                out.append(b"\r\n")
         elif code == _CONTENT_LENGTH:
             length = _content_length(value)
             framed = True
@@ -281,6 +260,4 @@ def filter_response_headers(headers: list):
     if extra:
         dated = dated and b"date" not in extra      # a Date the Connection header named is dropped
         return b"".join(_without(headers, RESPONSE_DROP, extra)), length, framed, dated
-    if _COMPILED:
-        return _kept_lines(headers, _RESPONSE_BY_LENGTH, total), length, framed, dated
-    return b"".join(out), length, framed, dated
+    return _kept_lines(headers, _RESPONSE_BY_LENGTH, _RESPONSE_CODES, total), length, framed, dated

@@ -86,7 +86,7 @@ cdef class Exchange:
     cdef public bint resp_chunked
     cdef public bint head_request
 
-    cpdef respond_head(self, int status, bytes header_lines, long long content_length)
+    cpdef respond_head(self, int status, bytes header_lines, long long content_length, bint dated=*)
     cpdef respond_body(self, bytes chunk)
     cpdef respond_end(self)
     cpdef respond_full(self, int status, bytes header_lines, bytes body)

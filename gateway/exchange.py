@@ -188,10 +188,12 @@ class Exchange:
         return self.chunked or self.content_length > 0
 
     # -- answering -----------------------------------------------------------------------
-    def respond_head(self, status, header_lines, content_length):
+    def respond_head(self, status, header_lines, content_length, dated=False):
         """Start the response.  ``header_lines`` are complete ``Name: value\\r\\n`` lines
         without framing headers; ``content_length`` -1 means the length is unknown and the
-        body is chunked (HTTP/1.1) or delimited by closing (HTTP/1.0)."""
+        body is chunked (HTTP/1.1) or delimited by closing (HTTP/1.0).  Unless ``dated`` (the
+        lines hold a Date), the gateway's Date is added: RFC 9110 §6.6.1 wants one on every
+        answer, from the gateway as an origin (errors, mocks) or as a proxy."""
         self.status = status
         self.response_started = True
         conn = self.conn
@@ -202,6 +204,8 @@ class Exchange:
         if status_line is None:
             status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status).encode())
         parts = [status_line, header_lines, b"X-Request-Id: ", self.request_id.encode(), b"\r\n"]
+        if not dated:
+            parts.append(conn.clock.date)
         bodiless = self.head_request or status in (204, 304) or status < 200
         if content_length >= 0:
             if status != 204 and status != 304:
@@ -235,9 +239,8 @@ class Exchange:
         self.conn.exchange_finished(self)
 
     def respond_full(self, status, header_lines, body):
-        """A whole response at once (mocks, errors): one write.  The gateway is the origin of
-        these answers, so they carry its Date (a proxied answer carries the backend's)."""
-        self.respond_head(status, self.conn.clock.date + header_lines, len(body))
+        """A whole response at once (mocks, errors): one write."""
+        self.respond_head(status, header_lines, len(body), False)
         if body and not self.head_request:
             self.bytes_sent += len(body)
             self.conn.write(body)

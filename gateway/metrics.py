@@ -13,10 +13,10 @@ status is a class (2xx ...), code is a ROMA code.
 """
 from __future__ import annotations
 
-
-from gateway.exchange import monotonic
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
+
+from gateway.exchange import monotonic
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUS_CLASSES = ("aborted", "1xx", "2xx", "3xx", "4xx", "5xx")

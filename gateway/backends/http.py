@@ -267,10 +267,8 @@ class ProxyCall(UpstreamOwner):
         ex = self.ex
         ex.upstream_elapsed = monotonic() - ex.upstream_started
         lines, length, framed, dated = filter_response_headers(headers)
-        if not dated:   # a proxy adds the Date a backend left out (RFC 9110 §6.6.1)
-            lines = ex.conn.clock.date + lines
         ex.conn.set_deadline(UPSTREAM, self.backend.timeout_s)   # from now on, a read-idle timeout
-        ex.respond_head(status, lines, length)
+        ex.respond_head(status, lines, length, dated)
         return framed
 
     def upstream_body(self, chunk):

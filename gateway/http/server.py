@@ -553,14 +553,12 @@ class ClientConnection(Connection):
             else:
                 self.reject(GatewayError("Request not received in time", status=408))
         else:  # idle keep-alive, a client not reading its response, drain
-            if ex is not None and not ex.done:
-                ex.handler.on_abort(ex)
-            if kind == _IDLE:
-                self.close()
-            else:
+            if kind != _IDLE:
                 self.hard_close()   # unsent data would otherwise hold the socket open
             if ex is not None and not ex.done:
+                ex.handler.on_abort(ex)
                 self.abort_exchange(ex)
+            self.close()
 
     def start_drain(self):
         """SIGTERM: finish what is under way, then close; close idle connections now."""

@@ -49,25 +49,16 @@ def form(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
-def pathnorm_mod(form: str) -> ModuleType:
-    """fastpath.pathnorm in each form."""
-    return load_form("pathnorm", form)
+def _module_fixture(name: str):
+    """A fixture giving fastpath.<name> in each form (through ``form``)."""
+    @pytest.fixture(name=f"{name}_mod")
+    def module(form: str) -> ModuleType:
+        return load_form(name, form)
+    module.__doc__ = f"fastpath.{name} in each form."
+    return module
 
 
-@pytest.fixture
-def router_mod(form: str) -> ModuleType:
-    """fastpath.router in each form."""
-    return load_form("router", form)
-
-
-@pytest.fixture
-def headers_mod(form: str) -> ModuleType:
-    """fastpath.headers in each form."""
-    return load_form("headers", form)
-
-
-@pytest.fixture
-def buffers_mod(form: str) -> ModuleType:
-    """fastpath.buffers in each form."""
-    return load_form("buffers", form)
+pathnorm_mod = _module_fixture("pathnorm")
+router_mod = _module_fixture("router")
+headers_mod = _module_fixture("headers")
+buffers_mod = _module_fixture("buffers")
