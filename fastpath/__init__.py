@@ -72,9 +72,10 @@ filter_response_headers = _LIVE["headers"].filter_response_headers
 concat = _LIVE["buffers"].concat
 name_table = _LIVE["headers"].name_table
 name_code = _LIVE["headers"].name_code
+underscore_kind = _LIVE["headers"].underscore_kind
 RouteConflict = _LIVE["router"].RouteConflict
 
 __all__ = ["IMPLEMENTATION", "MODULES", "load", "compiled_available",
            "normalize_path", "PathError", "Router", "RouteConflict",
            "filter_request_headers", "filter_response_headers", "concat",
-           "name_table", "name_code"]
+           "name_table", "name_code", "underscore_kind"]

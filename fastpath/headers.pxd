@@ -28,6 +28,12 @@ cdef Py_ssize_t _ows_end(bytes value, Py_ssize_t start)
 @cython.locals(start=Py_ssize_t, end=Py_ssize_t)
 cdef bint _is_plain_connection(bytes value)
 
+@cython.locals(start=Py_ssize_t, end=Py_ssize_t)
+cdef bint _is_chunked(bytes value) except -1
+
+@cython.locals(p="const unsigned char *", i=Py_ssize_t, found=bint, alias=bytes)
+cpdef int underscore_kind(bytes name) except -1
+
 @cython.locals(p="const unsigned char *", n="long long", start=Py_ssize_t, end=Py_ssize_t, i=Py_ssize_t, c="unsigned char")
 cdef long long _content_length(bytes value) except? -1
 
@@ -39,5 +45,5 @@ cdef list _without(list headers, frozenset drop, frozenset extra)
 @cython.locals(name=bytes, value=bytes, code=int, total=Py_ssize_t)
 cpdef tuple filter_request_headers(list headers)
 
-@cython.locals(name=bytes, value=bytes, code=int, total=Py_ssize_t, length="long long", framed=bint, dated=bint)
+@cython.locals(name=bytes, value=bytes, code=int, total=Py_ssize_t, length="long long", framed=bint, chunked=bint, dated=bint)
 cpdef tuple filter_response_headers(list headers)

@@ -91,6 +91,26 @@ def name_code(name: bytes, by_length: list, codes: dict) -> int:
     return codes.get(name.lower(), _KEEP)
 
 
+def underscore_kind(name: bytes) -> int:
+    """0 when header ``name`` has no ``_``; else 2 when the name, read with ``-`` for ``_`` as
+    CGI and WSGI servers read it, is one the gateway drops or sets itself (``Transfer_Encoding``,
+    ``Content_Length``, ``X_Forwarded_For``, ...), and 1 otherwise.  Allocation-free when
+    compiled and the name has no ``_`` (the usual case)."""
+    if _COMPILED:
+        p = name
+        found = False
+        for i in range(len(name)):
+            if p[i] == 95:
+                found = True
+                break
+        if not found:
+            return 0
+    elif b"_" not in name:
+        return 0
+    alias = name.replace(b"_", b"-")
+    return 2 if name_code(alias, _REQUEST_BY_LENGTH, _REQUEST_CODES) >= _DROP else 1
+
+
 def _ows_start(value: bytes) -> int:
     """Index of the first byte of ``value`` that is not a space or tab (compiled form)."""
     p = value
@@ -107,6 +127,15 @@ def _ows_end(value: bytes, start: int) -> int:
     while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
         end -= 1
     return end
+
+
+def _is_chunked(value: bytes) -> bool:
+    """A Transfer-Encoding value of exactly ``chunked`` (any case, optional spaces)."""
+    if _COMPILED:
+        start = _ows_start(value)
+        end = _ows_end(value, start)
+        return end - start == 7 and _same_at(value, start, b"chunked")
+    return value.strip(b" \t").lower() == b"chunked"
 
 
 def _is_plain_connection(value: bytes) -> bool:
@@ -237,10 +266,15 @@ def filter_response_headers(headers: list):
     ``content_length`` is the backend's Content-Length or -1; ``framed`` says whether the body
     has its own end (a length or chunked) rather than ending when the backend closes;
     ``dated`` whether the backend sent a Date (kept in ``lines``).
+
+    Raises ValueError for framing the gateway will not forward: a Transfer-Encoding other than
+    one ``chunked`` (as nginx, which answers 502: relabelling a gzip-coded or close-delimited
+    body as chunked would change what the client receives), or a bad Content-Length.
     """
     total = 0
     length = -1
     framed = False
+    chunked = False
     dated = False
     extra = None
     for name, value in headers:
@@ -253,7 +287,10 @@ def filter_response_headers(headers: list):
             length = _content_length(value)
             framed = True
         elif code == _TRANSFER_ENCODING:
+            if chunked or not _is_chunked(value):   # a second one, or another coding
+                raise ValueError(f"Transfer-Encoding {value[:32]!r} is not supported from a backend")
             framed = True
+            chunked = True
             length = -1
         elif code == _CONNECTION and extra is None and not _is_plain_connection(value):
             extra = _connection_tokens(headers)

@@ -84,6 +84,7 @@ cdef class Exchange:
     cdef public long long body_received
     cdef public str upstream_addr
     cdef public bint resp_chunked
+    cdef public bint resp_until_close
     cdef public bint head_request
 
     cpdef respond_head(self, int status, bytes header_lines, long long content_length, bint dated=*)

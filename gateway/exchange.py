@@ -181,6 +181,7 @@ class Exchange:
         self.body_received = 0
         self.upstream_addr = ""
         self.resp_chunked = False
+        self.resp_until_close = False   # the response body ends when the connection closes
         self.head_request = method == "HEAD"
 
     @property
@@ -217,6 +218,7 @@ class Exchange:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False
+                self.resp_until_close = True
         if not self.keep_alive:
             parts.append(b"Connection: close\r\n")
         elif self.version == "1.0":

@@ -20,9 +20,12 @@ cdef Py_ssize_t _bucket(double value)
 cdef class WorkerMetrics:
     cdef public dict apis
     cdef public dict errors
+    cdef public dict dropped_headers
+    cdef public long long truncated
     cdef public str implementation
     cdef public ApiStats unrouted
     cpdef ApiStats api_stats(self, str api, str env)
     @cython.locals(stats=ApiStats, index=int, status=int)
     cpdef observe(self, Exchange ex, bint aborted)
     cpdef count_error(self, str code)
+    cpdef count_dropped_header(self, str reason)

@@ -68,6 +68,8 @@ class WorkerMetrics:
     def __init__(self, implementation):
         self.apis = {}      # (api, env) -> ApiStats
         self.errors = {}    # ROMA code -> count
+        self.dropped_headers = {}   # reason -> request headers not forwarded
+        self.truncated = 0  # responses cut after their head was sent
         self.implementation = implementation
         self.unrouted = self.api_stats(*UNROUTED)
 
@@ -91,12 +93,17 @@ class WorkerMetrics:
     def count_error(self, code):
         self.errors[code] = self.errors.get(code, 0) + 1
 
+    def count_dropped_header(self, reason):
+        self.dropped_headers[reason] = self.dropped_headers.get(reason, 0) + 1
+
     def export(self, worker):
         in_flight = sum(1 for c in worker.connections if c.current is not None) + sum(
             len(c.pending) for c in worker.connections)
         return {
             "apis": [[api, env, *stats.as_list()] for (api, env), stats in self.apis.items()],
             "errors": self.errors,
+            "dropped_headers": self.dropped_headers,
+            "truncated": self.truncated,
             "in_flight": in_flight,
             "connections": len(worker.connections),
             "pool_open": worker.pool.opened,
@@ -117,7 +124,7 @@ class ClusterCollector:
     def __init__(self, master):
         self.master = master
         self.latest: dict[int, dict] = {}     # worker pid -> its latest export
-        self.retired: dict = {"apis": {}, "errors": {}}
+        self.retired: dict = {"apis": {}, "errors": {}, "dropped_headers": {}, "truncated": 0}
 
     def update(self, pid, export):
         self.latest[pid] = export
@@ -142,11 +149,16 @@ class ClusterCollector:
                 cur[4] += usum
         for code, n in export["errors"].items():
             acc["errors"][code] = acc["errors"].get(code, 0) + n
+        for reason, n in export["dropped_headers"].items():
+            acc["dropped_headers"][reason] = acc["dropped_headers"].get(reason, 0) + n
+        acc["truncated"] += export["truncated"]
 
     def collect(self):
         acc = {"apis": {k: [list(v[0]), list(v[1]), v[2], list(v[3]), v[4]]
                         for k, v in self.retired["apis"].items()},
-               "errors": dict(self.retired["errors"])}
+               "errors": dict(self.retired["errors"]),
+               "dropped_headers": dict(self.retired["dropped_headers"]),
+               "truncated": self.retired["truncated"]}
         in_flight = connections = pool_open = pool_idle = 0
         implementations = set()
         for export in self.latest.values():
@@ -182,6 +194,16 @@ class ClusterCollector:
         for code, n in sorted(acc["errors"].items()):
             errors.add_metric([code], n)
         yield errors
+        dropped = CounterMetricFamily(
+            "tollgate_request_headers_dropped", "Request headers not forwarded because their name "
+            "has '_' (underscore: dropped by default; alias: read with '-' it names a framing, "
+            "hop-by-hop or gateway-set header, always dropped)", labels=["reason"])
+        for reason in ("underscore", "alias"):
+            dropped.add_metric([reason], acc["dropped_headers"].get(reason, 0))
+        yield dropped
+        yield CounterMetricFamily("tollgate_responses_truncated", "Responses cut after their head "
+                                  "was sent (backend reset or failure mid-body, client not reading)",
+                                  value=acc["truncated"])
         yield GaugeMetricFamily("tollgate_in_flight_requests", "Requests being answered now",
                                 value=in_flight)
         yield GaugeMetricFamily("tollgate_client_connections", "Open client connections",

@@ -8,7 +8,7 @@ from fastpath._compiled.router cimport Router
 
 cdef bint _COMPILED
 
-@cython.locals(i=Py_ssize_t)
+@cython.locals(i=Py_ssize_t, q=Py_ssize_t, c="unsigned char")
 cdef Py_ssize_t _query_start(bytes raw)
 
 cdef class Pipeline:

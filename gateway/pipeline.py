@@ -21,12 +21,21 @@ DEFAULT_ENV = "RELEASE"
 
 
 def _query_start(raw):
-    """Index of the '?' that starts the query, or -1 (a C scan when compiled)."""
+    """Index of the '?' that starts the query, -1 when there is none, or -2 when the target
+    holds a '#' anywhere: a fragment is never sent, in the path or after the query (a C scan
+    when compiled)."""
     if _COMPILED:
+        q = -1
         for i in range(len(raw)):
-            if raw[i] == 63:
-                return i
-        return -1
+            c = raw[i]
+            if c == 63:
+                if q < 0:
+                    q = i
+            elif c == 35:
+                return -2
+        return q
+    if b"#" in raw:
+        return -2
     return raw.find(b"?")
 
 
@@ -39,6 +48,9 @@ class Pipeline:
     def enter(self, ex):
         raw = ex.raw_target
         q = _query_start(raw)
+        if q == -2:
+            raise BadRequest("Malformed request target",
+                             f"target {raw[:128]!r}: a raw '#' (fragments are never sent)")
         if q >= 0:
             ex.query = raw[q + 1:]
             raw = raw[:q]

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.exchange import Handler, monotonic
 from gateway.http.server import UPSTREAM
-from gateway.http.upstream import UpstreamOwner
+from gateway.http.upstream import BadResponse, UpstreamOwner
 from fastpath import concat, filter_request_headers, filter_response_headers
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
@@ -273,6 +273,8 @@ class ProxyCall(UpstreamOwner):
 
     def upstream_body(self, chunk):
         ex = self.ex
+        if not ex.response_started:     # never a body before its head
+            raise BadResponse("response body before its head")
         ex.respond_body(chunk)
         conn = ex.conn
         if conn.deadline_kind == UPSTREAM:

@@ -27,6 +27,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     linger_timeout_s: float = 2.0               # after an error answer: read and discard this long
     linger_max_bytes: int = 4 * 1024 * 1024     # ... or until this much was discarded
     tick_s: float = 0.05                        # timeout sweep period (precision of all timeouts)
+    # Request header names with '_' are dropped unless this is set (nginx's
+    # underscores_in_headers); one that reads as a framing, hop-by-hop or gateway-set header
+    # with '-' for '_' (Transfer_Encoding, X_Forwarded_For) is dropped even then.
+    underscores_in_headers: bool = False
 
     @property
     def head_guard_bytes(self) -> int:

@@ -3,7 +3,7 @@ cimport cython
 from gateway.exchange cimport Connection, Exchange, RequestIds, monotonic
 from gateway.metrics cimport WorkerMetrics
 from gateway.pipeline cimport Pipeline
-from fastpath._compiled.headers cimport name_code
+from fastpath._compiled.headers cimport name_code, underscore_kind
 
 cdef class ClientConnection(Connection):
     cdef public object worker
@@ -18,7 +18,10 @@ cdef class ClientConnection(Connection):
     cdef public bytes url
     cdef public list headers
     cdef public bint in_head
-    cdef public Py_ssize_t head_bytes
+    cdef public object head_buffer
+    cdef public bint peer_eof
+    cdef public bint completed_in_feed
+    cdef public bint underscores
     cdef public Py_ssize_t headers_size
     cdef public object h_host
     cdef public object h_te
@@ -61,6 +64,7 @@ cdef class ClientConnection(Connection):
     cpdef linger(self)
     cpdef close(self)
     cpdef hard_close(self)
+    cpdef reset(self)
     cpdef pause_reading(self)
     cpdef resume_reading(self)
     cpdef body_backpressure(self, bint paused)

@@ -16,19 +16,25 @@ into one error answer and closes the connection.
 """
 from __future__ import annotations
 
+import re
+import socket
+import struct
 from collections import deque
 
 import httptools
 
-from fastpath import name_code, name_table
-from gateway.errors import FramingError, GatewayError, InternalError, TooLarge, error_body, reason
+from fastpath import name_code, name_table, underscore_kind
+from gateway.errors import (FramingError, GatewayError, InternalError, TooLarge, error_body,
+                            reason)
 from gateway.exchange import Connection, Exchange, monotonic
+from gateway.http.headbuffer import HeadBuffer
 
 # deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
 _NONE, _HEAD, _IDLE, _BODY, UPSTREAM, _SEND, _DRAIN, _LINGER = range(8)
 _UPSTREAM = UPSTREAM
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINGER_RESET = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a reset
 
 # Headers the connection itself must look at while the head is parsed (lower-case).
 _H_HOST, _H_CL, _H_TE, _H_EXPECT, _H_STAGE = 1, 2, 3, 4, 5
@@ -38,6 +44,32 @@ _WATCHED_TABLE = name_table(_WATCHED)
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
                                       "TRACE", "CONNECT")}
+_VERSIONS = {"1.0": "1.0", "1.1": "1.1"}
+
+# A request line that starts with a method token (RFC 9110 §9.1) llhttp does not know: 501, not
+# 400 (the request is well-formed; the method is what the gateway does not implement).
+_METHOD_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
+
+# Header names with '_' (underscore_kind): CGI and WSGI backends read X_Foo and X-Foo as the same
+# variable, so Transfer_Encoding would reach them as framing the gateway never checked.
+_UNDERSCORE_DROPPED, _UNDERSCORE_ALIAS = 1, 2
+
+
+def _request_parser(protocol):
+    """llhttp in strict mode, with the two leniencies RFC 9112 asks of a recipient: any
+    HTTP/1.x version (a higher minor version is served as 1.1, §2.6; another major version gets
+    505) and whitespace between a chunk size and its extensions (BWS, §7.1.1).  A space right
+    after the ';' of a chunk extension stays refused: llhttp has no setting for it."""
+    parser = httptools.HttpRequestParser(protocol)
+    parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
+    return parser
+
+
+def _version(text):
+    """The version an HTTP/1.x request is served as; 505 for any other major version."""
+    if text[:2] != "1.":
+        raise FramingError("HTTP version not supported", f"HTTP/{text}", status=505)
+    return "1.1"
 
 
 class _StopParsing(Exception):
@@ -72,14 +104,17 @@ class ClientConnection(Connection):
         self.request_ids = worker.request_ids
         self.metrics = worker.metrics
         self.access_log = worker.access_log
+        self.underscores = limits.underscores_in_headers
         self.transport = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = _request_parser(self)
         self.client_ip = ""
         self.url = b""
         self.headers = []
         self.in_head = False
-        self.head_bytes = 0
+        self.head_buffer = None      # a head arriving in pieces (gateway.http.headbuffer)
         self.headers_size = 0
+        self.peer_eof = False        # the client half-closed: no request can follow
+        self.completed_in_feed = False
         self.h_host = None
         self.h_te = None
         self.h_cl = None
@@ -143,11 +178,29 @@ class ClientConnection(Connection):
             if self.linger_bytes > self.limits.linger_max_bytes:
                 self.close()
             return
+        buffer = self.head_buffer
+        if buffer is not None:
+            data = buffer.add(data)
+            if buffer.size > self.head_guard:
+                self.reject(TooLarge("Request headers too large", status=494))
+                return
+            if data is None:
+                return
+        idle_before = not self.in_head and self.parsing is None
+        self.completed_in_feed = False
         self.corked = True
         try:
             self.parser.feed_data(data)
         except GatewayError as error:
             self.reject(error)
+            return
+        except httptools.HttpParserInvalidMethodError:
+            # 501 when the request line starts with a method token that llhttp does not know
+            # (and the failing request is the first of this read, so its start is known)
+            token = (idle_before and not self.completed_in_feed
+                     and _METHOD_TOKEN.match(data.lstrip(b"\r\n")) is not None)
+            self.reject(FramingError("Method not implemented", "unknown method", status=501)
+                        if token else FramingError("Malformed HTTP request", "invalid method"))
             return
         except httptools.HttpParserUpgrade as upgrade:
             # llhttp stops after a request carrying Upgrade (or CONNECT).  Upgrades are not
@@ -172,30 +225,46 @@ class ClientConnection(Connection):
         finally:
             self.uncork()
         if self.in_head:
-            self.head_bytes += len(data)
-            if self.head_bytes > self.head_guard:
-                self.reject(TooLarge("Request headers too large", status=494))
+            if self.head_buffer is None and not self.closed and not self.lingering:
+                self.head_buffer = HeadBuffer(data)
+        else:
+            self.head_buffer = None
 
     def _after_upgrade(self, data, upgrade):
         offset = upgrade.args[0] if upgrade.args else len(data)
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = _request_parser(self)
         rest = data[offset:]
         if rest:
             self.data_received(rest)
 
     def eof_received(self):
-        # A client that half-closes after sending its request still gets its answer when
-        # one is under way; otherwise the connection is done.
+        """The client half-closed (FIN).  Complete requests already received are answered
+        (a client may half-close after sending); a request still being received can never
+        complete, so it is an abort: its backend connection (a half-sent request is never
+        pooled) and this connection are closed at once."""
         if self.lingering:
             return False
-        return self.current is not None and not self.current.done
+        self.peer_eof = True
+        ex = self.current
+        if self.in_head or self.parsing is not None:
+            partial = self.parsing
+            self.in_head = False
+            self.head_buffer = None
+            self.parsing = None
+            if partial is not None and partial is ex and not ex.done:
+                if ex.handler is not None:
+                    ex.handler.on_abort(ex)
+                self.abort_exchange(ex)
+                return False
+            self.pending.clear()    # a partial request queued behind the current one
+        # complete requests are answered in order; exchange_finished closes after the last
+        return ex is not None and not ex.done
 
     # -- parser callbacks (raise GatewayError to stop parsing) -----------------------------
     def on_message_begin(self):
         if self.lingering or self.closed:
             raise _StopParsing()
         self.in_head = True
-        self.head_bytes = 0
         self.headers_size = 0
         self.url = b""
         self.headers = []
@@ -215,6 +284,11 @@ class ClientConnection(Connection):
         self.headers_size += size
         if self.headers_size > self.max_headers or len(self.headers) >= self.max_count:
             raise TooLarge("Request headers too large", status=494)
+        underscore = underscore_kind(name)
+        if underscore != 0 and (underscore == _UNDERSCORE_ALIAS or not self.underscores):
+            self.metrics.count_dropped_header("alias" if underscore == _UNDERSCORE_ALIAS
+                                              else "underscore")
+            return
         watched = name_code(name, _WATCHED_TABLE, _WATCHED)
         if watched != 0:
             if watched == _H_HOST:
@@ -238,9 +312,9 @@ class ClientConnection(Connection):
     def on_headers_complete(self):
         self.in_head = False
         parser = self.parser
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise FramingError("Unsupported HTTP version", f"HTTP/{version}")
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            version = _version(parser.get_http_version())
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         if method == "CONNECT":
@@ -269,6 +343,9 @@ class ClientConnection(Connection):
         if te is not None:
             if cl is not None:
                 raise FramingError("Both Content-Length and Transfer-Encoding")
+            if ex.version == "1.0":
+                # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client; close after answering
+                raise FramingError("Transfer-Encoding in an HTTP/1.0 request")
             if te.strip().lower() != b"chunked":
                 raise FramingError("Transfer-Encoding other than chunked is not supported",
                                    f"Transfer-Encoding: {te[:64]!r}")
@@ -334,6 +411,7 @@ class ClientConnection(Connection):
     def on_message_complete(self):
         ex = self.parsing
         self.parsing = None
+        self.completed_in_feed = True
         if ex is None:
             return
         ex.request_complete = True
@@ -397,19 +475,31 @@ class ClientConnection(Connection):
                 self.resume_reading()
             self._start(nxt)
             return
+        if self.peer_eof:
+            self.close()        # the client half-closed: nothing more can come
+            return
         self.resume_reading()
         if self.parsing is None and not self.in_head:
             self.set_deadline(_IDLE, self.keepalive_timeout)
 
     def abort_exchange(self, ex):
-        """The exchange cannot be answered properly any more: cut the connection."""
+        """The exchange cannot be answered properly any more: cut the connection.
+
+        A response whose head was sent is truncated: the client sees the connection end
+        before the response does (no last chunk, fewer bytes than its Content-Length).  When
+        the body was to end with the connection, only a reset tells the client it is cut."""
         if not ex.done:
             ex.done = True
             self._account(ex, True)
+            if ex.response_started:
+                self.metrics.truncated += 1
         ex.handler_state = None
         if self.current is ex:
             self.current = None
-        self.close()
+        if ex.resp_until_close and ex.response_started:
+            self.reset()
+        else:
+            self.close()
 
     def _account(self, ex, aborted):
         try:
@@ -488,6 +578,7 @@ class ClientConnection(Connection):
         self.uncork()
         self.lingering = True
         self.in_head = False
+        self.head_buffer = None
         self.parsing = None
         self.pending.clear()
         try:
@@ -513,6 +604,18 @@ class ClientConnection(Connection):
             self.closed = True
             self.worker.connections.discard(self)
             self.transport.abort()
+
+    def reset(self):
+        """Close with a reset (RST), not a FIN: the one way to tell a client reading a body to
+        the end of the connection that it is cut short."""
+        if not self.closed:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            self.hard_close()
 
     def pause_reading(self):
         if not self.reading_paused and not self.closed:

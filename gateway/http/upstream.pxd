@@ -13,8 +13,10 @@ cdef class UpstreamOwner:
     cpdef upstream_bad_response(self, UpstreamConnection conn, str detail)
     cpdef upstream_lost(self, UpstreamConnection conn, object exc)
 
+cdef class UpstreamPool
+
 cdef class UpstreamConnection:
-    cdef public object pool
+    cdef public UpstreamPool pool
     cdef public object key
     cdef public object transport
     cdef public object parser
@@ -28,11 +30,19 @@ cdef class UpstreamConnection:
     cdef public bint skip_body
     cdef public bint eof_body
     cdef public bint reading_paused
+    cdef public bint in_head
+    cdef public Py_ssize_t head_size
+    cdef public object head_buffer
+    cdef public bint completed
+    cdef public bint keep_alive
+    cdef public bint leftover
 
     cpdef close(self)
     cpdef send(self, UpstreamOwner owner, bytes data, bint skip_body)
     cpdef write(self, bytes data)
     cpdef pause_reading(self, bint paused)
+    cdef _feed(self, UpstreamOwner owner, bytes data)
+    cdef _bad(self, UpstreamOwner owner, str detail)
     cdef _finish(self, UpstreamOwner owner, bint keep_alive)
 
 
@@ -43,6 +53,10 @@ cdef class UpstreamPool:
     cdef public int opened
     cdef public Py_ssize_t max_idle
     cdef public double idle_timeout
+    cdef public Py_ssize_t max_header
+    cdef public Py_ssize_t max_headers
+    cdef public Py_ssize_t max_count
+    cdef public Py_ssize_t head_guard
 
     cpdef UpstreamConnection take(self, object key)
     cpdef give_back(self, UpstreamConnection conn, double now)

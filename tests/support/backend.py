@@ -41,9 +41,11 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         self.backend.connections += 1
+        self.backend.open.add(transport)
         self._arm_idle()
 
     def connection_lost(self, exc):
+        self.backend.open.discard(self.transport)
         if self.idle_timer:
             self.idle_timer.cancel()
 
@@ -170,6 +172,7 @@ class Backend:
         self.idle_close_s = idle_close_s
         self.requests: list[dict] = []
         self.connections = 0
+        self.open: set = set()      # transports of the connections open now
         self.port = 0
         self._loop = None
         self._thread = None
@@ -203,5 +206,9 @@ class Backend:
 
     def stop(self):
         if self._loop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            def close_all():
+                for transport in list(self.open):
+                    transport.close()      # no socket is left for the GC to find open
+                self._loop.call_soon(self._loop.stop)
+            self._loop.call_soon_threadsafe(close_all)
             self._thread.join(10)

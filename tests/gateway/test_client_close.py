@@ -1,0 +1,122 @@
+"""Clients that half-close (FIN): a request that can no longer complete is an abort.
+
+A client that sends FIN in the middle of a request body or head cannot finish that request, so
+the gateway closes the backend connection carrying the half-sent request (it is never pooled)
+and the client connection at once, instead of holding both until the body timeout.  A client
+that half-closes after complete requests still gets every answer, then the connection closes.
+"""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.conftest import proxy_config
+from tests.support.client import exchange
+from tests.support.raw_backend import RawBackend
+
+
+def wait_peer_close(sock, timeout=10.0) -> bytes:
+    """Read until the gateway closes; return what arrived.  Fails if it stays open."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            part = sock.recv(65536)
+            if not part:
+                return data
+            data += part
+    except ConnectionResetError:
+        return data
+    except socket.timeout:
+        pytest.fail(f"the gateway kept the connection open {timeout} s after the client's FIN")
+
+
+@pytest.fixture
+def head_only_backend():
+    """Reads a request head, then waits to see the gateway close the connection."""
+    def script(conn):
+        buf = b""
+        conn.sock.settimeout(10)
+        while b"\r\n\r\n" not in buf:
+            part = conn.sock.recv(65536)
+            if not part:
+                return
+            buf += part
+        conn.heads.append(buf.split(b"\r\n\r\n")[0])
+        conn.wait_closed(10)
+    b = RawBackend(script).start()
+    yield b
+    b.stop()
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 1000\r\n\r\n" + b"a" * 100,
+                                     b"Transfer-Encoding: chunked\r\n\r\n64\r\n" + b"a" * 100 + b"\r\n"],
+                         ids=["content-length", "chunked"])
+def test_fin_in_the_middle_of_a_body_aborts_both_connections(make_gateway, head_only_backend, framing):
+    gw = make_gateway(proxy_config(head_only_backend.address))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: gw.test\r\n" + framing)
+        # the request reached the backend (its head is forwarded at once) ...
+        for _ in range(100):
+            if head_only_backend.connections and head_only_backend.connections[0].heads:
+                break
+            sock.settimeout(0.05)
+            try:
+                sock.recv(1)
+            except socket.timeout:
+                pass
+        assert head_only_backend.connections[0].heads, "the request never reached the backend"
+        sock.shutdown(socket.SHUT_WR)
+        data = wait_peer_close(sock, timeout=5)
+    assert data == b"", "an aborted request gets no answer"
+    upstream = head_only_backend.connections[0]
+    assert upstream.wait_closed(5), "the half-sent request's backend connection was kept"
+    # and it was not handed to another request: a new one gets a new backend connection
+    assert len(head_only_backend.connections) == 1
+
+
+def test_fin_in_the_middle_of_a_head_closes_at_once(make_gateway, backend):
+    gw = make_gateway(proxy_config(backend.address))
+    before = len(backend.requests)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"GET /echo?t=halfhead HTTP/1.1\r\nHost: gw.te")
+        sock.shutdown(socket.SHUT_WR)
+        assert wait_peer_close(sock, timeout=5) == b""
+    assert len(backend.requests) == before
+
+
+def test_fin_after_complete_requests_gets_every_answer_then_closes(make_gateway, backend):
+    gw = make_gateway(proxy_config(backend.address))
+    data = (b"GET /echo?t=fin-a HTTP/1.1\r\nHost: gw.test\r\n\r\n"
+            b"POST /echo?t=fin-b HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /mock HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        raw = wait_peer_close(sock, timeout=5)
+    responses, _ = exchange_parse(raw)
+    assert [r.status for r in responses] == [200, 200, 200], responses
+    assert [r.complete for r in responses] == [True, True, True]
+    assert responses[1].json()["body_length"] == 3
+
+
+def exchange_parse(raw: bytes):
+    from tests.support.client import _Collector
+    c = _Collector()
+    c.parser.feed_data(raw)
+    return c.responses, True
+
+
+# -- header names with '_' when the operator keeps them -----------------------------------------
+
+def test_underscores_kept_on_request_but_never_framing_aliases(make_gateway, backend):
+    gw = make_gateway(proxy_config(backend.address), extra_args=["--underscores-in-headers"])
+    responses, _ = exchange(gw.port, b"GET /echo?t=keep HTTP/1.1\r\nHost: gw.test\r\nX_Custom: a\r\n"
+                                     b"Transfer_Encoding: chunked\r\nconnection_: x\r\nX_Request_Id: f\r\n\r\n")
+    assert responses[0].status == 200, responses
+    names = [k for k, _ in responses[0].json()["headers"]]
+    assert "X_Custom" in names
+    assert not {"Transfer_Encoding", "X_Request_Id"} & set(names), names
+    gw.wait_metric("tollgate_request_headers_dropped_total", 2, reason="alias")
+    gw.wait_metric("tollgate_request_headers_dropped_total", 0, reason="underscore")

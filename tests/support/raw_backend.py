@@ -1,0 +1,149 @@
+"""A misbehaving backend: a real TCP listener that answers with exactly the bytes a test scripts.
+
+Each accepted connection runs ``script(conn)`` on its own thread, where ``conn`` is a
+:class:`RawConnection`: read a request head (and its body, by Content-Length), send raw bytes,
+end with a FIN (``close``) or a reset (``reset``).  What the backend saw is recorded: how many
+connections it accepted, the heads it read on each, and whether the gateway closed each one.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+
+class RawConnection:
+    def __init__(self, sock: socket.socket, index: int):
+        self.sock = sock
+        self.index = index          # 0 for the first connection the backend accepted
+        self.heads: list[bytes] = []
+        self.peer_closed = False    # the gateway closed this connection (EOF or reset seen)
+        self._buf = b""
+
+    def read_request(self, timeout: float = 10.0) -> bytes | None:
+        """The next request head (with its Content-Length body), or None when the peer closed."""
+        self.sock.settimeout(timeout)
+        while b"\r\n\r\n" not in self._buf:
+            try:
+                data = self.sock.recv(65536)
+            except (ConnectionError, socket.timeout):
+                data = b""
+            if not data:
+                self.peer_closed = True
+                return None
+            self._buf += data
+        head, _, rest = self._buf.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            data = self.sock.recv(65536)
+            if not data:
+                self.peer_closed = True
+                return None
+            rest += data
+        self._buf = rest[length:]
+        self.heads.append(head)
+        return head
+
+    def wait_closed(self, timeout: float = 10.0) -> bool:
+        """Wait until the gateway closes this connection; True if it did within ``timeout``."""
+        if self.peer_closed:
+            return True
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except socket.timeout:
+            return False
+        except ConnectionError:
+            pass
+        self.peer_closed = True
+        return True
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.peer_closed = True
+            raise
+
+    def close(self) -> None:
+        """End with a FIN."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def reset(self) -> None:
+        """End with a reset (RST), not a FIN: SO_LINGER with a zero timeout, then close."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+class RawBackend:
+    """Start with ``RawBackend(script).start()``; ``.stop()`` closes everything."""
+
+    def __init__(self, script):
+        self.script = script
+        self.connections: list[RawConnection] = []
+        self.errors: list[BaseException] = []
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stopped = False
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "RawBackend":
+        self._listener.listen(64)
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def _accept(self):
+        while not self._stopped:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            conn = RawConnection(sock, len(self.connections))
+            self.connections.append(conn)
+            t = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _run(self, conn: RawConnection):
+        try:
+            self.script(conn)
+        except (OSError, ValueError):
+            pass       # the gateway closed the connection under the script: that is allowed
+        except BaseException as exc:   # an assertion in the script: reported by the test
+            self.errors.append(exc)
+        finally:
+            if conn.sock.fileno() >= 0:
+                time.sleep(0.05)
+                try:
+                    conn.sock.close()
+                except OSError:
+                    pass
+
+    def stop(self):
+        self._stopped = True
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        for conn in self.connections:
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
