@@ -118,4 +118,4 @@ def _backend(api, env, group, runtime):
         method = backend.method or api.method
         return HttpBackend(runtime, url, method, backend.timeout_ms, backend.retries,
                            backend.host_header, prefix=api.match_mode == "prefix")
-    raise BackendConfigError(f"backend type {backend.type!r} is not supported yet")
+    raise BackendConfigError(f"backend type {backend.type!r} is not supported in this version")

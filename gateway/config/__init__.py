@@ -6,6 +6,6 @@
 from .loader import ConfigError, load_document, parse_document
 from .model import *  # noqa: F403 - the model's __all__ is the public set of Structs
 from .model import __all__ as _model_all
-from .validate import validate
+from .validate import validate, warnings
 
-__all__ = ["ConfigError", "load_document", "parse_document", "validate", *_model_all]
+__all__ = ["ConfigError", "load_document", "parse_document", "validate", "warnings", *_model_all]

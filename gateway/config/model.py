@@ -76,7 +76,20 @@ class App(Struct, **_OPTS):
     #: for ``X-Apig-AppCode`` (ROMA: up to 5 codes)
     app_codes: Annotated[tuple[Annotated[str, Meta(min_length=1, max_length=180)], ...],
                          Meta(max_length=5)] = ()
+    #: the app quota policy (``app_quotas``) that bounds the app's calls
+    quota: Name | None = None
     acl: AppAcl | None = None
+
+
+class AppQuota(Struct, **_OPTS):
+    """A client quota policy: at most ``limit`` calls per ``interval`` ``unit`` for each app bound
+    to it; the count resets at ``reset_time`` (``HH:MM``, UTC) on the period's boundary."""
+
+    name: Name
+    limit: Positive
+    interval: Positive = 1
+    unit: TimeUnit = "day"
+    reset_time: Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "00:00"
 
 
 class IamUser(Struct, **_OPTS):
@@ -101,6 +114,10 @@ class IamJwt(Struct, **_OPTS):
     algorithms: Annotated[tuple[JwtAlgorithm, ...], Meta(min_length=1)] = ("RS256",)
     keys_file: NonEmptyStr | None = None
     keys: tuple[str | dict[str, Any], ...] = ()
+    #: a JWK set fetched over HTTP(S) (and refreshed) instead of ``keys_file`` / ``keys``
+    jwks_url: NonEmptyStr | None = None
+    #: clock skew allowed when checking ``exp`` and ``nbf``
+    leeway_s: Annotated[int, Meta(ge=0, le=3600)] = 0
 
 
 class Iam(Struct, **_OPTS):
@@ -108,6 +125,33 @@ class Iam(Struct, **_OPTS):
 
     users: tuple[IamUser, ...] = ()
     jwt: IamJwt | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared state, proxies in front of the gateway, TLS
+
+class Redis(Struct, **_OPTS):
+    """The Redis the gateways of a cluster share limits and quotas through.  Every call is bounded
+    by ``timeout_ms``; ``fail_mode`` says what throttled APIs do while Redis is unreachable:
+    ``open`` (count locally) or ``closed`` (refuse them)."""
+
+    url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://")]
+    timeout_ms: Annotated[int, Meta(ge=1, le=10000)] = 50
+    fail_mode: Literal["open", "closed"] = "open"
+
+
+class Certificate(Struct, **_OPTS):
+    """A TLS certificate served on the TLS listener to clients asking (SNI) for one of its
+    ``domains`` (``*.example.com`` wildcards); ``default`` serves clients without SNI or with an
+    unknown name.  ``cert`` and ``key`` are PEM file paths or inline PEM; ``client_ca`` (a CA file)
+    makes clients of these domains present a certificate it signed (mTLS)."""
+
+    name: Name
+    cert: NonEmptyStr
+    key: NonEmptyStr
+    domains: tuple[NonEmptyStr, ...] = ()
+    default: bool = False
+    client_ca: NonEmptyStr | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,6 +334,18 @@ class DataBackend(Struct, **_OPTS):
     statement: NonEmptyStr
 
 
+class BackendTls(Struct, **_OPTS):
+    """How the gateway connects to an https backend: certificate verification (on by default,
+    against the system CA store or ``ca_file``), the name checked and sent as SNI
+    (``server_name``, default the url's host) and a client certificate for mTLS."""
+
+    verify: bool = True
+    ca_file: NonEmptyStr | None = None
+    server_name: NonEmptyStr | None = None
+    client_cert: NonEmptyStr | None = None
+    client_key: NonEmptyStr | None = None
+
+
 class Backend(Struct, **_OPTS):
     """Where an API's calls go.
 
@@ -310,6 +366,35 @@ class Backend(Struct, **_OPTS):
     mock: Mock | None = None
     function: Annotated[str, Meta(pattern=CALLABLE_PATTERN)] | None = None
     data: DataBackend | None = None
+    #: for https urls (and https channel members): verification and client certificate;
+    #: not used with http://
+    tls: BackendTls | None = None
+    #: a ``backend``-type authorizer run before the backend is called
+    authorizer: Name | None = None
+    #: idle timeout of a tunnel after ``Upgrade: websocket`` (None: 300000)
+    websocket_idle_timeout_ms: Annotated[int, Meta(ge=1000, le=86400000)] | None = None
+
+
+class Condition(Struct, **_OPTS):
+    """One condition of a conditional backend.  ``source_ip`` takes ``op: cidr`` and a CIDR;
+    ``param`` (a request parameter ``name``) and ``system`` (a system value ``name`` such as
+    ``$context.appName``) take ``equal`` (one value), ``enum`` (a list) or ``pattern`` (a regular
+    expression the whole value must match)."""
+
+    source: Literal["source_ip", "param", "system"]
+    name: NonEmptyStr | None = None
+    op: Literal["cidr", "equal", "enum", "pattern"]
+    value: str | tuple[str, ...]
+
+
+class ConditionalBackend(Struct, **_OPTS):
+    """A backend that serves the requests matching all its ``conditions`` (canary, grayscale),
+    or, with ``percentage``, that share of them."""
+
+    name: Name
+    conditions: Annotated[tuple[Condition, ...], Meta(min_length=1)]
+    percentage: Annotated[int, Meta(ge=1, le=100)] | None = None
+    backend: Backend
 
 
 class Binding(Struct, **_OPTS):
@@ -336,9 +421,13 @@ class Api(Struct, **_OPTS):
     auth: Literal["app", "iam", "custom", "none"] = "none"
     authorizer: Name | None = None
     app_code_auth: bool = False
+    #: also accept an app's key and secret in ``X-HW-ID`` / ``X-HW-AppKey``
+    app_api_key: bool = False
     cors: bool = False
     params: tuple[Param, ...] = ()
     backend: Backend
+    #: tried in order before ``backend``: the first whose conditions match serves (at most 5)
+    conditional_backends: Annotated[tuple[ConditionalBackend, ...], Meta(max_length=5)] = ()
     environments: dict[str, Binding] = {}
 
 
@@ -456,6 +545,11 @@ class Document(Struct, **_OPTS):
     apps: tuple[App, ...] = ()
     iam: Iam = field(default_factory=Iam)
     environments: tuple[Environment, ...] = ()
+    redis: Redis | None = None
+    #: peers (CIDRs) whose X-Forwarded-For is believed when finding the client's address
+    trusted_proxies: tuple[NonEmptyStr, ...] = ()
+    certificates: tuple[Certificate, ...] = ()
+    app_quotas: tuple[AppQuota, ...] = ()
     groups: tuple[Group, ...] = ()
     channels: tuple[Channel, ...] = ()
     authorizers: tuple[Authorizer, ...] = ()
@@ -477,9 +571,11 @@ class Document(Struct, **_OPTS):
 __all__ = [
     "NAME_PATTERN", "VARIABLE_PATTERN", "HOSTNAME_PATTERN", "CALLABLE_PATTERN", "PATH_PATTERN",
     "HOST_HEADER_PATTERN", "RELEASE", "Method", "TimeUnit", "AclAction", "JwtAlgorithm",
-    "AppAcl", "App", "IamUser", "IamJwt", "Iam", "Environment", "Group", "MemberGroup", "Member",
+    "AppAcl", "App", "AppQuota", "IamUser", "IamJwt", "Iam", "Redis", "Certificate",
+    "Environment", "Group", "MemberGroup", "Member",
     "HealthCheck", "Channel", "Identity", "Authorizer", "ThrottleSpecial", "Throttle", "Acl",
-    "SignatureKey", "Param", "BackendParam", "Mock", "DataBackend", "Backend", "Binding", "Api",
+    "SignatureKey", "Param", "BackendParam", "Mock", "DataBackend", "BackendTls", "Backend",
+    "Condition", "ConditionalBackend", "Binding", "Api",
     "Datasource", "Property", "Service", "DeviceThrottle", "Product", "Device", "RuleSource",
     "RedisStreamDestination", "HttpDestination", "MqttDestination", "SqlDestination", "Destination",
     "Rule", "Document",

@@ -3,7 +3,7 @@
 ``validate(doc)`` returns every problem found as a ``"path: message"`` line (empty when the document
 can be served): unique names, references between resources, environment variables, path templates
 and backend urls, route conflicts, policy constraints, and -- in :func:`_refuse_unsupported`, kept
-apart on purpose -- the features of the contract the data plane does not implement yet.
+apart on purpose -- the features of the contract this version does not implement.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+from .model import HOSTNAME_PATTERN as MODEL_HOSTNAME
 from .model import (
     RELEASE,
     VARIABLE_PATTERN,
@@ -20,13 +21,14 @@ from .model import (
     Api,
     Backend,
     Channel,
+    Condition,
     Document,
     Group,
     SqlDestination,
     Throttle,
 )
 
-__all__ = ["validate"]
+__all__ = ["validate", "warnings"]
 
 _VARIABLE = re.compile(VARIABLE_PATTERN)
 #: ``#name#`` references in a backend url or path (names checked separately, to say what is wrong)
@@ -56,6 +58,17 @@ _DATASOURCE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 def validate(doc: Document) -> list[str]:
     """Every semantic problem of ``doc`` as ``"path: message"`` lines, in document order."""
     return _Validator(doc).run()
+
+
+def warnings(doc: Document) -> list[str]:
+    """What a valid ``doc`` serves that is probably not what its author meant, as
+    ``"path: message"`` lines: logged when a gateway loads it, printed by ``tollgate validate``."""
+    found = []
+    for i, api in enumerate(doc.apis):
+        if not api.environments:
+            found.append(f"apis[{i}].environments: API '{api.name}' is published in no environment, "
+                         "so it answers no request (add RELEASE: {{}} to serve it)")
+    return found
 
 
 def _key(key: str) -> str:
@@ -107,9 +120,11 @@ class _Validator:
         self.products = self.unique("products", doc.products)
         self.devices = self.unique("devices", doc.devices)
         self.unique("rules", doc.rules)
+        self.app_quotas = self.unique("app_quotas", doc.app_quotas)
 
         self.check_apps()
         self.check_iam()
+        self.check_edge()
         self.check_groups()
         for i, channel in enumerate(doc.channels):
             self.check_channel(f"channels[{i}]", channel)
@@ -149,13 +164,46 @@ class _Validator:
             if app.acl is not None:
                 for j, value in enumerate(app.acl.values):
                     self.check_ip_value(f"apps[{i}].acl.values[{j}]", value)
+            self.ref(f"apps[{i}].quota", "app quota", app.quota, self.app_quotas)
 
     def check_iam(self) -> None:
         iam = self.doc.iam
         self.unique("iam.users", iam.users)
         self.unique("iam.users", iam.users, "access_key")
-        if iam.jwt is not None and not iam.jwt.keys and iam.jwt.keys_file is None:
-            self.error("iam.jwt", "give keys or keys_file to check tokens with")
+        jwt = iam.jwt
+        if jwt is not None:
+            if not jwt.keys and jwt.keys_file is None and jwt.jwks_url is None:
+                self.error("iam.jwt", "give keys, keys_file or jwks_url to check tokens with")
+            if jwt.jwks_url is not None and not re.match(r"https?://[^/\s]", jwt.jwks_url):
+                self.error("iam.jwt.jwks_url", "expected a url starting with http:// or https://")
+
+    def check_edge(self) -> None:
+        """trusted_proxies and certificates: what faces the clients."""
+        for i, value in enumerate(self.doc.trusted_proxies):
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                self.error(f"trusted_proxies[{i}]", f"expected an IP address or a CIDR, got '{value}'")
+        certs = self.doc.certificates
+        self.unique("certificates", certs)
+        owners: dict[str, int] = {}
+        default = None
+        for i, cert in enumerate(certs):
+            if cert.default:
+                if default is not None:
+                    self.error(f"certificates[{i}].default",
+                               f"certificates[{default}] is already the default")
+                default = i
+            for j, domain in enumerate(cert.domains):
+                name = domain.lower().rstrip(".")
+                bare = name[2:] if name.startswith("*.") else name
+                if not re.fullmatch(MODEL_HOSTNAME, bare):
+                    self.error(f"certificates[{i}].domains[{j}]", "expected a host name, optionally "
+                               "with a leading '*.' (a wildcard for one label)")
+                elif name in owners:
+                    self.error(f"certificates[{i}].domains[{j}]", f"domain '{domain}' is already "
+                               f"served by certificates[{owners[name]}]")
+                owners.setdefault(name, i)
 
     # ----------------------------------------------------------------------------------------------
     # Groups, channels, authorizers, policies
@@ -294,7 +342,45 @@ class _Validator:
                 if app in seen:
                     self.error(f"{bp}.apps[{j}]", f"app '{app}' listed twice")
                 seen.add(app)
-        self.check_backend(f"{p}.backend", api, group, template_params)
+        self.check_backend(f"{p}.backend", api, api.backend, group, template_params)
+        self.unique(f"{p}.conditional_backends", api.conditional_backends)
+        for j, cond in enumerate(api.conditional_backends):
+            cp = f"{p}.conditional_backends[{j}]"
+            for k, condition in enumerate(cond.conditions):
+                self.check_condition(f"{cp}.conditions[{k}]", condition)
+            self.check_backend(f"{cp}.backend", api, cond.backend, group, template_params)
+
+    def check_condition(self, p: str, c: Condition) -> None:
+        listed = isinstance(c.value, tuple)
+        if c.source == "source_ip":
+            if c.op != "cidr":
+                self.error(f"{p}.op", "a source_ip condition takes op: cidr")
+            elif listed:
+                self.error(f"{p}.value", "expected one CIDR")
+            else:
+                try:
+                    ipaddress.ip_network(c.value, strict=False)
+                except ValueError:
+                    self.error(f"{p}.value", f"expected a CIDR, got '{c.value}'")
+            if c.name is not None:
+                self.error(f"{p}.name", "not used by source_ip conditions")
+            return
+        if c.name is None:
+            self.error(f"{p}.name", f"a {c.source} condition names the parameter it reads")
+        elif c.source == "system" and not _SYSTEM_VALUES.fullmatch(c.name):
+            self.error(f"{p}.name", f"unknown system value '{c.name}'")
+        if c.op == "cidr":
+            self.error(f"{p}.op", "op: cidr is for source_ip conditions")
+        elif c.op == "enum":
+            if not listed or not c.value:
+                self.error(f"{p}.value", "op: enum takes a non-empty list of values")
+        elif listed:
+            self.error(f"{p}.value", f"op: {c.op} takes one value")
+        elif c.op == "pattern":
+            try:
+                re.compile(c.value)
+            except re.error as exc:
+                self.error(f"{p}.value", f"invalid regular expression: {exc}")
 
     def check_path_template(self, p: str, path: str) -> dict[str, bool]:
         """Check an API path template; return its parameters (name -> greedy ``{x+}``)."""
@@ -349,9 +435,8 @@ class _Validator:
                     if value is not None and (not isinstance(value, int) or value < 0):
                         self.error(f"{pp}.{bound}", "a string's length bound is an integer >= 0")
 
-    def check_backend(self, p: str, api: Api, group: Group | None,
+    def check_backend(self, p: str, api: Api, b: Backend, group: Group | None,
                       template_params: dict[str, bool]) -> None:
-        b = api.backend
         used = {"http": ("url", "channel", "path", "host_header"), "mock": ("mock",),
                 "function": ("function",), "data": ("data",)}
         for kind, names in used.items():
@@ -382,7 +467,11 @@ class _Validator:
             else:
                 self.ref(f"{p}.data.datasource", "datasource", b.data.datasource, self.datasources)
 
-        backend_path_params = self.check_backend_params(p, api, template_params)
+        if self.ref(f"{p}.authorizer", "authorizer", b.authorizer, self.authorizers) \
+                and b.authorizer is not None \
+                and self.doc.authorizers[self.authorizers[b.authorizer]].type != "backend":
+            self.error(f"{p}.authorizer", "a backend authorizer has type: backend")
+        backend_path_params = self.check_backend_params(p, api, b, template_params)
         allowed = set(template_params) | backend_path_params
         if b.url is not None:
             self.check_backend_url(f"{p}.url", b.url, api, group, allowed)
@@ -405,12 +494,13 @@ class _Validator:
             if any(c in value for c in "\r\n\0"):
                 self.error(hp, "a header value has no CR, LF or NUL")
 
-    def check_backend_params(self, p: str, api: Api, template_params: dict[str, bool]) -> set[str]:
+    def check_backend_params(self, p: str, api: Api, b: Backend,
+                             template_params: dict[str, bool]) -> set[str]:
         """Check backend parameters; return the names of those placed in the path."""
         frontend = {param.name for param in api.params} | set(template_params)
         seen: set[tuple[str, str]] = set()
         path_params: set[str] = set()
-        for j, param in enumerate(api.backend.params):
+        for j, param in enumerate(b.params):
             pp = f"{p}.params[{j}]"
             key = (param.location, param.name.lower() if param.location == "header" else param.name)
             if key in seen:
@@ -608,47 +698,66 @@ def _topic_ok(topic: str, wildcards: bool) -> bool:
 
 
 # ==================================================================================================
-# NOT SUPPORTED YET.  Features of the contract the data plane does not implement yet are refused,
-# because ignoring them silently would be a security hole (an API believed protected, served open)
-# or a lie (a policy believed applied).  Each later issue deletes the lines of what it implements.
-# Every message contains "not supported yet".
+# NOT SUPPORTED IN THIS VERSION.  Features of the contract the data plane does not implement yet are
+# refused, because ignoring them silently would be a security hole (an API believed protected,
+# served open) or a lie (a policy believed applied).  Each one leaves this list when it is built.
+# Every message ends with "not supported in this version" (what users read speaks of the product).
 # ==================================================================================================
 
+UNSUPPORTED = "not supported in this version"
+
+
 def _refuse_unsupported(doc: Document, error: Any) -> None:
-    auth_issue = "arrives with the authentication issue"
-    policy_issue = "arrives with the traffic policies issue"
+    def refuse(path: str, what: str, hint: str = "") -> None:
+        error(path, f"{what} {'are' if what.endswith('s') else 'is'} {UNSUPPORTED}{hint}")
+
+    if doc.redis is not None:
+        refuse("redis", "shared limits and quotas through Redis")
+    if doc.trusted_proxies:
+        refuse("trusted_proxies", "reading the client address from X-Forwarded-For")
+    if doc.certificates:
+        refuse("certificates", "TLS termination")
+    for i, app in enumerate(doc.apps):
+        if app.quota is not None:
+            refuse(f"apps[{i}].quota", "app quotas")
     for i, api in enumerate(doc.apis):
         p = f"apis[{i}]"
         if api.auth != "none":
-            error(f"{p}.auth", f"'{api.auth}' authentication is not supported yet ({auth_issue}); "
-                  "use auth: none")
+            error(f"{p}.auth", f"'{api.auth}' authentication is {UNSUPPORTED}; use auth: none")
         if api.authorizer is not None:
-            error(f"{p}.authorizer", f"custom authorizers are not supported yet ({auth_issue})")
+            refuse(f"{p}.authorizer", "custom authorizers")
         if api.app_code_auth:
-            error(f"{p}.app_code_auth", f"AppCode authentication is not supported yet ({auth_issue})")
+            refuse(f"{p}.app_code_auth", "AppCode authentication")
+        if api.app_api_key:
+            refuse(f"{p}.app_api_key", "app key and secret headers")
         if api.cors:
-            error(f"{p}.cors", f"CORS is not supported yet ({policy_issue})")
+            refuse(f"{p}.cors", "CORS")
         if api.params:
-            error(f"{p}.params", f"frontend parameters are not supported yet ({policy_issue})")
+            refuse(f"{p}.params", "frontend parameters")
+        if api.conditional_backends:
+            refuse(f"{p}.conditional_backends", "conditional backends")
         b = api.backend
         if b.type in ("function", "data"):
-            error(f"{p}.backend.type", f"'{b.type}' backends are not supported yet (arrives with "
-                  "the function and data backends issue)")
+            refuse(f"{p}.backend.type", f"'{b.type}' backends")
         if b.channel is not None:
-            error(f"{p}.backend.channel", "load balance channels are not supported yet (arrives "
-                  "with the load-balance channels issue)")
+            refuse(f"{p}.backend.channel", "load balance channels")
         if b.params:
-            error(f"{p}.backend.params", f"backend parameters are not supported yet ({policy_issue})")
+            refuse(f"{p}.backend.params", "backend parameters")
         if b.url is not None and b.url.startswith("https://"):
-            error(f"{p}.backend.url", "https backends are not supported yet")
+            refuse(f"{p}.backend.url", "https backends")
+        if b.tls is not None:
+            refuse(f"{p}.backend.tls", "TLS settings of https backends")
+        if b.authorizer is not None:
+            refuse(f"{p}.backend.authorizer", "backend authorizers")
+        if b.websocket_idle_timeout_ms is not None:
+            refuse(f"{p}.backend.websocket_idle_timeout_ms", "WebSocket proxying")
         for env, binding in api.environments.items():
             bp = f"{p}.environments{_key(env)}"
             if binding.throttle is not None:
-                error(f"{bp}.throttle", f"throttles are not supported yet ({policy_issue})")
+                refuse(f"{bp}.throttle", "throttles")
             if binding.acl is not None:
-                error(f"{bp}.acl", f"ACLs are not supported yet ({policy_issue})")
+                refuse(f"{bp}.acl", "ACLs")
             if binding.signature_key is not None:
-                error(f"{bp}.signature_key",
-                      f"backend signature keys are not supported yet ({auth_issue})")
+                refuse(f"{bp}.signature_key", "backend signature keys")
             if binding.apps:
-                error(f"{bp}.apps", f"app authorization is not supported yet ({auth_issue})")
+                refuse(f"{bp}.apps", "app authorization")

@@ -56,8 +56,9 @@ def test_sequences_are_tuples_so_the_tree_is_immutable():
 
 def test_document_fields_are_the_contract_names():
     assert Document.__struct_fields__ == (
-        "version", "apps", "iam", "environments", "groups", "channels", "authorizers", "throttles",
-        "acls", "signature_keys", "apis", "datasources", "products", "devices", "rules")
+        "version", "apps", "iam", "environments", "redis", "trusted_proxies", "certificates",
+        "app_quotas", "groups", "channels", "authorizers", "throttles", "acls", "signature_keys",
+        "apis", "datasources", "products", "devices", "rules")
 
 
 def test_document_defaults_are_empty_except_version():

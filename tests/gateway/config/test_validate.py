@@ -90,7 +90,7 @@ def test_release_is_implicit_and_listed_environments_exist():
 def test_binding_references_must_exist():
     api = mock_api(environments={"RELEASE": {"throttle": "t", "acl": "a", "signature_key": "k",
                                              "apps": ["x"]}})
-    errors = [e for e in check(apis=[api]) if "not supported yet" not in e]
+    errors = [e for e in check(apis=[api]) if "not supported in this version" not in e]
     assert errors == ["apis[0].environments.RELEASE.throttle: unknown throttle 't'",
                       "apis[0].environments.RELEASE.acl: unknown acl 'a'",
                       "apis[0].environments.RELEASE.signature_key: unknown signature key 'k'",
@@ -98,7 +98,7 @@ def test_binding_references_must_exist():
 
 
 def test_authorizer_reference_must_exist():
-    errors = [e for e in check(apis=[mock_api(authorizer="z")]) if "not supported yet" not in e]
+    errors = [e for e in check(apis=[mock_api(authorizer="z")]) if "not supported in this version" not in e]
     assert errors == ["apis[0].authorizer: unknown authorizer 'z'"]
 
 
@@ -111,7 +111,7 @@ def test_channel_references():
     api = mock_api(backend={"type": "http", "channel": "nope", "path": "/x"})
     errors = [e for e in check(apis=[api], channels=[
         {"name": "c", "port": 80, "members": [{"host": "127.0.0.1", "group": "m"}]}])
-        if "not supported yet" not in e]
+        if "not supported in this version" not in e]
     assert errors == ["channels[0].members[0].group: unknown member group 'm'",
                       "apis[0].backend.channel: unknown channel 'nope'"]
 
@@ -132,7 +132,7 @@ def test_device_and_rule_references():
 
 def test_data_backend_datasource_must_exist():
     api = mock_api(backend={"type": "data", "data": {"datasource": "db", "statement": "SELECT 1"}})
-    errors = [e for e in check(apis=[api]) if "not supported yet" not in e]
+    errors = [e for e in check(apis=[api]) if "not supported in this version" not in e]
     assert errors == ["apis[0].backend.data.datasource: unknown datasource 'db'"]
 
 
@@ -210,7 +210,7 @@ def test_backend_url_must_be_http():
     assert check(apis=[http_api("ftp://h/x", path="/h")]) == \
         ["apis[0].backend.url: expected a url starting with http:// (or https://)"]
     assert check(apis=[http_api("https://h/x", path="/h")]) == \
-        ["apis[0].backend.url: https backends are not supported yet"]
+        ["apis[0].backend.url: https backends are not supported in this version"]
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -359,10 +359,9 @@ def test_datasource_url_scheme():
 
 def test_auth_other_than_none_is_refused_with_the_documented_message():
     assert check(apis=[mock_api(auth="app")]) == [
-        "apis[0].auth: 'app' authentication is not supported yet (arrives with the "
-        "authentication issue); use auth: none"]
+        "apis[0].auth: 'app' authentication is not supported in this version; use auth: none"]
     assert check(apis=[mock_api(auth="iam")])[0].startswith(
-        "apis[0].auth: 'iam' authentication is not supported yet")
+        "apis[0].auth: 'iam' authentication is not supported in this version")
 
 
 @pytest.mark.parametrize(("api", "path"), [
@@ -391,7 +390,7 @@ def test_unimplemented_features_are_refused(api, path):
                                 acls=[{"name": "a", "action": "DENY", "values": ["10.0.0.1"]}],
                                 signature_keys=[{"name": "k", "key": "k", "secret": "s"}],
                                 apps=[{"name": "x"}])
-               if "not supported yet" in e]
+               if "not supported in this version" in e]
     assert [e.split(": ", 1)[0] for e in refused] == [path]
 
 
@@ -401,3 +400,103 @@ def test_definitions_of_unused_kinds_are_accepted():
                  authorizers=[{"name": "z", "function": "pkg.mod:fn"}],
                  iam={"users": [{"name": "u", "account": "a", "access_key": "AK", "secret_key": "SK"}]},
                  signature_keys=[{"name": "k", "key": "k", "secret": "s"}]) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Fields the contract grew: checked now, refused until this version serves them
+
+@pytest.mark.parametrize(("sections", "path"), [
+    ({"redis": {"url": "redis://127.0.0.1:6379/0"}}, "redis"),
+    ({"trusted_proxies": ["10.0.0.0/8"]}, "trusted_proxies"),
+    ({"certificates": [{"name": "c", "cert": "c.pem", "key": "k.pem", "domains": ["a.test"]}]},
+     "certificates"),
+    ({"app_quotas": [{"name": "q", "limit": 5}], "apps": [{"name": "x", "quota": "q"}]},
+     "apps[0].quota"),
+    ({"apis": [mock_api(app_api_key=True)]}, "apis[0].app_api_key"),
+    ({"apis": [http_api("http://h/x", tls={"verify": False})]}, "apis[0].backend.tls"),
+    ({"apis": [http_api("http://h/x", authorizer="b")],
+      "authorizers": [{"name": "b", "type": "backend", "url": "http://h/auth"}]},
+     "apis[0].backend.authorizer"),
+    ({"apis": [http_api("http://h/x", websocket_idle_timeout_ms=60000)]},
+     "apis[0].backend.websocket_idle_timeout_ms"),
+    ({"apis": [mock_api(conditional_backends=[{
+        "name": "canary", "conditions": [{"source": "source_ip", "op": "cidr", "value": "10.0.0.0/8"}],
+        "backend": {"type": "mock", "mock": {"body": "canary"}}}])]}, "apis[0].conditional_backends"),
+])
+def test_new_contract_fields_are_refused_in_this_version(sections, path):
+    errors = check(**sections)
+    assert errors == [e for e in errors if e.endswith("not supported in this version")], errors
+    assert [e.split(": ", 1)[0] for e in errors] == [path]
+
+
+def test_new_contract_definitions_alone_are_accepted():
+    assert check(app_quotas=[{"name": "q", "limit": 100, "interval": 1, "unit": "day",
+                              "reset_time": "08:30"}],
+                 iam={"jwt": {"jwks_url": "https://iam.test/jwks.json", "leeway_s": 30}}) == []
+
+
+def test_references_and_shapes_of_the_new_fields():
+    errors = check(
+        apps=[{"name": "x", "quota": "nope"}],
+        iam={"jwt": {"jwks_url": "ftp://iam.test/jwks"}},
+        trusted_proxies=["10.0.0.0/8", "not-an-ip"],
+        certificates=[
+            {"name": "a", "cert": "a.pem", "key": "a.key", "domains": ["shop.test", "*.shop.test"],
+             "default": True},
+            {"name": "b", "cert": "b.pem", "key": "b.key", "domains": ["SHOP.test", "bad_host!"],
+             "default": True}],
+        apis=[http_api("http://h/x", authorizer="front")],
+        authorizers=[{"name": "front", "url": "http://h/auth"}])
+    assert [e for e in errors if not e.endswith("in this version")] == [
+        "apps[0].quota: unknown app quota 'nope'",
+        "iam.jwt.jwks_url: expected a url starting with http:// or https://",
+        "trusted_proxies[1]: expected an IP address or a CIDR, got 'not-an-ip'",
+        "certificates[1].default: certificates[0] is already the default",
+        "certificates[1].domains[0]: domain 'SHOP.test' is already served by certificates[0]",
+        "certificates[1].domains[1]: expected a host name, optionally with a leading '*.' "
+        "(a wildcard for one label)",
+        "apis[0].backend.authorizer: a backend authorizer has type: backend",
+    ]
+
+
+def test_a_jwt_section_needs_a_source_of_keys():
+    assert check(iam={"jwt": {"issuer": "x"}}) == [
+        "iam.jwt: give keys, keys_file or jwks_url to check tokens with"]
+
+
+@pytest.mark.parametrize(("condition", "message"), [
+    ({"source": "source_ip", "op": "equal", "value": "10.0.0.1"},
+     "op: a source_ip condition takes op: cidr"),
+    ({"source": "source_ip", "op": "cidr", "value": "10.0.0.300/8"}, "value: expected a CIDR, got '10.0.0.300/8'"),
+    ({"source": "param", "op": "equal", "value": "1"}, "name: a param condition names the parameter it reads"),
+    ({"source": "param", "name": "X-Canary", "op": "enum", "value": "1"},
+     "value: op: enum takes a non-empty list of values"),
+    ({"source": "param", "name": "X-Canary", "op": "equal", "value": ["1", "2"]},
+     "value: op: equal takes one value"),
+    ({"source": "param", "name": "q", "op": "pattern", "value": "("},
+     "value: invalid regular expression: missing ), unterminated subpattern at position 0"),
+    ({"source": "system", "name": "$context.nope", "op": "equal", "value": "x"},
+     "name: unknown system value '$context.nope'"),
+    ({"source": "param", "name": "q", "op": "cidr", "value": "10.0.0.0/8"},
+     "op: op: cidr is for source_ip conditions"),
+])
+def test_conditions_of_conditional_backends_are_checked(condition, message):
+    api = mock_api(conditional_backends=[{"name": "c", "conditions": [condition],
+                                          "backend": {"type": "mock", "mock": {"body": "c"}}}])
+    errors = [e for e in check(apis=[api]) if not e.endswith("in this version")]
+    assert errors == [f"apis[0].conditional_backends[0].conditions[0].{message}"]
+
+
+def test_a_conditional_backend_is_checked_like_the_main_one():
+    api = mock_api(conditional_backends=[
+        {"name": "c", "conditions": [{"source": "system", "name": "$context.appName", "op": "enum",
+                                      "value": ["a", "b"]}],
+         "backend": {"type": "http", "url": "http://#missing#/x"}},
+        {"name": "c", "conditions": [{"source": "param", "name": "q", "op": "pattern", "value": "^a+$"}],
+         "percentage": 10, "backend": {"type": "mock", "mock": {"body": "c"}}}])
+    errors = [e for e in check(apis=[api]) if not e.endswith("in this version")]
+    assert errors == [
+        "apis[0].conditional_backends[1].name: duplicate name 'c'",
+        "apis[0].conditional_backends[0].backend.url: variable 'missing' is not defined for "
+        "environment 'RELEASE' (groups[0].variables.RELEASE)",
+    ]
