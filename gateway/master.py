@@ -1,8 +1,11 @@
 """The gateway's master process: starts and watches the workers, reloads, serves status.
 
+* The master binds the listening socket once, without SO_REUSEPORT, so a gateway refuses to
+  start on an address another gateway or program already serves; its workers inherit the
+  socket and accept from its one queue (connections queued when a worker dies are accepted by
+  the others).
 * Workers are fresh interpreters (``python -m gateway.worker``), never forks of a process with a
-  running event loop; each binds the listen port itself (SO_REUSEPORT).  A worker that dies is
-  started again (at most once a second).
+  running event loop.  A worker that dies is started again (at most once a second).
 * The configuration is validated here first: a bad file at start stops the gateway with the
   errors; a bad file on reload is refused with the reason logged, and the workers keep serving
   the old one.  A good one is applied by SIGHUP to every worker, each of which swaps its
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -31,9 +35,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 import fastpath
 
 from .config import ConfigError, load_document
+from .config import warnings as config_warnings
 from .metrics import ClusterCollector
 from .snapshot import compile_snapshot
-from .worker import WorkerSettings
+from .worker import WorkerSettings, bind_listener
 
 log = logging.getLogger("tollgate.gateway")
 
@@ -52,12 +57,25 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     worker: WorkerSettings | None = None   # template for the workers' settings
 
 
-def validate_file(path):
-    """Load and compile without serving: return (version, bytes) or raise ConfigError/OSError."""
-    with open(path, "rb") as f:
-        data = f.read()
+class CheckedConfig(msgspec.Struct, frozen=True):
+    """A configuration file that can be served: its version (content hash), its warnings, and
+    how many APIs each environment serves."""
+
+    version: str
+    warnings: list[str]
+    apis_per_environment: dict[str, int]
+
+
+def check_file(path) -> CheckedConfig:
+    """Load and compile without serving; raise ConfigError or OSError (unreadable)."""
+    with open(path, "rb"):
+        pass                         # an unreadable file is an OSError, not a config error
     doc = load_document(path)
-    return compile_snapshot(doc, runtime=None).version, data
+    snapshot = compile_snapshot(doc, runtime=None)
+    counts = {env: 0 for env in doc.environment_names()}
+    for _api, env in snapshot.apis:
+        counts[env] = counts.get(env, 0) + 1
+    return CheckedConfig(snapshot.version, config_warnings(doc), counts)
 
 
 class WorkerProcess:
@@ -87,20 +105,22 @@ class Master:
         self._stat = None
         self._done = loop.create_future()
         self._status_server = None
+        self.listener = None       # the listening socket the workers inherit
 
     # -- workers ---------------------------------------------------------------------------------
     def _spawn(self, wp: WorkerProcess):
         read_fd, write_fd = os.pipe()
         s = self.settings
+        listen_fd = self.listener.fileno()
         settings = msgspec.structs.replace(
             s.worker or WorkerSettings(config=s.config, host=s.host, port=s.port),
             config=s.config, host=s.host, port=s.port, index=wp.index,
-            access_log=s.access_log, channel_fd=write_fd)
+            access_log=s.access_log, channel_fd=write_fd, listen_fd=listen_fd)
         # run from the directory this master imported gateway from: ``-m`` puts the working
         # directory first on sys.path, and a worker must run the very same code as its master
         wp.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.worker", msgspec.json.encode(settings).decode()],
-            pass_fds=(write_fd,), close_fds=True, cwd=IMPORT_ROOT)
+            pass_fds=(write_fd, listen_fd), close_fds=True, cwd=IMPORT_ROOT)
         os.close(write_fd)
         wp.pid = wp.proc.pid
         wp.ready = False
@@ -174,15 +194,25 @@ class Master:
 
     # -- configuration ---------------------------------------------------------------------------
     def reload(self, reason):
+        path = self.settings.config
         try:
-            version, _data = validate_file(self.settings.config)
-        except (ConfigError, OSError) as exc:
+            checked = check_file(path)
+        except OSError as exc:
             self.reloads_failed += 1
-            log.error("reload (%s) refused, still serving config %s:\n%s", reason,
+            log.error("reload (%s): cannot read %s (%s); still serving configuration %s", reason,
+                      path, exc.strerror or exc, self.config_version)
+            return
+        except ConfigError as exc:
+            self.reloads_failed += 1
+            log.error("reload (%s) refused, still serving configuration %s:\n%s", reason,
                       self.config_version, exc)
             return
+        version = checked.version
         if version == self.config_version:
+            log.info("reload (%s): %s is unchanged; still serving configuration %s", reason,
+                     path, version)
             return
+        _log_warnings(path, checked)
         self.reloads_ok += 1
         log.info("reload (%s): config %s -> %s", reason, self.config_version, version)
         self.config_version = version
@@ -200,7 +230,13 @@ class Master:
         while not self.stopping:
             await asyncio.sleep(self.settings.watch_interval_s)
             state = self._file_state()
-            if state is not None and state != self._stat:
+            if state is None:
+                if self._stat is not None:      # once per disappearance
+                    log.warning("configuration file %s is gone; still serving configuration %s "
+                                "(it is loaded again when the file is back)",
+                                self.settings.config, self.config_version)
+                self._stat = None
+            elif state != self._stat:
                 self._stat = state
                 self.reload("file changed")
 
@@ -233,11 +269,14 @@ class Master:
 
     # -- running -------------------------------------------------------------------------------
     async def run(self):
-        version, _ = validate_file(self.settings.config)
-        self.config_version = version
+        checked = check_file(self.settings.config)
+        _log_warnings(self.settings.config, checked)
+        version = self.config_version = checked.version
         s = self.settings
-        self._status_server = await self.loop.create_server(
-            lambda: StatusProtocol(self), s.status_host, s.status_port)
+        self.listener = _listen(s.host, s.port, "serve")
+        status = _listen(s.status_host, s.status_port, "serve the status endpoints")
+        self._status_server = await self.loop.create_server(lambda: StatusProtocol(self),
+                                                            sock=status)
         for wp in self.workers:
             self._spawn(wp)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -258,6 +297,7 @@ class Master:
         self.stopping = True
         log.info("stopping: draining workers")
         self._signal_workers(signal.SIGTERM)
+        self.close_listener()
         self.loop.create_task(self._wait_workers())
 
     async def _wait_workers(self):
@@ -273,6 +313,33 @@ class Master:
         if self._status_server is not None:
             self._status_server.close()
         self._done.set_result(None)
+
+
+    def close_listener(self):
+        """Stop new connections from queueing on the address: the workers hold their own
+        copies of the socket while they drain; it closes with the last of them."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+
+def _log_warnings(path, checked):
+    for warning in checked.warnings:
+        log.warning("%s: %s", path, warning)
+
+
+class AddressInUse(OSError):
+    """The gateway cannot listen where it was told to: the message says where and why."""
+
+
+def _listen(host, port, purpose):
+    try:
+        return bind_listener(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(f"cannot {purpose} on {host}:{port}: the address is already in use "
+                               "(by another gateway or another program)") from None
+        raise AddressInUse(f"cannot {purpose} on {host}:{port}: {exc.strerror or exc}") from None
 
 
 class StatusProtocol(asyncio.Protocol):
@@ -325,7 +392,7 @@ def run_gateway(settings: GatewaySettings) -> int:
         access_log=(os.path.abspath(settings.access_log)
                     if settings.access_log not in (None, "-") else settings.access_log))
     try:
-        validate_file(settings.config)
+        check_file(settings.config)
     except ConfigError as exc:
         print(f"tollgate: {settings.config}: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
@@ -341,6 +408,7 @@ def run_gateway(settings: GatewaySettings) -> int:
         print(f"tollgate: {exc}", file=sys.stderr)
         master.stopping = True
         master._signal_workers(signal.SIGTERM)
+        master.close_listener()
         return 1
     finally:
         loop.close()

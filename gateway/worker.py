@@ -1,9 +1,11 @@
 """A gateway worker process: one uvloop event loop serving client connections.
 
 Started by the master (:mod:`gateway.master`) as ``python -m gateway.worker SETTINGS_JSON``.
-Each worker binds the listen address itself with SO_REUSEPORT, so the kernel spreads
-connections over the workers.  It talks to the master over one pipe (``channel_fd``): frames of
-msgpack carrying ``ready``, ``reload`` results and periodic metric totals.
+It serves the listening socket the master bound and passed down (``listen_fd``): all workers
+accept from one queue, so no second program can join the address, and connections queued
+when a worker dies are accepted by the others.  It talks to the master over one pipe
+(``channel_fd``): frames of msgpack carrying ``ready``, ``reload`` results and periodic metric
+totals.
 
 Signals: SIGHUP reloads the configuration file (a bad file is refused and the old snapshot keeps
 serving); SIGTERM or SIGINT drains: stop accepting, let in-flight exchanges finish (up to
@@ -45,6 +47,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     index: int = 0
     access_log: str | None = None
     channel_fd: int = -1
+    listen_fd: int = -1             # the master's listening socket; -1: bind host:port here
     push_interval_s: float = 0.5
     limits: Limits = Limits()
 
@@ -140,12 +143,10 @@ class Worker:
 
     # -- running --------------------------------------------------------------------------------
     def listen_socket(self) -> socket.socket:
-        host, port = self.settings.host, self.settings.port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        if self.settings.listen_fd >= 0:
+            sock = socket.socket(fileno=self.settings.listen_fd)
+        else:   # a worker run on its own (not by a master)
+            sock = bind_listener(self.settings.host, self.settings.port)
         sock.setblocking(False)
         return sock
 
@@ -232,6 +233,23 @@ class Worker:
     def _finish(self):
         if not self._stopped.done():
             self._stopped.set_result(None)
+
+
+def bind_listener(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """A listening TCP socket on host:port, without SO_REUSEPORT: binding fails with
+    EADDRINUSE when any other socket (another gateway, any program) listens there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # lets a restarted gateway bind while old connections sit in TIME_WAIT; it never
+        # lets two sockets listen on one address
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def main(argv=None):

@@ -73,3 +73,76 @@ def test_console_script_installed():
     out = subprocess.run([exe, "gateway", "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0
     assert "--listen" in out.stdout
+
+
+# -- tollgate validate ----------------------------------------------------------------------------
+
+VALID = """\
+version: 1
+environments: [{name: TEST}]
+groups: [{name: g}]
+apis:
+  - {name: a, group: g, method: GET, path: /a, backend: {type: mock, mock: {body: a}},
+     environments: {RELEASE: {}, TEST: {}}}
+  - {name: b, group: g, method: GET, path: /b, backend: {type: mock, mock: {body: b}},
+     environments: {RELEASE: {}}}
+  - {name: hidden, group: g, method: GET, path: /c, backend: {type: mock, mock: {body: c}}}
+"""
+
+
+def test_validate_prints_ok_with_apis_per_environment_and_warnings(tmp_path):
+    config = tmp_path / "gw.yaml"
+    config.write_text(VALID)
+    out = run("validate", str(config))
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"OK: {config} (configuration ") and "3 APIs served" in lines[0]
+    assert lines[1:3] == ["  RELEASE: 2 APIs", "  TEST: 1 API"]
+    assert lines[3].startswith("warning: apis[2].environments: API 'hidden' is published in no "
+                               "environment"), lines
+    assert len(lines) == 4
+
+
+def test_validate_prints_every_error_with_its_path_and_exits_1(tmp_path):
+    config = tmp_path / "gw.yaml"
+    config.write_text(VALID.replace("path: /b", "path: /b, match_mode: fuzzy")
+                      .replace("groups: [{name: g}]", "groups: [{name: g}, {name: g}]")
+                      .replace("body: a}}", "body: a}, timout_ms: 5}"))
+    out = run("validate", str(config))
+    assert out.returncode == 1
+    assert out.stdout.splitlines() == [
+        f"{config}: 2 errors",
+        "apis[0].backend.timout_ms: unknown field",
+        "apis[1].match_mode: invalid value 'fuzzy' (expected one of: exact, prefix)",
+    ]
+
+
+def test_validate_reports_semantic_errors_and_unsupported_features(tmp_path):
+    config = tmp_path / "gw.json"
+    config.write_text('{"version": 1, "groups": [{"name": "g"}, {"name": "g"}], "apis": [{"name": "a",'
+                      ' "group": "g", "method": "GET", "path": "/a", "auth": "app", "backend": '
+                      '{"type": "mock", "mock": {}}, "environments": {"RELEASE": {}}}]}')
+    out = run("validate", str(config))
+    assert out.returncode == 1
+    assert out.stdout.splitlines() == [
+        f"{config}: 2 errors",
+        "groups[1].name: duplicate name 'g'",
+        "apis[0].auth: 'app' authentication is not supported in this version; use auth: none",
+    ]
+
+
+@pytest.mark.parametrize("content", [None, "", "version: [", "version: 2\n"])
+def test_validate_unreadable_empty_or_broken_files_exit_1(tmp_path, content):
+    config = tmp_path / "gw.yaml"
+    if content is not None:
+        config.write_text(content)
+    out = run("validate", str(config))
+    assert out.returncode == 1, out.stdout
+    assert out.stdout.startswith(f"{config}: "), out.stdout
+    assert "OK" not in out.stdout
+
+
+def test_validate_checks_what_the_shipped_example_serves():
+    out = run("validate", "tollgate/examples/gateway.yaml")
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.startswith("OK: tollgate/examples/gateway.yaml")

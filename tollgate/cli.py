@@ -1,6 +1,7 @@
-"""``tollgate <part> ...``: the command line above all parts.
+"""``tollgate <command> ...``: the command line above all parts.
 
-Subcommands arrive with their parts; today: ``tollgate gateway``.
+``tollgate gateway`` runs the data plane; ``tollgate validate FILE`` checks a configuration
+document the way the gateway would load it, for users' own CI.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def _gateway(args) -> int:
     from gateway.worker import WorkerSettings
 
     limits = Limits(max_body_bytes=args.max_body_bytes, drain_timeout_s=args.drain_timeout,
-                    upstream_idle_timeout_s=args.upstream_idle_timeout)
+                    upstream_idle_timeout_s=args.upstream_idle_timeout,
+                    underscores_in_headers=args.underscores_in_headers)
     worker = WorkerSettings(config=args.config, host=args.listen[0], port=args.listen[1],
                             limits=limits)
     settings = GatewaySettings(
@@ -32,6 +34,32 @@ def _gateway(args) -> int:
         workers=args.workers, access_log=args.access_log, worker=worker,
         watch_interval_s=args.watch_interval)
     return run_gateway(settings)
+
+
+def _validate(args) -> int:
+    """Print every error of the document with its path, or OK with a summary; exit 0 or 1."""
+    from gateway.config import ConfigError
+    from gateway.master import check_file
+
+    try:
+        checked = check_file(args.file)
+    except OSError as exc:
+        print(f"{args.file}: cannot read: {exc.strerror or exc}")
+        return 1
+    except ConfigError as exc:
+        count = len(exc.errors)
+        print(f"{args.file}: {count} error{'s' if count != 1 else ''}")
+        for error in exc.errors:
+            print(error)
+        return 1
+    served = sum(checked.apis_per_environment.values())
+    print(f"OK: {args.file} (configuration {checked.version}, {served} API"
+          f"{'s' if served != 1 else ''} served)")
+    for env, count in checked.apis_per_environment.items():
+        print(f"  {env}: {count} API{'s' if count != 1 else ''}")
+    for warning in checked.warnings:
+        print(f"warning: {warning}")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,7 +83,17 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds a pooled backend connection may stay idle")
     g.add_argument("--watch-interval", type=float, default=1.0,
                    help="seconds between checks of the config file for changes")
+    g.add_argument("--underscores-in-headers", action="store_true",
+                   help="forward request header names that contain '_' (dropped by default: "
+                        "CGI/WSGI backends read X_Foo as X-Foo); a name that reads as a framing, "
+                        "hop-by-hop or gateway-set header (Transfer_Encoding) is dropped even so")
     g.set_defaults(run=_gateway)
+    v = sub.add_parser("validate", help="check a configuration document without serving it",
+                       description="Load FILE as the gateway would and print every error with "
+                                   "its path (exit 1), or OK with the APIs served per "
+                                   "environment and any warnings (exit 0).")
+    v.add_argument("file", metavar="FILE", help="configuration document (YAML or JSON)")
+    v.set_defaults(run=_validate)
     return p
 
 

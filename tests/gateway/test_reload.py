@@ -237,3 +237,57 @@ def test_reload_while_a_slow_request_is_in_flight(make_gateway, backend_m):
     status, body = result["r"]
     assert status == 200
     assert json.loads(body)["target"] == "/slow?ms=2500"
+
+
+# -- what the operator reads in the log --------------------------------------------------------
+
+def log_lines(gw, text):
+    return [line for line in gw.log().splitlines() if text in line]
+
+
+def test_sighup_with_an_unchanged_file_logs_one_line(make_gateway, backend_m):
+    gw = make_gateway(config_a(backend_m.address))
+    version = readyz(gw)["config_version"]
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: log_lines(gw, "is unchanged"), what="a log line for the unchanged file")
+    time.sleep(0.3)
+    lines = log_lines(gw, "SIGHUP")
+    assert len(lines) == 1, gw.log()
+    assert version in lines[0] and "still serving" in lines[0]
+    assert readyz(gw)["config_version"] == version
+
+
+def test_a_config_file_that_disappears_keeps_serving_and_comes_back(make_gateway, backend_m):
+    gw = make_gateway(config_a(backend_m.address))
+    version = readyz(gw)["config_version"]
+    gw.config_path.unlink()
+    wait_for(lambda: log_lines(gw, "is gone"), what="a log line for the missing file")
+    time.sleep(0.6)   # three more polls of the file (--watch-interval 0.2): still one line
+    lines = log_lines(gw, "is gone")
+    assert len(lines) == 1 and version in lines[0] and "still serving" in lines[0], gw.log()
+    assert get(gw, "/mock") == (200, b'{"mock":"A"}')
+    gw.signal(signal.SIGHUP)          # asked to reload a file that is not there: one line
+    wait_for(lambda: log_lines(gw, "cannot read"), what="a log line for the failed SIGHUP")
+    assert len(log_lines(gw, "cannot read")) == 1
+    assert get(gw, "/mock") == (200, b'{"mock":"A"}')
+    gw.write_config(config_b(backend_m.address))   # back, with new content: loaded
+    wait_for(lambda: get(gw, "/mock") == (200, b'{"mock":"B"}'), what="the new file served")
+
+
+def test_an_unreadable_config_file_logs_one_line_and_keeps_serving(make_gateway, backend_m):
+    gw = make_gateway(config_a(backend_m.address))
+    version = readyz(gw)["config_version"]
+    gw.config_path.unlink()
+    gw.config_path.mkdir()            # unreadable even for root: a directory in its place
+    try:
+        # the file watcher notices the change and tries once
+        wait_for(lambda: log_lines(gw, "cannot read"), what="a log line for the unreadable file")
+        time.sleep(0.6)               # three more polls: nothing new to say
+        lines = log_lines(gw, "cannot read")
+        assert len(lines) == 1 and version in lines[0] and "still serving" in lines[0], gw.log()
+        gw.signal(signal.SIGHUP)      # each SIGHUP is answered with one line
+        wait_for(lambda: len(log_lines(gw, "cannot read")) == 2, what="a line for the SIGHUP")
+        assert "Traceback" not in gw.log()
+        assert get(gw, "/mock") == (200, b'{"mock":"A"}')
+    finally:
+        gw.config_path.rmdir()

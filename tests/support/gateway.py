@@ -23,11 +23,12 @@ def free_port() -> int:
 
 class GatewayProcess:
     def __init__(self, config: dict | str, workdir: Path, workers: int = 1,
-                 access_log: str | None = None, extra_args=(), env=None):
+                 access_log: str | None = None, extra_args=(), env=None, port: int | None = None,
+                 name: str = "gateway"):
         self.workdir = Path(workdir)
-        self.config_path = self.workdir / "gateway.yaml"
+        self.config_path = self.workdir / f"{name}.yaml"
         self.write_config(config)
-        self.port = free_port()
+        self.port = port or free_port()
         self.status_port = free_port()
         self.workers = workers
         self.args = [sys.executable, "-m", "tollgate", "gateway", "--config", str(self.config_path),
@@ -37,7 +38,7 @@ class GatewayProcess:
         if access_log:
             self.args += ["--access-log", access_log]
         self.env = dict(os.environ, **(env or {}))
-        self.log_path = self.workdir / "gateway.log"
+        self.log_path = self.workdir / f"{name}.log"
         self.proc = None
 
     def write_config(self, config):
