@@ -1,0 +1,108 @@
+"""Load scenarios for your own Tollgate deployment, run with locust.
+
+    locust -f benchmarks/locustfile.py --host http://127.0.0.1:8080            # web UI
+    locust -f benchmarks/locustfile.py --host http://127.0.0.1:8080 --headless \\
+           -u 50 -r 10 -t 60s PlainGet                                          # one scenario
+
+Scenarios (user classes; name one or more on the command line, default all):
+
+* ``PlainGet``    -- GET ``--get-path`` (default ``/demo/hello``)
+* ``PostJson``    -- POST a JSON document of ``--json-bytes`` bytes to ``--post-path``
+                     (default ``/demo/orders``)
+* ``WeightedMix`` -- a weighted mix of requests given by ``--mix``:
+                     ``"GET /demo/hello=5,POST /demo/orders=1"`` (``METHOD PATH=WEIGHT``, comma
+                     separated; a POST carries the JSON document)
+
+Every option can also be set in the environment (``LOCUST_GET_PATH``, ``LOCUST_POST_PATH``,
+``LOCUST_MIX``, ``LOCUST_JSON_BYTES``, ``LOCUST_STAGE``) and ``--stage`` adds ``X-Stage`` to
+every request.  The defaults match ``tollgate/examples/gateway.yaml``.  A response that is not
+2xx or 3xx counts as a failure.  See benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import json
+import random
+
+from locust import FastHttpUser, constant, events, task
+
+DEFAULT_MIX = "GET /demo/hello=5,POST /demo/orders=1"
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser):
+    parser.add_argument("--get-path", default="/demo/hello", env_var="LOCUST_GET_PATH",
+                        help="path of the PlainGet scenario")
+    parser.add_argument("--post-path", default="/demo/orders", env_var="LOCUST_POST_PATH",
+                        help="path of the PostJson scenario")
+    parser.add_argument("--json-bytes", type=int, default=256, env_var="LOCUST_JSON_BYTES",
+                        help="size of the JSON document POSTed")
+    parser.add_argument("--mix", default=DEFAULT_MIX, env_var="LOCUST_MIX",
+                        help="WeightedMix: 'METHOD PATH=WEIGHT,...'")
+    parser.add_argument("--stage", default="", env_var="LOCUST_STAGE",
+                        help="send X-Stage: STAGE (an environment other than RELEASE)")
+
+
+@events.init.add_listener
+def _check_options(environment, **_kwargs):
+    options = environment.parsed_options
+    if options is not None:
+        parse_mix(options.mix)          # a bad --mix stops the run before any user starts
+
+
+def json_document(size: int) -> bytes:
+    """A JSON object of about ``size`` bytes (at least its fixed part)."""
+    pad = max(0, size - len('{"order":1,"pad":""}'))
+    return json.dumps({"order": 1, "pad": "x" * pad}, separators=(",", ":")).encode()
+
+
+def parse_mix(text: str) -> list[tuple[str, str, int]]:
+    """``"GET /a=3,POST /b=1"`` -> ``[("GET", "/a", 3), ("POST", "/b", 1)]``."""
+    mix = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        request, _, weight = item.rpartition("=")
+        method, _, path = request.strip().partition(" ")
+        if not path.startswith("/") or not weight.strip().isdigit() or int(weight) < 1:
+            raise ValueError(f"--mix item {item!r}: expected 'METHOD /path=WEIGHT'")
+        mix.append((method.upper(), path.strip(), int(weight)))
+    if not mix:
+        raise ValueError("--mix names no request")
+    return mix
+
+
+class _GatewayUser(FastHttpUser):
+    abstract = True
+    wait_time = constant(0)
+
+    def on_start(self):
+        options = self.environment.parsed_options
+        self.headers = {"X-Stage": options.stage} if options.stage else {}
+        self.json_headers = {**self.headers, "Content-Type": "application/json"}
+        self.document = json_document(options.json_bytes)
+
+
+class PlainGet(_GatewayUser):
+    @task
+    def get(self):
+        self.client.get(self.environment.parsed_options.get_path, headers=self.headers)
+
+
+class PostJson(_GatewayUser):
+    @task
+    def post(self):
+        self.client.post(self.environment.parsed_options.post_path, data=self.document,
+                         headers=self.json_headers)
+
+
+class WeightedMix(_GatewayUser):
+    def on_start(self):
+        super().on_start()
+        mix = parse_mix(self.environment.parsed_options.mix)
+        self.requests = [(method, path) for method, path, _ in mix]
+        self.weights = [weight for _, _, weight in mix]
+
+    @task
+    def mixed(self):
+        method, path = random.choices(self.requests, self.weights)[0]
+        body = self.document if method in ("POST", "PUT", "PATCH") else None
+        self.client.request(method, path, data=body, name=f"{method} {path}",
+                            headers=self.json_headers if body is not None else self.headers)
