@@ -10,7 +10,8 @@ warms each proxy up, then drives them one at a time with wrk (127.0.0.1 only, bo
 duration), interleaving the targets over several reps (the order rotates each rep), and prints
 requests/s, p50/p99 latency, CPU microseconds per request of all of each proxy's processes
 (user/system), the upstream's CPU per request, and the ratios Tollgate/nginx against the targets.
-The markdown report goes to the ``proxy`` section of benchmarks/RESULTS.md unless ``--no-write``.
+The markdown report goes to the ``proxy`` section of benchmarks/RESULTS.md (``proxy-N-workers``
+with ``--workers N``) unless ``--no-write``.
 
     python -m benchmarks.run [--duration 10] [--reps 3] [--connections 50] [--threads 1]
                              [--workers 1] [--targets nginx,tollgate] [--access-log-cost]
@@ -824,8 +825,10 @@ def main(argv=None) -> int:
         md = report(args, runs, names, info, steal, notes)
         print(md)
         if not args.no_write:
-            write_section("proxy", md)
-            log("wrote the 'proxy' section of benchmarks/RESULTS.md")
+            # one section per worker count: the 1- and 2-worker figures are kept side by side
+            section = "proxy" if args.workers == 1 else f"proxy-{args.workers}-workers"
+            write_section(section, md)
+            log(f"wrote the '{section}' section of benchmarks/RESULTS.md")
         clean = not any(r.problems for r in runs) and not notes
         if not clean:
             loud("some runs were not clean: see the WARNING above")

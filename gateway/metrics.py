@@ -104,6 +104,7 @@ class WorkerMetrics:
             "errors": self.errors,
             "dropped_headers": self.dropped_headers,
             "truncated": self.truncated,
+            "desyncs": worker.pool.desyncs,
             "in_flight": in_flight,
             "connections": len(worker.connections),
             "pool_open": worker.pool.opened,
@@ -124,7 +125,8 @@ class ClusterCollector:
     def __init__(self, master):
         self.master = master
         self.latest: dict[int, dict] = {}     # worker pid -> its latest export
-        self.retired: dict = {"apis": {}, "errors": {}, "dropped_headers": {}, "truncated": 0}
+        self.retired: dict = {"apis": {}, "errors": {}, "dropped_headers": {}, "truncated": 0,
+                              "desyncs": 0}
 
     def update(self, pid, export):
         self.latest[pid] = export
@@ -152,13 +154,15 @@ class ClusterCollector:
         for reason, n in export["dropped_headers"].items():
             acc["dropped_headers"][reason] = acc["dropped_headers"].get(reason, 0) + n
         acc["truncated"] += export["truncated"]
+        acc["desyncs"] += export["desyncs"]
 
     def collect(self):
         acc = {"apis": {k: [list(v[0]), list(v[1]), v[2], list(v[3]), v[4]]
                         for k, v in self.retired["apis"].items()},
                "errors": dict(self.retired["errors"]),
                "dropped_headers": dict(self.retired["dropped_headers"]),
-               "truncated": self.retired["truncated"]}
+               "truncated": self.retired["truncated"],
+               "desyncs": self.retired["desyncs"]}
         in_flight = connections = pool_open = pool_idle = 0
         implementations = set()
         for export in self.latest.values():
@@ -204,6 +208,9 @@ class ClusterCollector:
         yield CounterMetricFamily("tollgate_responses_truncated", "Responses cut after their head "
                                   "was sent (backend reset or failure mid-body, client not reading)",
                                   value=acc["truncated"])
+        yield CounterMetricFamily("tollgate_upstream_desyncs", "Times a backend sent bytes nobody "
+                                  "asked for (its connections are then not reused for a while)",
+                                  value=acc["desyncs"])
         yield GaugeMetricFamily("tollgate_in_flight_requests", "Requests being answered now",
                                 value=in_flight)
         yield GaugeMetricFamily("tollgate_client_connections", "Open client connections",

@@ -50,7 +50,7 @@ cdef class ProxyCall(UpstreamOwner):
     cdef _remember(self, bytes data)
     cdef _retry(self, bint fresh)
     cpdef drop_upstream(self)
-    cpdef upstream_head(self, UpstreamConnection conn, int status, list headers)
+    cpdef int upstream_head(self, UpstreamConnection conn, int status, list headers) except -1
     cpdef upstream_body(self, bytes chunk)
     cpdef upstream_done(self, UpstreamConnection conn, bint reusable)
     cpdef upstream_bad_response(self, UpstreamConnection conn, str detail)

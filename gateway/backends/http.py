@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.exchange import Handler, monotonic
 from gateway.http.server import UPSTREAM
-from gateway.http.upstream import BadResponse, UpstreamOwner
+from gateway.http.upstream import CHUNKED, LENGTH, UNTIL_CLOSE, BadResponse, UpstreamOwner
 from fastpath import concat, filter_request_headers, filter_response_headers
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
@@ -269,7 +269,9 @@ class ProxyCall(UpstreamOwner):
         lines, length, framed, dated = filter_response_headers(headers)
         ex.conn.set_deadline(UPSTREAM, self.backend.timeout_s)   # from now on, a read-idle timeout
         ex.respond_head(status, lines, length, dated)
-        return framed
+        if not framed:
+            return UNTIL_CLOSE
+        return LENGTH if length >= 0 else CHUNKED
 
     def upstream_body(self, chunk):
         ex = self.ex

@@ -20,7 +20,9 @@ cdef class ClientConnection(Connection):
     cdef public bint in_head
     cdef public object head_buffer
     cdef public bint peer_eof
-    cdef public bint completed_in_feed
+    cdef public Py_ssize_t header_count
+    cdef public bint body_seen
+    cdef public Py_ssize_t stall_bytes
     cdef public bint underscores
     cdef public Py_ssize_t headers_size
     cdef public object h_host

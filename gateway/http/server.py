@@ -46,9 +46,9 @@ _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HE
                                       "TRACE", "CONNECT")}
 _VERSIONS = {"1.0": "1.0", "1.1": "1.1"}
 
-# A request line that starts with a method token (RFC 9110 §9.1) llhttp does not know: 501, not
-# 400 (the request is well-formed; the method is what the gateway does not implement).
-_METHOD_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
+# A request line with a method token (RFC 9110 §9.1) llhttp does not know: 501, not 400 (the
+# request is well-formed; the method is what the gateway does not implement).
+_UNKNOWN_METHOD_LINE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/[0-9]\.[0-9]\r\n")
 
 # Header names with '_' (underscore_kind): CGI and WSGI backends read X_Foo and X-Foo as the same
 # variable, so Transfer_Encoding would reach them as framing the gateway never checked.
@@ -63,6 +63,21 @@ def _request_parser(protocol):
     parser = httptools.HttpRequestParser(protocol)
     parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
     return parser
+
+
+# llhttp's reasons (httptools gives no other handle) for what is not malformed but not served
+_NOT_SERVED = {
+    # a method llhttp knows for RTSP or ICE only (DESCRIBE, SETUP, ...)
+    "Invalid method for HTTP/x.x request": ("Method not implemented", 501),
+    # "PRI * HTTP/2.0": an HTTP/2 client with prior knowledge
+    "Expected HTTP/2 Connection Preface": ("HTTP version not supported", 505),
+}
+
+
+def _parse_error(exc):
+    """The answer to a request llhttp refused."""
+    message, status = _NOT_SERVED.get(str(exc), ("Malformed HTTP request", 400))
+    return FramingError(message, f"parser: {exc}", status=status)
 
 
 def _version(text):
@@ -114,7 +129,9 @@ class ClientConnection(Connection):
         self.head_buffer = None      # a head arriving in pieces (gateway.http.headbuffer)
         self.headers_size = 0
         self.peer_eof = False        # the client half-closed: no request can follow
-        self.completed_in_feed = False
+        self.header_count = 0
+        self.body_seen = False       # the current read carried body bytes
+        self.stall_bytes = 0         # bytes of a chunked body read without a body byte
         self.h_host = None
         self.h_te = None
         self.h_cl = None
@@ -186,8 +203,7 @@ class ClientConnection(Connection):
                 return
             if data is None:
                 return
-        idle_before = not self.in_head and self.parsing is None
-        self.completed_in_feed = False
+        self.body_seen = False
         self.corked = True
         try:
             self.parser.feed_data(data)
@@ -195,10 +211,9 @@ class ClientConnection(Connection):
             self.reject(error)
             return
         except httptools.HttpParserInvalidMethodError:
-            # 501 when the request line starts with a method token that llhttp does not know
-            # (and the failing request is the first of this read, so its start is known)
-            token = (idle_before and not self.completed_in_feed
-                     and _METHOD_TOKEN.match(data.lstrip(b"\r\n")) is not None)
+            # 501 when what failed is a request line with a method token llhttp does not know
+            # (llhttp does not say where it failed: the read holds the line, or its end)
+            token = _UNKNOWN_METHOD_LINE.search(data) is not None
             self.reject(FramingError("Method not implemented", "unknown method", status=501)
                         if token else FramingError("Malformed HTTP request", "invalid method"))
             return
@@ -220,15 +235,22 @@ class ClientConnection(Connection):
                 self.reject(InternalError("Internal error", f"callback: {cause!r}"))
             return
         except httptools.HttpParserError as exc:
-            self.reject(FramingError("Malformed HTTP request", f"parser: {exc}"))
+            self.reject(_parse_error(exc))
             return
         finally:
             self.uncork()
         if self.in_head:
             if self.head_buffer is None and not self.closed and not self.lingering:
                 self.head_buffer = HeadBuffer(data)
-        else:
-            self.head_buffer = None
+        elif self.parsing is not None and self.parsing.chunked:
+            # reads that carry no body byte of a chunked body are chunk lines or trailer
+            # fields: bounded, so an endless trailer field cannot grow the worker
+            if self.body_seen:
+                self.stall_bytes = 0
+            else:
+                self.stall_bytes += len(data)
+                if self.stall_bytes > self.max_header:
+                    self.reject(TooLarge("Request trailer fields too large", status=494))
 
     def _after_upgrade(self, data, upgrade):
         offset = upgrade.args[0] if upgrade.args else len(data)
@@ -266,6 +288,7 @@ class ClientConnection(Connection):
             raise _StopParsing()
         self.in_head = True
         self.headers_size = 0
+        self.header_count = 0
         self.url = b""
         self.headers = []
         self.h_host = self.h_te = self.h_cl = self.h_expect = self.h_stage = None
@@ -279,10 +302,17 @@ class ClientConnection(Connection):
 
     def on_header(self, name, value):
         size = len(name) + len(value)
+        self.headers_size += size
+        self.header_count += 1
+        if not self.in_head:
+            # a trailer field of a chunked body: bounded, never forwarded (the body is re-framed
+            # without trailers) and never mistaken for a header of the request
+            if self.headers_size > self.max_header or self.header_count > self.max_count:
+                raise TooLarge("Request trailer fields too large", status=494)
+            return
         if size > self.max_header:
             raise TooLarge("Request header too large", f"header {name[:64]!r}: {size} bytes", status=494)
-        self.headers_size += size
-        if self.headers_size > self.max_headers or len(self.headers) >= self.max_count:
+        if self.headers_size > self.max_headers or self.header_count > self.max_count:
             raise TooLarge("Request headers too large", status=494)
         underscore = underscore_kind(name)
         if underscore != 0 and (underscore == _UNDERSCORE_ALIAS or not self.underscores):
@@ -311,6 +341,9 @@ class ClientConnection(Connection):
 
     def on_headers_complete(self):
         self.in_head = False
+        self.head_buffer = None     # this head is complete; the next one gets its own
+        self.headers_size = 0       # from here on, what on_header sees are trailer fields
+        self.header_count = 0
         parser = self.parser
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
@@ -394,6 +427,7 @@ class ClientConnection(Connection):
         return authority
 
     def on_body(self, chunk):
+        self.body_seen = True
         ex = self.parsing
         if ex is None:
             return
@@ -411,7 +445,7 @@ class ClientConnection(Connection):
     def on_message_complete(self):
         ex = self.parsing
         self.parsing = None
-        self.completed_in_feed = True
+        self.stall_bytes = 0
         if ex is None:
             return
         ex.request_complete = True

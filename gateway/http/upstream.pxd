@@ -1,5 +1,18 @@
 # Types for the compiled form of gateway/http/upstream.py (Cython pure-Python mode).
+cimport cython
+from libc.errno cimport errno, EAGAIN
 from gateway.exchange cimport Connection, Exchange
+
+cdef extern from "errno.h" nogil:
+    const int EWOULDBLOCK
+
+cdef extern from "sys/socket.h" nogil:
+    ssize_t recv(int sockfd, void *buf, size_t len, int flags)
+    const int MSG_PEEK
+    const int MSG_DONTWAIT
+
+cdef bint _COMPILED
+cdef int _UNTIL_CLOSE, _CHUNKED
 
 
 cdef class UpstreamConnection
@@ -7,7 +20,7 @@ cdef class UpstreamConnection
 
 cdef class UpstreamOwner:
     cdef public Exchange ex
-    cpdef upstream_head(self, UpstreamConnection conn, int status, list headers)
+    cpdef int upstream_head(self, UpstreamConnection conn, int status, list headers) except -1
     cpdef upstream_body(self, bytes chunk)
     cpdef upstream_done(self, UpstreamConnection conn, bint reusable)
     cpdef upstream_bad_response(self, UpstreamConnection conn, str detail)
@@ -36,6 +49,10 @@ cdef class UpstreamConnection:
     cdef public bint completed
     cdef public bint keep_alive
     cdef public bint leftover
+    cdef public int framing
+    cdef public bint body_seen
+    cdef public Py_ssize_t stall_bytes
+    cdef public int fd
 
     cpdef close(self)
     cpdef send(self, UpstreamOwner owner, bytes data, bint skip_body)
@@ -43,6 +60,8 @@ cdef class UpstreamConnection:
     cpdef pause_reading(self, bint paused)
     cdef _feed(self, UpstreamOwner owner, bytes data)
     cdef _bad(self, UpstreamOwner owner, str detail)
+    @cython.locals(fd=int, byte="char", n=Py_ssize_t)
+    cpdef bint is_quiet(self)
     cdef _finish(self, UpstreamOwner owner, bint keep_alive)
 
 
@@ -57,9 +76,12 @@ cdef class UpstreamPool:
     cdef public Py_ssize_t max_headers
     cdef public Py_ssize_t max_count
     cdef public Py_ssize_t head_guard
+    cdef public dict distrusted
+    cdef public long long desyncs
 
     cpdef UpstreamConnection take(self, object key)
     cpdef give_back(self, UpstreamConnection conn, double now)
+    cpdef distrust(self, object key, str what)
     cpdef forget(self, UpstreamConnection conn)
     cpdef sweep(self, double now)
     cpdef close_all(self)

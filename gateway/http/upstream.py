@@ -7,16 +7,43 @@ so warm connections are reused and cold ones age out; the worker's sweep closes 
 longer than the limit.  A connection the backend closed while idle leaves the pool at once (its
 ``connection_lost`` fires), which narrows the keep-alive race; the backend call covers the rest
 by replaying a safe request on a fresh connection.
+
+A backend that sends bytes nobody asked for (after a complete response) is out of step with the
+gateway: whatever it sends next could be taken for the answer to another client's request.  Its
+connection is closed, and for ``DISTRUST_S`` seconds no connection to that backend is reused, so
+one such backend cannot feed its leftovers to other clients through the pool.  Before an idle
+connection is reused, the socket is checked (``MSG_PEEK``) for bytes or a close that arrived
+while it sat in the pool and the event loop has not delivered yet.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import httptools
 
 from gateway.exchange import Connection
 from gateway.http.headbuffer import HeadBuffer
+
+try:
+    import cython
+
+    _COMPILED = cython.compiled
+except ImportError:  # pragma: no cover - without Cython only the interpreted form exists
+    _COMPILED = False
+
+log = logging.getLogger("tollgate.gateway")
+
+# How a response's body ends (UpstreamOwner.upstream_head's answer); the _ names are the C
+# constants of the compiled form
+UNTIL_CLOSE, LENGTH, CHUNKED = 0, 1, 2
+_UNTIL_CLOSE, _CHUNKED = UNTIL_CLOSE, CHUNKED
+
+#: seconds a backend that sent unasked bytes gets no reused connection
+DISTRUST_S = 60.0
+
+_PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 class UpstreamOwner:
@@ -30,6 +57,8 @@ class UpstreamOwner:
         self.ex = None
 
     def upstream_head(self, conn, status, headers):
+        """The response head arrived; return how its body ends (UNTIL_CLOSE, LENGTH, CHUNKED).
+        Raises ValueError for framing that cannot be forwarded."""
         raise NotImplementedError
 
     def upstream_body(self, chunk):
@@ -86,12 +115,17 @@ class UpstreamConnection:
         self.completed = False       # the response ended during the current feed
         self.keep_alive = False      # ... and the backend allows another request after it
         self.leftover = False        # ... and more bytes followed it
+        self.framing = _UNTIL_CLOSE  # how the current response's body ends
+        self.body_seen = False       # the current read carried body bytes
+        self.stall_bytes = 0         # bytes of a chunked body read without a body byte
+        self.fd = -1
 
     # -- lifecycle --------------------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            self.fd = sock.fileno()
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -165,7 +199,8 @@ class UpstreamConnection:
     def data_received(self, data):
         owner = self.owner
         if owner is None:
-            # bytes from a backend with no request outstanding: it is confused; drop it
+            # bytes from a backend with no request outstanding: it is out of step
+            self.pool.distrust(self.key, "sent bytes while no request was outstanding")
             self.close()
             return
         self.got_bytes = True
@@ -187,6 +222,7 @@ class UpstreamConnection:
             client.uncork()
 
     def _feed(self, owner, data):
+        self.body_seen = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -206,6 +242,9 @@ class UpstreamConnection:
         if self.completed:
             self.completed = False
             self.head_buffer = None
+            self.stall_bytes = 0
+            if self.leftover:
+                self.pool.distrust(self.key, "sent bytes after a complete response")
             reusable = self.keep_alive and not self.leftover
             if self.skip_body or not reusable:
                 # llhttp does not know that a response to HEAD has no body: it may be waiting
@@ -213,8 +252,17 @@ class UpstreamConnection:
                 self.parser = httptools.HttpResponseParser(self)
             self.leftover = False
             self._finish(owner, reusable)
-        elif self.in_head and self.head_buffer is None:
-            self.head_buffer = HeadBuffer(data)
+        elif self.in_head:
+            if self.head_buffer is None:
+                self.head_buffer = HeadBuffer(data)
+        elif self.framing == _CHUNKED and not self.body_seen:
+            # chunk lines or trailer fields only: bounded like one header line, so an endless
+            # trailer field cannot grow the worker
+            self.stall_bytes += len(data)
+            if self.stall_bytes > self.pool.max_header:
+                self._bad(owner, "response trailer fields too large")
+        else:
+            self.stall_bytes = 0
 
     def _bad(self, owner, detail):
         self.owner = None
@@ -230,6 +278,8 @@ class UpstreamConnection:
         self.head_size = 0
 
     def on_header(self, name, value):
+        if not self.in_head:
+            return      # a trailer field: bounded by the stall count, never forwarded
         size = len(name) + len(value)
         self.head_size += size
         self.headers.append((name, value))
@@ -244,6 +294,8 @@ class UpstreamConnection:
         parser = self.parser
         status = parser.get_status_code()
         if status < 200:
+            if status < 100:
+                raise BadResponse(f"status {status} is not an HTTP status")
             if status == 101:
                 # the gateway never forwards an upgrade request, so a switch is unasked for
                 raise BadResponse("protocol switch (101) to a request that asked for none")
@@ -256,10 +308,12 @@ class UpstreamConnection:
         headers = self.headers
         self.headers = []
         try:
-            framed = owner.upstream_head(self, status, headers)
+            framing = owner.upstream_head(self, status, headers)
         except ValueError as exc:        # framing headers the gateway cannot forward
             raise BadResponse(str(exc)) from None
-        self.eof_body = not framed and not self.skip_body and status not in (204, 304)
+        self.framing = framing
+        self.stall_bytes = 0
+        self.eof_body = framing == _UNTIL_CLOSE and not self.skip_body and status not in (204, 304)
         if self.skip_body:
             # a response to HEAD ends with its head whatever its framing headers say
             self.completed = True
@@ -268,6 +322,7 @@ class UpstreamConnection:
     def on_body(self, chunk):
         if self.completed:
             raise _Leftover()           # a body sent after the head of a response to HEAD
+        self.body_seen = True
         if not self.interim:
             self.owner.upstream_body(chunk)
 
@@ -275,9 +330,35 @@ class UpstreamConnection:
         if self.interim:
             self.interim = False
             return
-        if not self.completed:      # (a response to HEAD was complete at its head)
+        if not self.completed:
             self.completed = True
             self.keep_alive = self.parser.should_keep_alive()
+        elif self.framing == _CHUNKED:
+            # a response to HEAD was complete at its head; llhttp has now read a chunked body
+            # (if only "0" CRLF CRLF) that the backend should not have sent
+            self.leftover = True
+
+    def is_quiet(self):
+        """Nothing waits unread on the socket: no byte and no close.  Checked before an idle
+        connection is reused, for what arrived while the event loop had not delivered it."""
+        fd = self.fd
+        if fd < 0:
+            return True
+        if _COMPILED:
+            # recv, MSG_PEEK, MSG_DONTWAIT, errno come from upstream.pxd (libc)
+            byte = 0
+            n = recv(fd, cython.address(byte), 1, MSG_PEEK | MSG_DONTWAIT)
+            return n < 0 and (errno == EAGAIN or errno == EWOULDBLOCK)
+        sock = socket.socket(fileno=fd)
+        try:
+            sock.recv(1, _PEEK_FLAGS)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            sock.detach()
+        return False
 
     def _finish(self, owner, keep_alive):
         self.owner = None
@@ -301,6 +382,8 @@ class UpstreamPool:
         self.max_headers = limits.max_headers_bytes
         self.max_count = limits.max_headers_count
         self.head_guard = limits.head_guard_bytes
+        self.distrusted = {}     # (host, port) -> loop time until which nothing is reused
+        self.desyncs = 0         # times a backend sent unasked bytes, for the metrics
 
     def take(self, key):
         """An idle connection to ``key`` or None.  Most recently used first."""
@@ -308,12 +391,22 @@ class UpstreamPool:
         while conns:
             conn = conns.pop()
             if not conn.closed and not conn.transport.is_closing():
-                return conn
+                if conn.is_quiet():
+                    return conn
+                # the backend closed it, or sent something, while it was idle
+                conn.close()
         return None
 
     def give_back(self, conn, now):
         if conn.closed or conn.transport.is_closing():
             return
+        if self.distrusted:
+            until = self.distrusted.get(conn.key)
+            if until is not None:
+                if now < until:
+                    conn.close()
+                    return
+                del self.distrusted[conn.key]
         conns = self.idle.get(conn.key)
         if conns is None:
             conns = self.idle[conn.key] = []
@@ -324,6 +417,17 @@ class UpstreamPool:
             conn.pause_reading(False)
         conn.idle_since = now
         conns.append(conn)
+
+    def distrust(self, key, what):
+        """A backend sent bytes nobody asked for: reuse none of its connections for a while."""
+        self.desyncs += 1
+        now = self.loop.time()
+        if self.distrusted.get(key, 0.0) <= now:
+            log.warning("backend %s:%s %s; its connections are not reused for %.0f s",
+                        key[0], key[1], what, DISTRUST_S)
+        self.distrusted[key] = now + DISTRUST_S
+        for conn in self.idle.pop(key, ()):
+            conn.close()
 
     def forget(self, conn):
         conns = self.idle.get(conn.key)

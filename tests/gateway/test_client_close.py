@@ -120,3 +120,107 @@ def test_underscores_kept_on_request_but_never_framing_aliases(make_gateway, bac
     assert not {"Transfer_Encoding", "X_Request_Id"} & set(names), names
     gw.wait_metric("tollgate_request_headers_dropped_total", 2, reason="alias")
     gw.wait_metric("tollgate_request_headers_dropped_total", 0, reason="underscore")
+
+
+# -- heads and trailers that arrive in pieces ------------------------------------------------------
+
+def test_pipelined_requests_split_across_reads_are_each_bounded_alone(make_gateway, backend):
+    """Each read ends inside the next request's head: what bounds a head is that head's size,
+    not what the connection received since."""
+    gw = make_gateway(proxy_config(backend.address))
+    requests = [b"GET /echo?t=split%d HTTP/1.1\r\nHost: gw.test\r\nX-Pad: %s\r\n\r\n" % (i, b"p" * 900)
+                for i in range(250)]
+    from tests.support.client import _Collector
+    collector = _Collector()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(requests[0][:500])
+        for i in range(len(requests)):
+            nxt = requests[i + 1][:500] if i + 1 < len(requests) else b""
+            sock.sendall(requests[i][500:] + nxt)
+            while sum(r.complete for r in collector.responses) <= i:
+                part = sock.recv(65536)
+                assert part, f"closed after {i} requests"
+                collector.parser.feed_data(part)
+    assert [r.status for r in collector.responses] == [200] * len(requests)
+
+
+def test_a_body_in_the_read_that_ends_a_trickled_head_is_not_head(make_gateway, backend):
+    gw = make_gateway(proxy_config(backend.address))
+    headers = b"".join(b"X-H%02d: %s\r\n" % (i, b"v" * 3990) for i in range(32))   # ~128 KB, allowed
+    body = b"B" * 40000
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /echo?t=trickled HTTP/1.1\r\n")
+        import time
+        time.sleep(0.05)
+        sock.sendall(b"Host: gw.test\r\n" + headers + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        raw = wait_peer_close_or_response(sock)
+    responses, _ = exchange_parse(raw)
+    assert responses and responses[0].status == 200, raw[:300]
+    assert responses[0].json()["body_length"] == len(body)
+
+
+def wait_peer_close_or_response(sock, timeout=10.0) -> bytes:
+    from tests.support.client import _Collector
+    c = _Collector()
+    sock.settimeout(timeout)
+    data = b""
+    while not any(r.complete for r in c.responses):
+        part = sock.recv(65536)
+        if not part:
+            break
+        data += part
+        c.parser.feed_data(part)
+    return data
+
+
+def test_an_endless_request_trailer_is_refused(make_gateway, backend):
+    gw = make_gateway(proxy_config(backend.address))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /echo?t=trailer HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"2\r\nok\r\n0\r\nX-Trailer: ")
+        sent = 0
+        try:
+            while sent < 8 * 1024 * 1024:
+                sock.sendall(b"a" * 512)
+                sent += 512
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert sent < 8 * 1024 * 1024, "the gateway took 8 MB of one trailer field"
+        data = wait_peer_close(sock, timeout=10)
+    assert b" 494 " in data.split(b"\r\n", 1)[0] or data == b"", data[:200]
+
+
+def test_trailer_fields_never_become_headers_of_a_queued_request(make_gateway, backend):
+    gw = make_gateway(proxy_config(backend.address))
+    data = (b"GET /slow?ms=300 HTTP/1.1\r\nHost: gw.test\r\n\r\n"
+            b"POST /echo?t=queued HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Injected-From-Trailer: yes\r\nAuthorization: Bearer trailer\r\n\r\n")
+    responses, _ = exchange(gw.port, data, expect=2, timeout=10)
+    assert [r.status for r in responses] == [200, 200], responses
+    names = {k.lower() for k, _ in responses[1].json()["headers"]}
+    assert "x-injected-from-trailer" not in names and "authorization" not in names
+
+
+def test_dropped_underscore_headers_count_towards_the_header_limits(make_gateway, backend):
+    gw = make_gateway(proxy_config(backend.address))
+    many = b"".join(b"a_%d: x\r\n" % i for i in range(300))
+    responses, closed = exchange(gw.port, b"GET /echo?t=manyunder HTTP/1.1\r\nHost: gw.test\r\n" + many + b"\r\n")
+    assert responses and responses[0].status == 494, responses
+    assert closed
+
+
+@pytest.mark.parametrize("chunks", [
+    [b"GET /echo?t=ok HTTP/1.1\r\nHost: gw.test\r\n\r\nFOO /echo HTTP/1.1\r\nHost: gw.test\r\n\r\n"],
+    [b"PA", b"TCHY /echo HTTP/1.1\r\nHost: gw.test\r\n\r\n"],
+    [b"DESCRIBE /echo HTTP/1.1\r\nHost: gw.test\r\n\r\n"],
+], ids=["pipelined", "split", "rtsp-method"])
+def test_unknown_methods_are_501_wherever_the_request_line_falls(make_gateway, backend, chunks):
+    gw = make_gateway(proxy_config(backend.address))
+    import time
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        for chunk in chunks:
+            sock.sendall(chunk)
+            time.sleep(0.05)
+        raw = wait_peer_close(sock)
+    responses, _ = exchange_parse(raw)
+    assert responses[-1].status == 501, responses
