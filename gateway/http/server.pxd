@@ -51,6 +51,8 @@ cdef class ClientConnection(Connection):
     cdef public double body_timeout
     cdef public double keepalive_timeout
 
+    @cython.locals(size=Py_ssize_t, underscore=int, watched=int)
+    cpdef on_header(self, bytes name, bytes value)
     @cython.locals(host=bytes, target=bytes)
     cdef _check_framing(self, Exchange ex)
     cdef bytes _absolute_form(self, Exchange ex, bytes target, object host)

@@ -44,7 +44,6 @@ _WATCHED_TABLE = name_table(_WATCHED)
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
                                       "TRACE", "CONNECT")}
-_VERSIONS = {"1.0": "1.0", "1.1": "1.1"}
 
 # A request line with a method token (RFC 9110 §9.1) llhttp does not know: 501, not 400 (the
 # request is well-formed; the method is what the gateway does not implement).
@@ -345,9 +344,9 @@ class ClientConnection(Connection):
         self.headers_size = 0       # from here on, what on_header sees are trailer fields
         self.header_count = 0
         parser = self.parser
-        version = _VERSIONS.get(parser.get_http_version())
-        if version is None:
-            version = _version(parser.get_http_version())
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            version = _version(version)
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         if method == "CONNECT":

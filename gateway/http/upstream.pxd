@@ -1,17 +1,7 @@
 # Types for the compiled form of gateway/http/upstream.py (Cython pure-Python mode).
 cimport cython
-from libc.errno cimport errno, EAGAIN
 from gateway.exchange cimport Connection, Exchange
 
-cdef extern from "errno.h" nogil:
-    const int EWOULDBLOCK
-
-cdef extern from "sys/socket.h" nogil:
-    ssize_t recv(int sockfd, void *buf, size_t len, int flags)
-    const int MSG_PEEK
-    const int MSG_DONTWAIT
-
-cdef bint _COMPILED
 cdef int _UNTIL_CLOSE, _CHUNKED
 
 
@@ -52,16 +42,15 @@ cdef class UpstreamConnection:
     cdef public int framing
     cdef public bint body_seen
     cdef public Py_ssize_t stall_bytes
-    cdef public int fd
 
     cpdef close(self)
     cpdef send(self, UpstreamOwner owner, bytes data, bint skip_body)
     cpdef write(self, bytes data)
     cpdef pause_reading(self, bint paused)
+    @cython.locals(size=Py_ssize_t)
+    cpdef on_header(self, bytes name, bytes value)
     cdef _feed(self, UpstreamOwner owner, bytes data)
     cdef _bad(self, UpstreamOwner owner, str detail)
-    @cython.locals(fd=int, byte="char", n=Py_ssize_t)
-    cpdef bint is_quiet(self)
     cdef _finish(self, UpstreamOwner owner, bint keep_alive)
 
 
@@ -79,7 +68,9 @@ cdef class UpstreamPool:
     cdef public dict distrusted
     cdef public long long desyncs
 
+    @cython.locals(conns=list)
     cpdef UpstreamConnection take(self, object key)
+    @cython.locals(conns=list)
     cpdef give_back(self, UpstreamConnection conn, double now)
     cpdef distrust(self, object key, str what)
     cpdef forget(self, UpstreamConnection conn)

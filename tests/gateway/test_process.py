@@ -251,8 +251,11 @@ def test_fastpath_compiled_by_default(make_gateway, backend_m):
 def test_a_second_gateway_on_the_same_address_refuses_to_start(make_gateway, backend_m, tmp_path):
     first = make_gateway(proxy_config(backend_m.address), workers=2)
     second = GatewayProcess(proxy_config(backend_m.address), tmp_path, port=first.port, name="second")
-    with pytest.raises(RuntimeError, match="exited with 1"):
-        second.start(timeout=15)
+    try:
+        with pytest.raises(RuntimeError, match="exited with 1"):
+            second.start(timeout=15)
+    finally:
+        second.stop()       # (had it started, it must not outlive the test)
     assert f"cannot serve on 127.0.0.1:{first.port}: the address is already in use" in second.log()
     for _ in range(20):      # every connection still reaches the first gateway's configuration
         assert get(first, "/mock")[0] == 200
@@ -267,8 +270,11 @@ def test_an_address_held_by_another_program_refuses_to_start(backend_m, tmp_path
     other.listen(8)
     try:
         gw = GatewayProcess(proxy_config(backend_m.address), tmp_path, port=other.getsockname()[1])
-        with pytest.raises(RuntimeError, match="exited with 1"):
-            gw.start(timeout=15)
+        try:
+            with pytest.raises(RuntimeError, match="exited with 1"):
+                gw.start(timeout=15)
+        finally:
+            gw.stop()
         assert "the address is already in use" in gw.log()
     finally:
         other.close()
