@@ -83,9 +83,9 @@ class UpstreamConnection:
     ended exactly at the end of what the backend sent (no byte after it, the parser between
     messages), the backend allowed keep-alive and the whole request was sent.  Bytes after a
     response, in the same read or while idle, mean the backend and the gateway disagree about
-    where a message ends; such a connection is closed, so its leftovers can never reach
-    another client.  (Empty lines between messages are the one exception llhttp makes, as
-    RFC 9112 §2.2 allows: they are skipped, never delivered.)
+    where a message ends; such a connection is closed and its backend distrusted (see the
+    module's docstring for the race that remains).  (Empty lines between messages are the one
+    exception llhttp makes, as RFC 9112 §2.2 allows: they are skipped, never delivered.)
     """
 
     def __init__(self, pool, key):
