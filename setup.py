@@ -1,20 +1,79 @@
 """Build Tollgate: the Python packages plus the compiled forms of the fastpath modules.
 
-Each ``fastpath/<name>.py`` that has a ``fastpath/<name>.pxd`` beside it is compiled with Cython
-into ``fastpath._compiled.<name>``; each ``gateway/**/<name>.py`` with a ``.pxd`` beside it is
-compiled in place (see gateway/__init__.py for how its interpreted form is chosen).  The build never fails for want of a compiler or of Cython:
-Tollgate then runs on the interpreted forms (``fastpath.IMPLEMENTATION == "pure"``), and says so.
+Each ``fastpath/<name>.pxd`` names a module compiled with Cython into
+``fastpath._compiled.<name>``: from ``fastpath/<name>.pyx`` when there is one (C-level code; the
+``.py`` beside it is its interpreted twin), else from ``fastpath/<name>.py`` itself (pure-Python
+mode).  Each ``gateway/**/<name>.py`` with a ``.pxd`` beside it is compiled in place (see
+gateway/__init__.py for how its interpreted form is chosen).
+
+``fastpath.http1`` is compiled with llhttp's C sources, the very version httptools (its
+interpreted twin) ships: they are taken from httptools' source distribution on PyPI, fetched
+with pip into ``build/`` and checked against a pinned SHA-256; nothing of llhttp is kept in this
+repository.
+
+The build never fails for want of a compiler, of Cython or of llhttp's sources: Tollgate then
+runs on the interpreted forms (``fastpath.IMPLEMENTATION == "pure"``), and says so.
 ``TOLLGATE_NO_EXTENSIONS=1`` skips the compilation on purpose.
 """
+import hashlib
 import os
 import shutil
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
+
+#: llhttp comes from this source distribution (the version httptools, the twin, is pinned to)
+LLHTTP_FROM = ("httptools", "0.9.0", "d484ebb7e3a3f3597b0f645fbd1b85633674ca808c1f5ba11c2caf7c66f5c8b6")
+LLHTTP_DIR = HERE / "build" / f"llhttp-from-{LLHTTP_FROM[0]}-{LLHTTP_FROM[1]}"
+LLHTTP_SOURCES = ("api.c", "http.c", "llhttp.c")
+
+
+def llhttp():
+    """The include directory and C sources of llhttp, fetched once into build/; or None."""
+    include, src = LLHTTP_DIR / "include", LLHTTP_DIR / "src"
+    if not (include / "llhttp.h").exists() or not all((src / n).exists() for n in LLHTTP_SOURCES):
+        try:
+            _fetch_llhttp()
+        except Exception as exc:   # offline, no pip...: the interpreted forms serve
+            print(f"tollgate: llhttp's sources are not available ({exc}); fastpath runs "
+                  "interpreted", file=sys.stderr)
+            return None
+    return include, [str((src / n).relative_to(HERE)) for n in LLHTTP_SOURCES]
+
+
+def _fetch_llhttp():
+    name, version, sha256 = LLHTTP_FROM
+    downloads = HERE / "build" / "sdists"
+    downloads.mkdir(parents=True, exist_ok=True)
+    archive = downloads / f"{name}-{version}.tar.gz"
+    if not archive.exists():
+        # pip honours the machine's index configuration (mirrors, certificates)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                        ":all:", "-d", str(downloads), f"{name}=={version}"],
+                       check=True, stdout=subprocess.DEVNULL)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    if digest != sha256:
+        archive.unlink()
+        raise RuntimeError(f"{archive.name}: sha256 {digest}, expected {sha256}")
+    prefix = f"{name}-{version}/vendor/llhttp/"
+    staging = LLHTTP_DIR.with_name(LLHTTP_DIR.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.name.startswith(prefix):
+                relative = member.name[len(prefix):]
+                if relative.startswith(("include/", "src/")) or relative.startswith("LICENSE"):
+                    target = staging / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(tar.extractfile(member).read())
+    shutil.rmtree(LLHTTP_DIR, ignore_errors=True)
+    staging.rename(LLHTTP_DIR)
 
 
 def fastpath_extensions():
@@ -26,6 +85,11 @@ def fastpath_extensions():
     except ImportError:
         print("tollgate: Cython is not installed; fastpath runs interpreted", file=sys.stderr)
         return []
+    found = llhttp()
+    if found is None:
+        return []
+    include, llhttp_sources = found
+    options = {"include_dirs": [str(include.relative_to(HERE))], "extra_compile_args": ["-O2"]}
     extensions = []
     for pxd in sorted((HERE / "fastpath").glob("*.pxd")):
         # Cython finds a module's .pxd by the module's name, not beside its source: the typing
@@ -33,19 +97,22 @@ def fastpath_extensions():
         typed = HERE / "fastpath" / "_compiled" / pxd.name
         if not typed.exists() or typed.read_bytes() != pxd.read_bytes():
             shutil.copyfile(pxd, typed)
-        extensions.append(Extension(f"fastpath._compiled.{pxd.stem}", [f"fastpath/{pxd.stem}.py"],
-                                    extra_compile_args=["-O2"]))
+        pyx = pxd.with_suffix(".pyx")
+        if pyx.exists():      # C-level code with an interpreted twin (fastpath.http1: llhttp)
+            sources = [f"fastpath/{pyx.name}", *llhttp_sources]
+        else:
+            sources = [f"fastpath/{pxd.stem}.py"]
+        extensions.append(Extension(f"fastpath._compiled.{pxd.stem}", sources, **options))
     # The data plane's protocol and pipeline classes (they do I/O, so they are not fastpath)
     # compile in place; gateway/__init__.py loads their sources instead when running interpreted.
     for pxd in sorted((HERE / "gateway").rglob("*.pxd")):
         module = pxd.relative_to(HERE).with_suffix("")
-        extensions.append(Extension(".".join(module.parts), [str(module) + ".py"],
-                                    extra_compile_args=["-O2"]))
+        extensions.append(Extension(".".join(module.parts), [str(module) + ".py"], **options))
     if _all_c_current(extensions):
         # nothing to translate: cythonize would translate most modules again anyway, because
         # pip's fresh build environment gives Cython's own .pxd files new times on each install
         for ext in extensions:
-            ext.sources = [str(Path(ext.sources[0]).with_suffix(".c"))]
+            ext.sources[0] = str(Path(ext.sources[0]).with_suffix(".c"))
         return extensions
     try:
         return cythonize(extensions, language_level=3, quiet=True,
@@ -106,10 +173,11 @@ class OptionalBuildExt(build_ext):
 
 def _built_in_tree(ext):
     """The compiled module of ``ext`` already in the source tree, if it is newer than its C
-    source and that C source is newer than its Python source; else None."""
+    source and that C source is newer than its Cython source; else None."""
     from importlib.machinery import EXTENSION_SUFFIXES
     c_source = HERE / ext.sources[0]
-    py_source = HERE / (ext.name.replace("._compiled.", ".").replace(".", "/") + ".py")
+    stem = HERE / ext.name.replace("._compiled.", ".").replace(".", "/")
+    py_source = stem.with_suffix(".pyx") if stem.with_suffix(".pyx").exists() else stem.with_suffix(".py")
     if c_source.suffix != ".c" or not c_source.exists() or not py_source.exists():
         return None
     base = HERE / ext.name.replace(".", "/")
@@ -134,7 +202,7 @@ setup(
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
         "uvloop>=0.19",
-        "httptools>=0.6",
+        "httptools==0.9.0",     # the interpreted twin of fastpath.http1: the same llhttp
         "msgspec>=0.18",
         "prometheus-client>=0.20",
         "PyYAML>=6.0",

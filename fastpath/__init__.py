@@ -20,8 +20,9 @@ import importlib
 import os
 from types import ModuleType
 
-#: The modules of fastpath, each with a ``.pxd`` beside it (setup.py compiles exactly these).
-MODULES = ("buffers", "headers", "pathnorm", "router")
+#: The modules of fastpath, each with a ``.pxd`` beside it (setup.py compiles exactly these;
+#: from ``<name>.pyx`` when there is one, the ``.py`` being its interpreted twin).
+MODULES = ("buffers", "headers", "http1", "pathnorm", "router")
 
 FORCED_PURE = os.environ.get("TOLLGATE_NO_EXTENSIONS", "").strip() not in ("", "0")
 
@@ -37,10 +38,13 @@ def load(name: str, compiled: bool) -> ModuleType:
         module = importlib.import_module(f"fastpath._compiled.{name}")
         if not module.__file__ or module.__file__.endswith(".py"):  # pragma: no cover
             raise ImportError(f"fastpath._compiled.{name} is not a compiled module")
-        source = os.path.join(os.path.dirname(__file__), name + ".py")
+        source = os.path.join(os.path.dirname(__file__), name + ".pyx")
+        if not os.path.exists(source):
+            source = source[:-1]
         if os.path.getmtime(source) > os.path.getmtime(module.__file__):
             # a forgotten rebuild must not run old code: rebuild with `pip install -e .`
-            raise ImportError(f"fastpath._compiled.{name} is older than fastpath/{name}.py")
+            raise ImportError(f"fastpath._compiled.{name} is older than fastpath/"
+                              f"{os.path.basename(source)}")
         return module
     return importlib.import_module(f"fastpath.{name}")
 
@@ -74,8 +78,14 @@ name_table = _LIVE["headers"].name_table
 name_code = _LIVE["headers"].name_code
 underscore_kind = _LIVE["headers"].underscore_kind
 RouteConflict = _LIVE["router"].RouteConflict
+http1 = _LIVE["http1"]
+RequestParser = http1.RequestParser
+ResponseParser = http1.ResponseParser
+request_head = http1.request_head
+response_head = http1.response_head
 
 __all__ = ["IMPLEMENTATION", "MODULES", "load", "compiled_available",
            "normalize_path", "PathError", "Router", "RouteConflict",
            "filter_request_headers", "filter_response_headers", "concat",
-           "name_table", "name_code", "underscore_kind"]
+           "name_table", "name_code", "underscore_kind", "http1", "RequestParser",
+           "ResponseParser", "request_head", "response_head"]

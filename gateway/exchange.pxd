@@ -1,7 +1,7 @@
 # Types for the compiled form of gateway/exchange.py (Cython pure-Python mode).
 cimport cython
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
-from fastpath._compiled.buffers cimport concat
+from fastpath._compiled.http1 cimport Head, response_head
 
 cdef bint _COMPILED
 
@@ -53,11 +53,13 @@ cdef class Exchange:
     cdef public Connection conn
     cdef public Handler handler
     cdef public str method
+    cdef public Head head
     cdef public bytes raw_target
     cdef public str path
     cdef public bytes query
-    cdef public list headers
     cdef public str host
+    cdef public bytes host_bytes
+    cdef public bytes rid
     cdef public str version
     cdef public bint keep_alive
     cdef public str request_id
@@ -87,8 +89,9 @@ cdef class Exchange:
     cdef public bint resp_until_close
     cdef public bint head_request
 
-    cpdef respond_head(self, int status, bytes header_lines, long long content_length, bint dated=*)
+    @cython.locals(status_line=bytes, tail=bytes, bodiless=bint, dated=bint)
+    cpdef respond_head(self, int status, Head head, bytes lines, long long content_length, bytes body=*)
     cpdef respond_body(self, bytes chunk)
     cpdef respond_end(self)
-    cpdef respond_full(self, int status, bytes header_lines, bytes body)
+    cpdef respond_full(self, int status, bytes lines, bytes body)
     cpdef fail(self, object error)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from email.utils import formatdate
 from time import perf_counter, time
 
-from fastpath import concat
+from fastpath import response_head
 from gateway.errors import REASONS, error_body, reason
 
 try:
@@ -22,6 +22,10 @@ except ImportError:  # pragma: no cover - without Cython only the interpreted fo
     _COMPILED = False
 
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text.encode()) for code, text in REASONS.items()}
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_CLOSE = b"Connection: close\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+_NO_DATE = b""
 
 
 def monotonic():
@@ -144,13 +148,17 @@ class RequestIds:
 
 
 class Exchange:
-    # attributes and their types: gateway/exchange.pxd (the compiled form's declarations)
+    """One request and its answer (attribute types: gateway/exchange.pxd).
 
-    def __init__(self, conn, method, raw_target, headers, version, keep_alive, started):
+    ``head`` is the request's head (fastpath.http1.Head): its method, target and header fields,
+    read by the stages through its accessors (``head.get(b"x-name")``, ``head.items()``...).
+    """
+
+    def __init__(self, conn, method, head, version, keep_alive, started):
         self.conn = conn
         self.method = method
-        self.raw_target = raw_target
-        self.headers = headers          # [(name bytes, value bytes)], as received, in order
+        self.head = head
+        self.raw_target = b""           # origin-form target (path and query) as received
         self.version = version
         self.keep_alive = keep_alive
         self.started = started
@@ -158,7 +166,9 @@ class Exchange:
         self.path = ""                  # normalised path: what is routed is what is forwarded
         self.query = b""                # raw query string, without '?'
         self.host = ""
+        self.host_bytes = b""
         self.request_id = ""
+        self.rid = b""                  # request_id, encoded once
         self.client_ip = conn.client_ip
         self.env = "RELEASE"
         self.stage = None               # the X-Stage header (bytes) when the request had one
@@ -189,12 +199,16 @@ class Exchange:
         return self.chunked or self.content_length > 0
 
     # -- answering -----------------------------------------------------------------------
-    def respond_head(self, status, header_lines, content_length, dated=False):
-        """Start the response.  ``header_lines`` are complete ``Name: value\\r\\n`` lines
-        without framing headers; ``content_length`` -1 means the length is unknown and the
-        body is chunked (HTTP/1.1) or delimited by closing (HTTP/1.0).  Unless ``dated`` (the
-        lines hold a Date), the gateway's Date is added: RFC 9110 §6.6.1 wants one on every
-        answer, from the gateway as an origin (errors, mocks) or as a proxy."""
+    def respond_head(self, status, head, lines, content_length, body=b""):
+        """Start the response, in one write.
+
+        ``head`` is a backend's response head whose end-to-end fields are forwarded (or None);
+        ``lines`` are more complete ``Name: value\r\n`` lines (a mock's, an error's), never
+        framing ones; ``content_length`` -1 means the length is unknown and the body is chunked
+        (HTTP/1.1) or delimited by closing (HTTP/1.0); ``body`` is the whole body when it is
+        known already (sent with the head).  The gateway's Date is added unless the backend
+        sent one: RFC 9110 §6.6.1 wants one on every answer, from the gateway as an origin
+        (errors, mocks) or as a proxy."""
         self.status = status
         self.response_started = True
         conn = self.conn
@@ -204,27 +218,34 @@ class Exchange:
         status_line = STATUS_LINES.get(status)
         if status_line is None:
             status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status).encode())
-        parts = [status_line, header_lines, b"X-Request-Id: ", self.request_id.encode(), b"\r\n"]
-        if not dated:
-            parts.append(conn.clock.date)
         bodiless = self.head_request or status in (204, 304) or status < 200
         if content_length >= 0:
             if status != 204 and status != 304:
                 # an f-string of a C integer compiles to a direct conversion (bytes % does not)
-                parts.append(f"Content-Length: {content_length}\r\n".encode())
+                tail = f"Content-Length: {content_length}\r\n".encode()
+            else:
+                tail = b""
         elif not bodiless:
             if self.version == "1.1":
                 self.resp_chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
+                tail = _CHUNKED
             else:
                 self.keep_alive = False
                 self.resp_until_close = True
+                tail = b""
+        else:
+            tail = b""
         if not self.keep_alive:
-            parts.append(b"Connection: close\r\n")
+            tail = tail + _CLOSE
         elif self.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        conn.write(concat(parts))
+            tail = tail + _KEEP_ALIVE
+        if self.head_request or bodiless:
+            body = b""
+        elif body:
+            self.bytes_sent += len(body)
+        dated = head is not None and head.dated
+        conn.write(response_head(status_line, head, lines, self.rid,
+                                 _NO_DATE if dated else conn.clock.date, tail, body))
 
     def respond_body(self, chunk):
         if self.head_request or not chunk:
@@ -240,12 +261,9 @@ class Exchange:
             self.conn.write(b"0\r\n\r\n")
         self.conn.exchange_finished(self)
 
-    def respond_full(self, status, header_lines, body):
+    def respond_full(self, status, lines, body):
         """A whole response at once (mocks, errors): one write."""
-        self.respond_head(status, header_lines, len(body), False)
-        if body and not self.head_request:
-            self.bytes_sent += len(body)
-            self.conn.write(body)
+        self.respond_head(status, None, lines, len(body), body)
         self.conn.exchange_finished(self)
 
     def fail(self, error):
@@ -261,5 +279,7 @@ class Exchange:
             return
         if error.close:
             self.keep_alive = False
+        if not self.rid:
+            self.rid = self.request_id.encode()
         self.respond_full(error.status, b"Content-Type: application/json\r\n",
                           error_body(error, self.request_id))

@@ -97,8 +97,7 @@ class WorkerMetrics:
         self.dropped_headers[reason] = self.dropped_headers.get(reason, 0) + 1
 
     def export(self, worker):
-        in_flight = sum(1 for c in worker.connections if c.current is not None) + sum(
-            len(c.pending) for c in worker.connections)
+        in_flight = sum(1 for c in worker.connections if c.current is not None)
         return {
             "apis": [[api, env, *stats.as_list()] for (api, env), stats in self.apis.items()],
             "errors": self.errors,

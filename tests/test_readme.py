@@ -28,6 +28,7 @@ def call(gw, path, method="GET", data=None, headers=None):
 
 def port_free(port):
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)    # as http.server does
         try:
             s.bind(("127.0.0.1", port))
             return True

@@ -1,8 +1,7 @@
 # Types for the compiled form of gateway/backends/http.py (Cython pure-Python mode).
 cimport cython
 # compiled, the fastpath functions are C calls (see gateway/pipeline.pxd)
-from fastpath._compiled.buffers cimport concat
-from fastpath._compiled.headers cimport filter_request_headers, filter_response_headers
+from fastpath._compiled.http1 cimport Head, request_head
 from gateway.exchange cimport Exchange, Handler, monotonic
 from gateway.http.upstream cimport UpstreamConnection, UpstreamOwner, UpstreamPool
 
@@ -27,7 +26,7 @@ cdef class HttpBackend(Handler):
     cpdef on_timeout(self, Exchange ex)
     cpdef on_abort(self, Exchange ex)
     cpdef on_client_paused(self, Exchange ex, bint paused)
-    @cython.locals(n=Py_ssize_t, path=str, target=bytes, query=bytes, method=bytes, framing=bytes, headers=bytes, client_ip=bytes)
+    @cython.locals(n=Py_ssize_t, path=str, target=bytes, query=bytes, method=bytes, framing=bytes)
     cpdef bytes build_head(self, Exchange ex)
 
 
@@ -50,7 +49,7 @@ cdef class ProxyCall(UpstreamOwner):
     cdef _remember(self, bytes data)
     cdef _retry(self, bint fresh)
     cpdef drop_upstream(self)
-    cpdef int upstream_head(self, UpstreamConnection conn, int status, list headers) except -1
+    cpdef int upstream_head(self, UpstreamConnection conn, int status, Head head, bytes body) except -1
     cpdef upstream_body(self, bytes chunk)
     cpdef upstream_done(self, UpstreamConnection conn, bint reusable)
     cpdef upstream_bad_response(self, UpstreamConnection conn, str detail)

@@ -22,10 +22,12 @@ from urllib.parse import urlsplit
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.exchange import Handler, monotonic
 from gateway.http.server import UPSTREAM
-from gateway.http.upstream import CHUNKED, LENGTH, UNTIL_CLOSE, BadResponse, UpstreamOwner
-from fastpath import concat, filter_request_headers, filter_response_headers
+from gateway.http.upstream import CHUNKED, LENGTH, UNTIL_CLOSE, UpstreamOwner
+from fastpath import request_head
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
+_METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")}
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _CHUNK_END = b"0\r\n\r\n"
 _QUEUE_PAUSE_BYTES = 256 * 1024
 _MAX_STALE_REPLAYS = 2
@@ -121,22 +123,16 @@ class HttpBackend(Handler):
             query = self.base_query + b"&" + query if query else self.base_query
         if query:
             target += b"?" + query
-        method = self.method or ex.method.encode()
+        method = self.method or _METHODS.get(ex.method) or ex.method.encode()
         if ex.chunked:
-            framing = b"Transfer-Encoding: chunked\r\n"
+            framing = _CHUNKED
         elif ex.content_length >= 0 and (ex.content_length > 0 or method not in (b"GET", b"HEAD")):
             framing = b"Content-Length: %d\r\n" % ex.content_length
         else:
             framing = b""
-        forwarded_for, headers = filter_request_headers(ex.headers)
-        client_ip = ex.client_ip.encode()
-        return concat((
-            method, b" ", target, b" HTTP/1.1\r\nHost: ", self.host_header, b"\r\n",
-            headers,
-            b"X-Forwarded-For: ", forwarded_for + b", " + client_ip if forwarded_for else client_ip,
-            b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", ex.host.encode("latin-1"),
-            b"\r\nX-Request-Id: ", ex.request_id.encode(), b"\r\n", framing, b"\r\n",
-        ))
+        # the client's end-to-end fields are copied from its head, the gateway's own added
+        return request_head(ex.head, method, target, self.host_header, ex.conn.client_ip_bytes,
+                            ex.host_bytes, ex.rid, framing)
 
 
 def _path_template(path: str) -> list:
@@ -263,20 +259,18 @@ class ProxyCall(UpstreamOwner):
             conn.close()
 
     # -- events from the upstream connection ----------------------------------------------------
-    def upstream_head(self, conn, status, headers):
+    def upstream_head(self, conn, status, head, body):
         ex = self.ex
         ex.upstream_elapsed = monotonic() - ex.upstream_started
-        lines, length, framed, dated = filter_response_headers(headers)
         ex.conn.set_deadline(UPSTREAM, self.backend.timeout_s)   # from now on, a read-idle timeout
-        ex.respond_head(status, lines, length, dated)
-        if not framed:
-            return UNTIL_CLOSE
-        return LENGTH if length >= 0 else CHUNKED
+        if head.chunked:
+            ex.respond_head(status, head, b"", -1, body)
+            return CHUNKED
+        ex.respond_head(status, head, b"", head.content_length, body)
+        return LENGTH if head.content_length >= 0 else UNTIL_CLOSE
 
     def upstream_body(self, chunk):
         ex = self.ex
-        if not ex.response_started:     # never a body before its head
-            raise BadResponse("response body before its head")
         ex.respond_body(chunk)
         conn = ex.conn
         if conn.deadline_kind == UPSTREAM:

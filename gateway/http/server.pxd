@@ -3,7 +3,9 @@ cimport cython
 from gateway.exchange cimport Connection, Exchange, RequestIds, monotonic
 from gateway.metrics cimport WorkerMetrics
 from gateway.pipeline cimport Pipeline
-from fastpath._compiled.headers cimport name_code, underscore_kind
+from fastpath._compiled.http1 cimport Head, RequestParser
+
+cdef int _E_NEED_DATA, _E_HEAD, _E_BODY, _E_END
 
 cdef class ClientConnection(Connection):
     cdef public object worker
@@ -13,49 +15,38 @@ cdef class ClientConnection(Connection):
     cdef public WorkerMetrics metrics
     cdef public object access_log
     cdef public object transport
-    cdef public object parser
+    cdef public RequestParser parser
     cdef public str client_ip
-    cdef public bytes url
-    cdef public list headers
-    cdef public bint in_head
-    cdef public object head_buffer
-    cdef public bint peer_eof
-    cdef public Py_ssize_t header_count
-    cdef public bint body_seen
-    cdef public Py_ssize_t stall_bytes
-    cdef public bint underscores
-    cdef public Py_ssize_t headers_size
-    cdef public object h_host
-    cdef public object h_te
-    cdef public object h_cl
-    cdef public object h_expect
-    cdef public object h_stage
-    cdef public Exchange parsing
+    cdef public bytes client_ip_bytes
     cdef public Exchange current
-    cdef public object pending
+    cdef public bint running
+    cdef public bint peer_eof
+    cdef public long long dropped_underscore
+    cdef public long long dropped_alias
     cdef public bint reading_paused
     cdef public bint writing_paused
     cdef public bint closed
-    cdef public object deferred_error
     cdef public long long requests
     cdef public list out
     cdef public bint lingering
     cdef public Py_ssize_t linger_bytes
-    cdef public Py_ssize_t max_uri
-    cdef public Py_ssize_t max_header
-    cdef public Py_ssize_t max_headers
-    cdef public Py_ssize_t max_count
     cdef public long long max_body
-    cdef public Py_ssize_t head_guard
     cdef public double head_timeout
     cdef public double body_timeout
     cdef public double keepalive_timeout
 
-    @cython.locals(size=Py_ssize_t, underscore=int, watched=int)
-    cpdef on_header(self, bytes name, bytes value)
-    @cython.locals(host=bytes, target=bytes)
-    cdef _check_framing(self, Exchange ex)
+    @cython.locals(parser=RequestParser, ex=Exchange, event=int)
+    cdef _run(self)
+    @cython.locals(head=Head, ex=Exchange, parser=RequestParser, version=str)
+    cdef _on_head(self)
+    cdef _count_drops(self)
+    @cython.locals(host=object, target=bytes)
+    cdef _check_framing(self, Exchange ex, Head head)
     cdef bytes _absolute_form(self, Exchange ex, bytes target, object host)
+    @cython.locals(ex=Exchange)
+    cdef _on_body(self, bytes chunk)
+    @cython.locals(ex=Exchange)
+    cdef _on_end(self)
     cdef _start(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)
     cpdef abort_exchange(self, Exchange ex)

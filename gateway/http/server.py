@@ -1,33 +1,29 @@
 """The client side of the data plane: one asyncio protocol per client connection.
 
-Requests are parsed by httptools (llhttp, strict mode) and handed to the pipeline as soon as
-their head is complete; bodies stream through the backend handler without being held whole.
-The design keeps the per-request path free of coroutines and timers:
+Requests are parsed by ``fastpath.http1`` (llhttp, strict mode; compiled, llhttp's C API with no
+Python object per header) and handed to the pipeline as soon as their head is complete; bodies
+stream through the backend handler without being held whole.  The design keeps the per-request
+path free of coroutines and timers:
 
 * the connection is a callback-driven state machine; nothing awaits per request;
-* responses go out in request order: one exchange is answered at a time and a pipelined request
-  that arrives meanwhile is queued with reading paused, so at most one read's worth is buffered;
+* one request is served at a time: the parser stops at the end of each request and the bytes
+  of a pipelined one stay unparsed (reading paused) until the answer to the current one is out,
+  so responses go out in order and at most one read is buffered;
 * every wait is a ``deadline`` field checked by the worker's periodic sweep
   (:meth:`ClientConnection.check_deadline`), not a timer object per request.
 
-Protocol-level problems (framing, limits) raise :class:`~gateway.errors.GatewayError` out of the
-parser callbacks, which stops llhttp at once; :meth:`ClientConnection.data_received` turns them
-into one error answer and closes the connection.
+A request the parser refuses (framing, limits, versions) is answered with the parser's status
+and the connection closed (:meth:`ClientConnection.reject`).
 """
 from __future__ import annotations
 
-import re
 import socket
 import struct
-from collections import deque
 
-import httptools
-
-from fastpath import name_code, name_table, underscore_kind
-from gateway.errors import (FramingError, GatewayError, InternalError, TooLarge, error_body,
-                            reason)
+import fastpath
+from fastpath.http1_rules import BODY, END, HEAD, NEED_DATA
+from gateway.errors import FramingError, GatewayError, TooLarge, error_body, reason
 from gateway.exchange import Connection, Exchange, monotonic
-from gateway.http.headbuffer import HeadBuffer
 
 # deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
 _NONE, _HEAD, _IDLE, _BODY, UPSTREAM, _SEND, _DRAIN, _LINGER = range(8)
@@ -35,61 +31,8 @@ _UPSTREAM = UPSTREAM
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_RESET = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a reset
-
-# Headers the connection itself must look at while the head is parsed (lower-case).
-_H_HOST, _H_CL, _H_TE, _H_EXPECT, _H_STAGE = 1, 2, 3, 4, 5
-_WATCHED = {b"host": _H_HOST, b"content-length": _H_CL, b"transfer-encoding": _H_TE,
-            b"expect": _H_EXPECT, b"x-stage": _H_STAGE}
-_WATCHED_TABLE = name_table(_WATCHED)
-
-_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
-                                      "TRACE", "CONNECT")}
-
-# A request line with a method token (RFC 9110 §9.1) llhttp does not know: 501, not 400 (the
-# request is well-formed; the method is what the gateway does not implement).
-_UNKNOWN_METHOD_LINE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/[0-9]\.[0-9]\r\n")
-
-# Header names with '_' (underscore_kind): CGI and WSGI backends read X_Foo and X-Foo as the same
-# variable, so Transfer_Encoding would reach them as framing the gateway never checked.
-_UNDERSCORE_DROPPED, _UNDERSCORE_ALIAS = 1, 2
-
-
-def _request_parser(protocol):
-    """llhttp in strict mode, with the two leniencies RFC 9112 asks of a recipient: any
-    HTTP/1.x version (a higher minor version is served as 1.1, §2.6; another major version gets
-    505) and whitespace between a chunk size and its extensions (BWS, §7.1.1).  A space right
-    after the ';' of a chunk extension stays refused: llhttp has no setting for it."""
-    parser = httptools.HttpRequestParser(protocol)
-    parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
-    return parser
-
-
-# llhttp's reasons (httptools gives no other handle) for what is not malformed but not served
-_NOT_SERVED = {
-    # a method llhttp knows for RTSP or ICE only (DESCRIBE, SETUP, ...)
-    "Invalid method for HTTP/x.x request": ("Method not implemented", 501),
-    # "PRI * HTTP/2.0": an HTTP/2 client with prior knowledge
-    "Expected HTTP/2 Connection Preface": ("HTTP version not supported", 505),
-}
-
-
-def _parse_error(exc):
-    """The answer to a request llhttp refused."""
-    message, status = _NOT_SERVED.get(str(exc), ("Malformed HTTP request", 400))
-    return FramingError(message, f"parser: {exc}", status=status)
-
-
-def _version(text):
-    """The version an HTTP/1.x request is served as; 505 for any other major version."""
-    if text[:2] != "1.":
-        raise FramingError("HTTP version not supported", f"HTTP/{text}", status=505)
-    return "1.1"
-
-
-class _StopParsing(Exception):
-    """Raised from a parser callback once the connection is lingering or closed: whatever the
-    client sends after the answer that ended the connection is never parsed, routed or
-    forwarded."""
+# (the parser's event numbers, as C constants of the compiled form)
+_E_NEED_DATA, _E_HEAD, _E_BODY, _E_END = NEED_DATA, HEAD, BODY, END
 
 
 class ClientConnection(Connection):
@@ -105,12 +48,7 @@ class ClientConnection(Connection):
         self.worker = worker
         self.clock = worker.clock
         limits = self.limits = worker.limits
-        self.max_uri = limits.max_uri_bytes
-        self.max_header = limits.max_header_bytes
-        self.max_headers = limits.max_headers_bytes
-        self.max_count = limits.max_headers_count
         self.max_body = limits.max_body_bytes
-        self.head_guard = limits.head_guard_bytes
         self.head_timeout = limits.head_timeout_s
         self.body_timeout = limits.body_timeout_s
         self.keepalive_timeout = limits.keepalive_timeout_s
@@ -118,34 +56,23 @@ class ClientConnection(Connection):
         self.request_ids = worker.request_ids
         self.metrics = worker.metrics
         self.access_log = worker.access_log
-        self.underscores = limits.underscores_in_headers
         self.transport = None
-        self.parser = _request_parser(self)
+        self.parser = fastpath.RequestParser(limits.max_uri_bytes, limits.max_header_bytes,
+                                    limits.max_headers_bytes, limits.max_headers_count,
+                                    limits.head_guard_bytes, limits.underscores_in_headers)
         self.client_ip = ""
-        self.url = b""
-        self.headers = []
-        self.in_head = False
-        self.head_buffer = None      # a head arriving in pieces (gateway.http.headbuffer)
-        self.headers_size = 0
+        self.client_ip_bytes = b""
+        self.current = None          # the exchange being received or answered
+        self.running = False         # _run is on the stack (an answer may come from within it)
         self.peer_eof = False        # the client half-closed: no request can follow
-        self.header_count = 0
-        self.body_seen = False       # the current read carried body bytes
-        self.stall_bytes = 0         # bytes of a chunked body read without a body byte
-        self.h_host = None
-        self.h_te = None
-        self.h_cl = None
-        self.h_expect = None
-        self.h_stage = None
-        self.parsing = None          # exchange whose request is still being received
-        self.current = None          # exchange being answered
-        self.pending = deque()       # pipelined exchanges waiting for their turn
+        self.dropped_underscore = 0  # the parser's drop counts already reported
+        self.dropped_alias = 0
         self.reading_paused = False
         self.writing_paused = False
         self.deadline = 0.0
         self.deadline_kind = _NONE
         self.closed = False
         self.draining = worker.draining
-        self.deferred_error = None
         self.requests = 0
         self.corked = False          # while True, writes are collected and sent as one
         self.lingering = False       # answered and half-closed; discarding what still comes
@@ -157,6 +84,7 @@ class ClientConnection(Connection):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
+        self.client_ip_bytes = self.client_ip.encode()
         self.worker.connections.add(self)
         self.set_deadline(_HEAD, self.limits.head_timeout_s)
 
@@ -168,8 +96,6 @@ class ClientConnection(Connection):
             ex.handler.on_abort(ex)
             self._account(ex, True)
         self.current = None
-        self.pending.clear()
-        self.parsing = None
 
     def pause_writing(self):
         self.writing_paused = True
@@ -194,69 +120,8 @@ class ClientConnection(Connection):
             if self.linger_bytes > self.limits.linger_max_bytes:
                 self.close()
             return
-        buffer = self.head_buffer
-        if buffer is not None:
-            data = buffer.add(data)
-            if buffer.size > self.head_guard:
-                self.reject(TooLarge("Request headers too large", status=494))
-                return
-            if data is None:
-                return
-        self.body_seen = False
-        self.corked = True
-        try:
-            self.parser.feed_data(data)
-        except GatewayError as error:
-            self.reject(error)
-            return
-        except httptools.HttpParserInvalidMethodError:
-            # 501 when what failed is a request line with a method token llhttp does not know
-            # (llhttp does not say where it failed: the read holds the line, or its end)
-            token = _UNKNOWN_METHOD_LINE.search(data) is not None
-            self.reject(FramingError("Method not implemented", "unknown method", status=501)
-                        if token else FramingError("Malformed HTTP request", "invalid method"))
-            return
-        except httptools.HttpParserUpgrade as upgrade:
-            # llhttp stops after a request carrying Upgrade (or CONNECT).  Upgrades are not
-            # proxied: the request was answered as a plain one, and what follows it on the wire
-            # is parsed as the next request by a fresh parser.
-            self._after_upgrade(data, upgrade)
-            return
-        except httptools.HttpParserCallbackError as exc:
-            # httptools wraps what a callback raised; the original is the exception's context
-            cause = exc.__context__
-            if isinstance(cause, _StopParsing):
-                return
-            if isinstance(cause, GatewayError):
-                self.reject(cause)
-            else:
-                self.worker.log.error("request callback failed", exc_info=cause or exc)
-                self.reject(InternalError("Internal error", f"callback: {cause!r}"))
-            return
-        except httptools.HttpParserError as exc:
-            self.reject(_parse_error(exc))
-            return
-        finally:
-            self.uncork()
-        if self.in_head:
-            if self.head_buffer is None and not self.closed and not self.lingering:
-                self.head_buffer = HeadBuffer(data)
-        elif self.parsing is not None and self.parsing.chunked:
-            # reads that carry no body byte of a chunked body are chunk lines or trailer
-            # fields: bounded, so an endless trailer field cannot grow the worker
-            if self.body_seen:
-                self.stall_bytes = 0
-            else:
-                self.stall_bytes += len(data)
-                if self.stall_bytes > self.max_header:
-                    self.reject(TooLarge("Request trailer fields too large", status=494))
-
-    def _after_upgrade(self, data, upgrade):
-        offset = upgrade.args[0] if upgrade.args else len(data)
-        self.parser = _request_parser(self)
-        rest = data[offset:]
-        if rest:
-            self.data_received(rest)
+        self.parser.feed(data)
+        self._run()
 
     def eof_received(self):
         """The client half-closed (FIN).  Complete requests already received are answered
@@ -267,129 +132,104 @@ class ClientConnection(Connection):
             return False
         self.peer_eof = True
         ex = self.current
-        if self.in_head or self.parsing is not None:
-            partial = self.parsing
-            self.in_head = False
-            self.head_buffer = None
-            self.parsing = None
-            if partial is not None and partial is ex and not ex.done:
-                if ex.handler is not None:
-                    ex.handler.on_abort(ex)
+        if ex is not None and not ex.done:
+            if not ex.request_complete:
+                ex.handler.on_abort(ex)
                 self.abort_exchange(ex)
                 return False
-            self.pending.clear()    # a partial request queued behind the current one
-        # complete requests are answered in order; exchange_finished closes after the last
-        return ex is not None and not ex.done
+            return True     # answered first; exchange_finished closes after the last one
+        if self.parser.in_message:
+            return False    # a partial head: nothing to answer
+        return self.parser.has_pending()    # pipelined requests still to answer
 
-    # -- parser callbacks (raise GatewayError to stop parsing) -----------------------------
-    def on_message_begin(self):
-        if self.lingering or self.closed:
-            raise _StopParsing()
-        self.in_head = True
-        self.headers_size = 0
-        self.header_count = 0
-        self.url = b""
-        self.headers = []
-        self.h_host = self.h_te = self.h_cl = self.h_expect = self.h_stage = None
-        if self.deadline_kind == _IDLE:
-            self.set_deadline(_HEAD, self.head_timeout)
-
-    def on_url(self, url):
-        self.url += url
-        if len(self.url) > self.max_uri:
-            raise TooLarge("Request URI too large", status=414)
-
-    def on_header(self, name, value):
-        size = len(name) + len(value)
-        self.headers_size += size
-        self.header_count += 1
-        if not self.in_head:
-            # a trailer field of a chunked body: bounded, never forwarded (the body is re-framed
-            # without trailers) and never mistaken for a header of the request
-            if self.headers_size > self.max_header or self.header_count > self.max_count:
-                raise TooLarge("Request trailer fields too large", status=494)
+    # -- reading requests ------------------------------------------------------------------
+    def _run(self):
+        """Take the parser's events until it needs more bytes, or until the request received
+        must be answered before the next is read."""
+        if self.running:
             return
-        if size > self.max_header:
-            raise TooLarge("Request header too large", f"header {name[:64]!r}: {size} bytes", status=494)
-        if self.headers_size > self.max_headers or self.header_count > self.max_count:
-            raise TooLarge("Request headers too large", status=494)
-        underscore = underscore_kind(name)
-        if underscore != 0 and (underscore == _UNDERSCORE_ALIAS or not self.underscores):
-            self.metrics.count_dropped_header("alias" if underscore == _UNDERSCORE_ALIAS
-                                              else "underscore")
-            return
-        watched = name_code(name, _WATCHED_TABLE, _WATCHED)
-        if watched != 0:
-            if watched == _H_HOST:
-                if self.h_host is not None:
-                    raise FramingError("Repeated Host header")
-                self.h_host = value
-            elif watched == _H_TE:
-                if self.h_te is not None:
-                    raise FramingError("Repeated Transfer-Encoding header")
-                self.h_te = value
-            elif watched == _H_CL:
-                if self.h_cl is not None:
-                    raise FramingError("Repeated Content-Length header")
-                self.h_cl = value
-            elif watched == _H_STAGE:
-                self.h_stage = value.strip()
-            else:
-                self.h_expect = value
-        self.headers.append((name, value))
-
-    def on_headers_complete(self):
-        self.in_head = False
-        self.head_buffer = None     # this head is complete; the next one gets its own
-        self.headers_size = 0       # from here on, what on_header sees are trailer fields
-        self.header_count = 0
+        self.running = True
+        self.corked = True
         parser = self.parser
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            version = _version(version)
-        raw_method = parser.get_method()
-        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
-        if method == "CONNECT":
-            raise FramingError("CONNECT is not supported", "CONNECT request")
-        ex = Exchange(self, method, self.url, self.headers, version,
-                      parser.should_keep_alive() and not self.draining, monotonic())
-        ex.request_id = self.request_ids.next()
-        ex.stage = self.h_stage
-        self.requests += 1
-        self._check_framing(ex)
-        self.parsing = ex
-        if self.current is None:
-            self.current = ex
-            self._start(ex)
-        else:
-            if len(self.pending) >= self.limits.max_pipelined:
-                raise FramingError("Too many pipelined requests")
-            ex.handler_state = []      # body chunks received before its turn
-            self.pending.append(ex)
-            self.pause_reading()
+        try:
+            while not self.closed and not self.lingering:
+                ex = self.current
+                if ex is not None and ex.request_complete:
+                    # the next request waits, unparsed, until this one is answered
+                    if parser.has_pending():
+                        self.pause_reading()
+                    return
+                event = parser.next()
+                if event == _E_NEED_DATA:
+                    break
+                if event == _E_HEAD:
+                    self._on_head()
+                elif event == _E_BODY:
+                    self._on_body(parser.body)
+                elif event == _E_END:
+                    self._on_end()
+                else:
+                    self.reject(FramingError(parser.error_message, parser.error_detail,
+                                             status=parser.error_status))
+                    return
+        except GatewayError as error:
+            self.reject(error)
+            return
+        finally:
+            self.running = False
+            self.uncork()
+        if self.current is None and not self.closed and not self.lingering:
+            # between requests: the next one has begun (its head timeout runs from its first
+            # byte), or the connection is idle
+            if parser.in_message:
+                if self.deadline_kind != _HEAD:
+                    self.set_deadline(_HEAD, self.head_timeout)
+            elif self.peer_eof:
+                self.close()        # answered everything the client sent before its FIN
+                return
+            elif self.deadline_kind != _IDLE:
+                self.set_deadline(_IDLE, self.keepalive_timeout)
+            self.resume_reading()
 
-    def _check_framing(self, ex):
-        """Refuse every request whose framing a backend could read differently."""
-        te = self.h_te
-        cl = self.h_cl
-        if te is not None:
-            if cl is not None:
-                raise FramingError("Both Content-Length and Transfer-Encoding")
-            if ex.version == "1.0":
-                # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client; close after answering
-                raise FramingError("Transfer-Encoding in an HTTP/1.0 request")
-            if te.strip().lower() != b"chunked":
-                raise FramingError("Transfer-Encoding other than chunked is not supported",
-                                   f"Transfer-Encoding: {te[:64]!r}")
+    def _on_head(self):
+        head = self.parser.head
+        version = "1.1" if head.http_minor >= 1 else "1.0"   # (the parser refuses major != 1)
+        ex = Exchange(self, head.method, head, version, head.keep_alive and not self.draining,
+                      monotonic())
+        ex.request_id = self.request_ids.next()
+        ex.rid = ex.request_id.encode()
+        stage = head.stage_value()
+        if stage is not None:
+            ex.stage = stage
+        self.requests += 1
+        self.current = ex
+        parser = self.parser
+        if (parser.dropped_underscore != self.dropped_underscore
+                or parser.dropped_alias != self.dropped_alias):
+            self._count_drops()
+        self._check_framing(ex, head)
+        self._start(ex)
+
+    def _count_drops(self):
+        parser = self.parser
+        for _ in range(parser.dropped_underscore - self.dropped_underscore):
+            self.metrics.count_dropped_header("underscore")
+        for _ in range(parser.dropped_alias - self.dropped_alias):
+            self.metrics.count_dropped_header("alias")
+        self.dropped_underscore = parser.dropped_underscore
+        self.dropped_alias = parser.dropped_alias
+
+    def _check_framing(self, ex, head):
+        """What the parser leaves to the connection: the body limit, the target and Host."""
+        if head.chunked:
             ex.chunked = True
-        elif cl is not None:
-            # llhttp has checked the digits; the limit is ours
-            length = int(cl)
-            if length > self.max_body:
-                raise TooLarge("Request body too large", f"Content-Length {length}", status=413)
-            ex.content_length = length
-        host = self.h_host
-        target = self.url
+        elif head.content_length >= 0:
+            if head.content_length > self.max_body:
+                raise TooLarge("Request body too large", f"Content-Length {head.content_length}",
+                               status=413)
+            ex.content_length = head.content_length
+        host = head.host_value()
+        target = head.target()
         if len(target) == 0 or target[0] != 47:     # not origin-form ('/...')
             host = self._absolute_form(ex, target, host)
         else:
@@ -398,9 +238,11 @@ class ClientConnection(Connection):
             if ex.version == "1.1":
                 raise FramingError("Missing Host header")
             host = b""
+        ex.host_bytes = host
         ex.host = host.decode("latin-1")
-        if self.h_expect is not None:
-            if self.h_expect.lower() != b"100-continue":
+        expect = head.expect_value()
+        if expect is not None:
+            if expect.lower() != b"100-continue":
                 raise GatewayError("Unsupported Expect header", status=417)
             ex.expect_continue = ex.version == "1.1"
 
@@ -425,30 +267,24 @@ class ClientConnection(Connection):
         ex.raw_target = path if path[:1] == b"/" else b"/" + path
         return authority
 
-    def on_body(self, chunk):
-        self.body_seen = True
-        ex = self.parsing
+    def _on_body(self, chunk):
+        ex = self.current
         if ex is None:
             return
         ex.body_received += len(chunk)
         if ex.body_received > self.max_body:
             raise TooLarge("Request body too large", status=413)
-        if ex is self.current:
-            if not ex.done:
-                if self.deadline_kind == _BODY:  # the client is making progress
-                    self.set_deadline(_BODY, self.body_timeout)
-                ex.handler.on_body(ex, chunk)
-        else:
-            ex.handler_state.append(chunk)
+        if not ex.done:
+            if self.deadline_kind == _BODY:  # the client is making progress
+                self.set_deadline(_BODY, self.body_timeout)
+            ex.handler.on_body(ex, chunk)
 
-    def on_message_complete(self):
-        ex = self.parsing
-        self.parsing = None
-        self.stall_bytes = 0
+    def _on_end(self):
+        ex = self.current
         if ex is None:
             return
         ex.request_complete = True
-        if ex is self.current and not ex.done:
+        if not ex.done:
             if self.deadline_kind == _BODY:
                 self.set_deadline(_NONE, 0)
             ex.handler.on_request_end(ex)
@@ -456,8 +292,6 @@ class ClientConnection(Connection):
     # -- running exchanges ----------------------------------------------------------------
     def _start(self, ex):
         """Route the exchange and run its stages; then its backend handler takes over."""
-        queued_body = ex.handler_state
-        ex.handler_state = None
         try:
             self.pipeline.enter(ex)
         except GatewayError as error:
@@ -467,16 +301,11 @@ class ClientConnection(Connection):
         handler = ex.handler
         if ex.expect_continue and not ex.request_complete:
             self.write(_CONTINUE)
-        if (ex.chunked or ex.content_length > 0) and not ex.request_complete:
+        if ex.chunked or ex.content_length > 0:
             self.set_deadline(_BODY, self.body_timeout)
         else:
             self.set_deadline(_NONE, 0)
         handler.on_head(ex)
-        if queued_body and not ex.done:
-            for chunk in queued_body:
-                handler.on_body(ex, chunk)
-        if ex.request_complete and not ex.done:
-            handler.on_request_end(ex)
 
     def exchange_finished(self, ex):
         """Called once an exchange's response is fully written (or it was aborted)."""
@@ -490,30 +319,13 @@ class ClientConnection(Connection):
         if self.closed:
             return
         if not ex.keep_alive:
-            if (ex.request_complete and self.parsing is None and not self.in_head
-                    and not self.pending and not self.reading_paused):
+            if ex.request_complete and not self.parser.has_pending() and not self.parser.in_message:
                 self.close()
             else:
                 self.linger()    # the client may still be sending the request we answered
             return
-        if self.deferred_error is not None:
-            error, self.deferred_error = self.deferred_error, None
-            self._write_error(error)
-            return
-        if self.pending:
-            nxt = self.pending.popleft()
-            self.current = nxt
-            if not self.pending:
-                # nothing else is queued: the request now answered may still need its body
-                self.resume_reading()
-            self._start(nxt)
-            return
-        if self.peer_eof:
-            self.close()        # the client half-closed: nothing more can come
-            return
-        self.resume_reading()
-        if self.parsing is None and not self.in_head:
-            self.set_deadline(_IDLE, self.keepalive_timeout)
+        if not self.running:
+            self._run()         # a pipelined request may be waiting, unparsed
 
     def abort_exchange(self, ex):
         """The exchange cannot be answered properly any more: cut the connection.
@@ -544,22 +356,17 @@ class ClientConnection(Connection):
 
     # -- errors ---------------------------------------------------------------------------
     def reject(self, error):
-        """A protocol-level error: answer it (in order) and close the connection."""
+        """A protocol-level error: answer it and close the connection."""
         error.close = True
-        self.in_head = False
         self.pause_reading()
-        ex = self.parsing
-        if ex is not None and ex is self.current and not ex.done:
-            # the request being received is the one answered now: its answer is this error
-            self.parsing = None
+        ex = self.current
+        if ex is not None and not ex.done:
+            # the request being received is the one refused: its answer is this error
             if ex.handler is not None:
                 ex.handler.on_abort(ex)
             ex.fail(error)
-            return
-        self.parsing = None
-        if self.current is not None and not self.current.done:
-            self.deferred_error = error
-            self.pending.clear()
+            if not self.closed:
+                self.linger()
             return
         self._write_error(error)
 
@@ -610,10 +417,6 @@ class ClientConnection(Connection):
             return
         self.uncork()
         self.lingering = True
-        self.in_head = False
-        self.head_buffer = None
-        self.parsing = None
-        self.pending.clear()
         try:
             self.transport.write_eof()
         except (OSError, RuntimeError, NotImplementedError):
@@ -664,7 +467,7 @@ class ClientConnection(Connection):
         """The backend cannot take the request body as fast as the client sends it."""
         if paused:
             self.pause_reading()
-        elif not self.pending:
+        elif not self.parser.has_pending():     # (else a pipelined request waits its turn)
             self.resume_reading()
 
     def set_deadline(self, kind, seconds):
@@ -701,7 +504,7 @@ class ClientConnection(Connection):
         self.draining = True
         if self.lingering:
             pass                # ends by itself within linger_timeout_s
-        elif self.current is None and self.parsing is None and not self.in_head:
+        elif self.current is None and not self.parser.in_message:
             self.close()
         elif self.current is not None:
             self.current.keep_alive = False

@@ -1,8 +1,10 @@
 # Types for the compiled form of gateway/http/upstream.py (Cython pure-Python mode).
 cimport cython
 from gateway.exchange cimport Connection, Exchange
+from fastpath._compiled.http1 cimport Head, ResponseParser
 
 cdef int _UNTIL_CLOSE, _CHUNKED
+cdef int _E_NEED_DATA, _E_HEAD, _E_BODY, _E_END
 
 
 cdef class UpstreamConnection
@@ -10,7 +12,7 @@ cdef class UpstreamConnection
 
 cdef class UpstreamOwner:
     cdef public Exchange ex
-    cpdef int upstream_head(self, UpstreamConnection conn, int status, list headers) except -1
+    cpdef int upstream_head(self, UpstreamConnection conn, int status, Head head, bytes body) except -1
     cpdef upstream_body(self, bytes chunk)
     cpdef upstream_done(self, UpstreamConnection conn, bint reusable)
     cpdef upstream_bad_response(self, UpstreamConnection conn, str detail)
@@ -22,9 +24,8 @@ cdef class UpstreamConnection:
     cdef public UpstreamPool pool
     cdef public object key
     cdef public object transport
-    cdef public object parser
+    cdef public ResponseParser parser
     cdef public UpstreamOwner owner
-    cdef public list headers
     cdef public int uses
     cdef public double idle_since
     cdef public bint got_bytes
@@ -33,25 +34,17 @@ cdef class UpstreamConnection:
     cdef public bint skip_body
     cdef public bint eof_body
     cdef public bint reading_paused
-    cdef public bint in_head
-    cdef public Py_ssize_t head_size
-    cdef public object head_buffer
-    cdef public bint completed
-    cdef public bint keep_alive
-    cdef public bint leftover
-    cdef public int framing
-    cdef public bint body_seen
-    cdef public Py_ssize_t stall_bytes
+    cdef public Head waiting
 
     cpdef close(self)
     cpdef send(self, UpstreamOwner owner, bytes data, bint skip_body)
     cpdef write(self, bytes data)
     cpdef pause_reading(self, bint paused)
-    @cython.locals(size=Py_ssize_t)
-    cpdef on_header(self, bytes name, bytes value)
-    cdef _feed(self, UpstreamOwner owner, bytes data)
+    @cython.locals(parser=ResponseParser, event=int, head=Head, status=int, leftover=bint)
+    cdef _run(self, UpstreamOwner owner)
+    @cython.locals(framing=int)
+    cdef _head(self, UpstreamOwner owner, Head head, bytes body)
     cdef _bad(self, UpstreamOwner owner, str detail)
-    cdef _finish(self, UpstreamOwner owner, bint keep_alive)
 
 
 cdef class UpstreamPool:

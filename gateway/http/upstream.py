@@ -1,7 +1,7 @@
 """Connections to backends and the keep-alive pool that holds them.
 
 An :class:`UpstreamConnection` carries one request at a time for its ``owner`` (the backend
-call, see :mod:`gateway.backends.http`), parses the response with httptools and tells the owner
+call, see :mod:`gateway.backends.http`), parses the response (fastpath.http1) and tells the owner
 what happened.  The pool keeps idle connections per backend address and reuses the one idle the
 longest (first in, first out); the worker's sweep closes the ones idle longer than the limit.  A
 connection the backend closed while idle leaves the pool at once (its ``connection_lost``
@@ -24,10 +24,9 @@ import asyncio
 import logging
 import socket
 
-import httptools
-
+import fastpath
+from fastpath.http1_rules import BODY, END, HEAD, NEED_DATA
 from gateway.exchange import Connection
-from gateway.http.headbuffer import HeadBuffer
 
 log = logging.getLogger("tollgate.gateway")
 
@@ -35,6 +34,8 @@ log = logging.getLogger("tollgate.gateway")
 # constants of the compiled form
 UNTIL_CLOSE, LENGTH, CHUNKED = 0, 1, 2
 _UNTIL_CLOSE, _CHUNKED = UNTIL_CLOSE, CHUNKED
+# (the parser's event numbers, as C constants of the compiled form)
+_E_NEED_DATA, _E_HEAD, _E_BODY, _E_END = NEED_DATA, HEAD, BODY, END
 
 #: seconds a backend that sent unasked bytes gets no reused connection
 DISTRUST_S = 60.0
@@ -50,9 +51,10 @@ class UpstreamOwner:
     def __init__(self):
         self.ex = None
 
-    def upstream_head(self, conn, status, headers):
-        """The response head arrived; return how its body ends (UNTIL_CLOSE, LENGTH, CHUNKED).
-        Raises ValueError for framing that cannot be forwarded."""
+    def upstream_head(self, conn, status, head, body):
+        """The response head arrived (``head``: a fastpath.http1.Head; ``body``: the whole body
+        when it came with the head, else b""); return how its body ends (UNTIL_CLOSE, LENGTH,
+        CHUNKED)."""
         raise NotImplementedError
 
     def upstream_body(self, chunk):
@@ -68,33 +70,25 @@ class UpstreamOwner:
         raise NotImplementedError
 
 
-class BadResponse(Exception):
-    """Raised from a response parser callback: the backend's answer cannot be forwarded."""
-
-
-class _Leftover(Exception):
-    """Raised from a response parser callback: bytes follow the response that just ended."""
-
-
 class UpstreamConnection:
     """A connection to a backend (an asyncio protocol; attribute types in upstream.pxd).
 
     Framing is never trusted: the connection goes back to the pool only when its response
-    ended exactly at the end of what the backend sent (no byte after it, the parser between
-    messages), the backend allowed keep-alive and the whole request was sent.  Bytes after a
-    response, in the same read or while idle, mean the backend and the gateway disagree about
-    where a message ends; such a connection is closed and its backend distrusted (see the
-    module's docstring for the race that remains).  (Empty lines between messages are the one
-    exception llhttp makes, as RFC 9112 §2.2 allows: they are skipped, never delivered.)
+    ended exactly at the end of what the backend sent (no byte after it but empty lines, which
+    RFC 9112 §2.2 lets a recipient skip), the backend allowed keep-alive and the whole request
+    was sent.  Bytes after a response, in the same read or while idle, mean the backend and the
+    gateway disagree about where a message ends; such a connection is closed and its backend
+    distrusted (see the module's docstring for the race that remains).
     """
 
     def __init__(self, pool, key):
         self.pool = pool
         self.key = key
         self.transport = None
-        self.parser = httptools.HttpResponseParser(self)
+        # response heads are bounded like request heads (over the bound: 502, connection closed)
+        self.parser = fastpath.ResponseParser(pool.max_header, pool.max_header, pool.max_headers,
+                                     pool.max_count, pool.head_guard, True)
         self.owner = None
-        self.headers = []
         self.uses = 0                # requests sent on this connection so far
         self.idle_since = 0.0
         self.got_bytes = False       # any byte of the current response received
@@ -103,15 +97,7 @@ class UpstreamConnection:
         self.skip_body = False       # the current request was HEAD: the response has no body
         self.eof_body = False        # the current response's body ends when the backend closes
         self.reading_paused = False
-        self.in_head = False         # a response head has begun and is not complete
-        self.head_size = 0           # bytes of header lines in the current head
-        self.head_buffer = None      # a head arriving in pieces (gateway.http.headbuffer)
-        self.completed = False       # the response ended during the current feed
-        self.keep_alive = False      # ... and the backend allows another request after it
-        self.leftover = False        # ... and more bytes followed it
-        self.framing = _UNTIL_CLOSE  # how the current response's body ends
-        self.body_seen = False       # the current read carried body bytes
-        self.stall_bytes = 0         # bytes of a chunked body read without a body byte
+        self.waiting = None          # a head held back until its body (all in this read) follows
 
     # -- lifecycle --------------------------------------------------------------------------
     def connection_made(self, transport):
@@ -171,7 +157,7 @@ class UpstreamConnection:
         self.interim = False
         self.eof_body = False
         self.skip_body = skip_body
-        self.headers = []
+        self.parser.expect_no_body(skip_body)
         self.transport.write(data)
 
     def write(self, data):
@@ -196,143 +182,76 @@ class UpstreamConnection:
             self.close()
             return
         self.got_bytes = True
-        buffer = self.head_buffer
-        if buffer is not None:
-            data = buffer.add(data)
-            if buffer.size > self.pool.head_guard:
-                self._bad(owner, "response head too large")
-                return
-            if data is None:
-                return
         # what this read makes the client connection send leaves in one write (head and body
-        # of a small response together), not one per parser callback
+        # of a small response together), not one per event
         client: Connection = owner.ex.conn
         client.corked = True
         try:
-            self._feed(owner, data)
+            self.parser.feed(data)
+            self._run(owner)
         finally:
             client.uncork()
 
-    def _feed(self, owner, data):
-        self.body_seen = False
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # llhttp pauses after a 101 (on_headers_complete refuses it before) or a response
-            # to CONNECT; neither is ever asked for
-            if not self.completed:
-                self._bad(owner, "unexpected protocol switch")
+    def _run(self, owner):
+        parser = self.parser
+        while True:
+            event = parser.next()
+            if self.waiting is not None:
+                head = self.waiting
+                self.waiting = None
+                if event == _E_BODY and len(parser.body) == head.content_length:
+                    # the whole body came with the head: one bytes object, one write
+                    self._head(owner, head, parser.body)
+                    continue
+                self._head(owner, head, b"")
+            if event == _E_NEED_DATA:
                 return
-            self.leftover = True
-        except httptools.HttpParserError as exc:
-            if not self.completed:
-                cause = exc.__context__
-                self._bad(owner, str(cause) if isinstance(cause, BadResponse)
-                          else f"invalid response: {exc}")
+            if event == _E_HEAD:
+                head = parser.head
+                status = head.status
+                if status < 200:
+                    if status < 100:
+                        self._bad(owner, f"status {status} is not an HTTP status")
+                        return
+                    if status == 101:
+                        # the gateway never forwards an upgrade request: a switch is unasked for
+                        self._bad(owner, "protocol switch (101) to a request that asked for none")
+                        return
+                    self.interim = True     # 100 Continue, 103 Early Hints: not forwarded
+                elif head.content_length > 0 and not self.skip_body:
+                    self.waiting = head
+                else:
+                    self._head(owner, head, b"")
+            elif event == _E_BODY:
+                if not self.interim:
+                    owner.upstream_body(parser.body)
+            elif event == _E_END:
+                if self.interim:
+                    self.interim = False
+                    continue
+                leftover = parser.leftover()
+                if leftover:
+                    self.pool.distrust(self.key, "sent bytes after a complete response")
+                self.owner = None
+                self.eof_body = False
+                owner.upstream_done(self, parser.head.keep_alive and not leftover)
                 return
-            self.leftover = True    # what follows the response is not even a response
-        if self.completed:
-            self.completed = False
-            self.head_buffer = None
-            self.stall_bytes = 0
-            if self.leftover:
-                self.pool.distrust(self.key, "sent bytes after a complete response")
-            reusable = self.keep_alive and not self.leftover
-            if self.skip_body or not reusable:
-                # llhttp does not know that a response to HEAD has no body: it may be waiting
-                # for one; a fresh parser starts the next response clean
-                self.parser = httptools.HttpResponseParser(self)
-            self.leftover = False
-            self._finish(owner, reusable)
-        elif self.in_head:
-            if self.head_buffer is None:
-                self.head_buffer = HeadBuffer(data)
-        elif self.framing == _CHUNKED and not self.body_seen:
-            # chunk lines or trailer fields only: bounded like one header line, so an endless
-            # trailer field cannot grow the worker
-            self.stall_bytes += len(data)
-            if self.stall_bytes > self.pool.max_header:
-                self._bad(owner, "response trailer fields too large")
-        else:
-            self.stall_bytes = 0
+            else:
+                self._bad(owner, parser.error_detail)
+                return
+            if self.owner is not owner:
+                return          # the exchange failed or the connection closed under us
+
+    def _head(self, owner, head, body):
+        framing = owner.upstream_head(self, head.status, head, body)
+        self.eof_body = (framing == _UNTIL_CLOSE and not self.skip_body
+                         and head.status != 204 and head.status != 304)
 
     def _bad(self, owner, detail):
         self.owner = None
-        self.head_buffer = None
+        self.waiting = None
         self.close()
         owner.upstream_bad_response(self, detail)
-
-    # -- parser callbacks (raise BadResponse to refuse the response) ----------------------------
-    def on_message_begin(self):
-        if self.completed:
-            raise _Leftover()
-        self.in_head = True
-        self.head_size = 0
-
-    def on_header(self, name, value):
-        if not self.in_head:
-            return      # a trailer field: bounded by the stall count, never forwarded
-        size = len(name) + len(value)
-        self.head_size += size
-        self.headers.append((name, value))
-        if (size > self.pool.max_header or self.head_size > self.pool.max_headers
-                or len(self.headers) > self.pool.max_count):
-            raise BadResponse("response head too large")
-
-    def on_headers_complete(self):
-        self.in_head = False
-        self.head_buffer = None
-        parser = self.parser
-        status = parser.get_status_code()
-        if status < 200:
-            if status < 100:
-                raise BadResponse(f"status {status} is not an HTTP status")
-            if status == 101:
-                # the gateway never forwards an upgrade request, so a switch is unasked for
-                raise BadResponse("protocol switch (101) to a request that asked for none")
-            # 1xx (100 Continue, 103 Early Hints): interim, not forwarded; the final follows
-            self.interim = True
-            self.headers = []
-            return
-        self.interim = False
-        owner = self.owner
-        headers = self.headers
-        self.headers = []
-        try:
-            framing = owner.upstream_head(self, status, headers)
-        except ValueError as exc:        # framing headers the gateway cannot forward
-            raise BadResponse(str(exc)) from None
-        self.framing = framing
-        self.stall_bytes = 0
-        self.eof_body = framing == _UNTIL_CLOSE and not self.skip_body and status not in (204, 304)
-        if self.skip_body:
-            # a response to HEAD ends with its head whatever its framing headers say
-            self.completed = True
-            self.keep_alive = parser.should_keep_alive()
-
-    def on_body(self, chunk):
-        if self.completed:
-            raise _Leftover()           # a body sent after the head of a response to HEAD
-        self.body_seen = True
-        if not self.interim:
-            self.owner.upstream_body(chunk)
-
-    def on_message_complete(self):
-        if self.interim:
-            self.interim = False
-            return
-        if not self.completed:
-            self.completed = True
-            self.keep_alive = self.parser.should_keep_alive()
-        elif self.framing == _CHUNKED:
-            # a response to HEAD was complete at its head; llhttp has now read a chunked body
-            # (if only "0" CRLF CRLF) that the backend should not have sent
-            self.leftover = True
-
-    def _finish(self, owner, keep_alive):
-        self.owner = None
-        self.eof_body = False
-        owner.upstream_done(self, keep_alive)
 
 
 class UpstreamPool:

@@ -38,7 +38,9 @@ def load_form(name: str, form: str) -> ModuleType:
     except ImportError as exc:
         pytest.fail(f"the compiled form of fastpath.{name} does not import ({exc}); {BUILD_HINT}")
     built = os.path.getmtime(module.__file__)
-    for source in (FASTPATH_DIR / f"{name}.py", FASTPATH_DIR / f"{name}.pxd"):
+    # a module written in .pyx is compiled from it (its .py is the interpreted twin)
+    pyx = FASTPATH_DIR / f"{name}.pyx"
+    for source in (pyx if pyx.exists() else FASTPATH_DIR / f"{name}.py", FASTPATH_DIR / f"{name}.pxd"):
         if source.exists() and os.path.getmtime(source) > built:
             pytest.fail(f"the compiled form of fastpath.{name} is older than {source.name}; {BUILD_HINT}")
     return module

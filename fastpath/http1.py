@@ -1,0 +1,442 @@
+"""HTTP/1.1 messages for the data plane, interpreted: the twin of fastpath/http1.pyx over httptools.
+
+The same API and the same decisions as the compiled form (llhttp's C API), made with httptools'
+Python callbacks -- the same llhttp underneath, pinned to the same version
+(``tests/fastpath/test_http1_differential.py`` feeds both the same byte streams).  Read the
+compiled form's docstring for what a parser and a head are.  Where the mechanics differ:
+
+* httptools cannot pause llhttp, so a read is parsed at once and its events are queued; the
+  caller sees them in the same order as from the compiled form, one ``next()`` at a time;
+* httptools hands a header over only when it is complete, and joins the pieces of one that
+  arrives in several reads by concatenation (quadratic); a head that does not fit in one read
+  is therefore collected (gateway.http.headbuffer's scheme) and fed in a few large pieces;
+* a head is kept as its fields, not as offsets into the received bytes.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import httptools
+
+from fastpath.http1_rules import (
+    BODY, END, ERROR, FIRST_DROPPED, HEAD, K_CONNECTION, K_CONTENT_LENGTH, K_DATE, K_EXPECT,
+    K_FORWARDED_FOR, K_HOST, K_OTHER, K_STAGE, K_TRANSFER_ENCODING, NEED_DATA, PLAIN_CONNECTION,
+    REQUEST_KINDS, RESPONSE_KINDS, connection_tokens, is_chunked, request_error, underscore_alias,
+    version_error,
+)
+
+__all__ = ["NEED_DATA", "HEAD", "BODY", "END", "ERROR", "Head", "RequestParser",
+           "ResponseParser", "request_head", "response_head"]
+
+_BEGIN, _LEFTOVER = -1, -2          # queue markers: a message began; bytes after a response
+_TERMINATOR = b"\r\n\r\n"
+_MIN_BATCH = 4096
+
+
+class Head:
+    """A request or response head (see the compiled form)."""
+
+    __slots__ = ("method", "status", "http_major", "http_minor", "content_length", "chunked",
+                 "keep_alive", "upgrade", "dated", "connection_tokens", "_names", "_values",
+                 "_kinds", "_target", "_host", "_stage", "_expect", "_te")
+
+    def __init__(self):
+        self.method = ""
+        self.status = 0
+        self.http_major = self.http_minor = 0
+        self.content_length = -1
+        self.chunked = self.keep_alive = self.upgrade = self.dated = False
+        self.connection_tokens = False
+        self._names: list[bytes] = []
+        self._values: list[bytes] = []
+        self._kinds: list[int] = []
+        self._target = b""
+        self._host = self._stage = self._expect = self._te = -1
+
+    @property
+    def field_count(self):
+        return len(self._names)
+
+    @property
+    def version(self):
+        return f"{self.http_major}.{self.http_minor}"
+
+    def name(self, i):
+        if not 0 <= i < len(self._names):
+            raise IndexError(i)
+        return self._names[i]
+
+    def value(self, i):
+        if not 0 <= i < len(self._values):
+            raise IndexError(i)
+        return self._values[i]
+
+    def get(self, name, default=None):
+        lower = name.lower()
+        for n, v in zip(self._names, self._values):
+            if len(n) == len(lower) and n.lower() == lower:
+                return v
+        return default
+
+    def get_all(self, name):
+        lower = name.lower()
+        return [v for n, v in zip(self._names, self._values) if n.lower() == lower]
+
+    def get_last(self, name, default=None):
+        values = self.get_all(name)
+        return values[-1] if values else default
+
+    def items(self):
+        return list(zip(self._names, self._values))
+
+    def target(self):
+        return self._target
+
+    def host_value(self):
+        return self._values[self._host] if self._host >= 0 else None
+
+    def stage_value(self):
+        return self._values[self._stage].strip() if self._stage >= 0 else None
+
+    def expect_value(self):
+        return self._values[self._expect] if self._expect >= 0 else None
+
+    def _add(self, name, value, kind):
+        self._names.append(name)
+        self._values.append(value)
+        self._kinds.append(kind)
+        return len(self._names) - 1
+
+
+class _Stop(Exception):
+    """Raised from a parser callback: parse no further (what follows is a leftover)."""
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: the message is refused with this answer."""
+
+    def __init__(self, status, message, detail):
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+
+class _Parser:
+    is_request = True
+
+    def __init__(self, max_uri=32768, max_header=32768, max_headers=131072, max_count=256,
+                 head_guard=167936, underscores=False):
+        self.max_uri = max_uri
+        self.max_header = max_header
+        self.max_headers = max_headers
+        self.max_count = max_count
+        self.head_guard = head_guard
+        self.underscores = underscores
+        self.head = None
+        self.body = None
+        self.in_message = False
+        self.in_trailers = False
+        self.error_status = 0
+        self.error_message = None
+        self.error_detail = None
+        self.dropped_underscore = 0
+        self.dropped_alias = 0
+        self.skip_body = False
+        self._events = deque()
+        self._parser = self._make()
+        self._building = None
+        self._in_head = False
+        self._buffer = None         # a head arriving in pieces: (bytearray, fed, skip)
+        self._skipped = False       # a response to HEAD ended at its head
+        self._body_seen = False
+        self._stall = 0
+        self._chunked = False
+
+    def _make(self):
+        parser = (httptools.HttpRequestParser if self.is_request else httptools.HttpResponseParser)(self)
+        if self.is_request:
+            parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
+        return parser
+
+    # -- the API ---------------------------------------------------------------------------------
+    def feed(self, data: bytes):
+        if self.error_status:
+            return
+        if self._buffer is not None:
+            data = self._collect(data)
+            if data is None:
+                return
+        self._body_seen = False
+        self._run(data)
+        if self.error_status:
+            return
+        if self._in_head:
+            if self._buffer is None:
+                self._buffer = [bytearray(data[-3:]), 0, len(data[-3:]), 0]
+        elif self._chunked and self.in_message:
+            # reads of a chunked body that carry no body byte are chunk lines or trailer fields
+            if self._body_seen:
+                self._stall = 0
+            else:
+                self._stall += len(data)
+                if self._stall > self.max_header:
+                    self._refuse(*self._trailer_error())
+
+    def next(self):
+        while self._events:
+            kind, payload = self._events.popleft()
+            if kind == _BEGIN or kind == _LEFTOVER:
+                continue
+            if kind == HEAD:
+                self.head = payload
+            elif kind == BODY:
+                self.body = payload
+            return kind
+        return ERROR if self.error_status else NEED_DATA
+
+    def has_pending(self):
+        return bool(self._events)
+
+    def leftover(self):
+        return bool(self._events)
+
+    # -- feeding httptools ------------------------------------------------------------------------
+    def _collect(self, data):
+        """The head goes on in pieces: collect them, feed when complete or doubled."""
+        buf, fed, skip, size = self._buffer
+        start = len(buf) - 3 if len(buf) > 3 else 0
+        buf += data
+        pending = len(buf) - skip
+        end = buf.find(_TERMINATOR, start)
+        size = fed + (end + 4 - skip if end >= 0 else pending)
+        self._buffer[3] = size
+        if size > self.head_guard:
+            self._buffer = None
+            self._refuse(*self._too_large("head", size))
+            return None
+        if end < 0 and pending < (fed if fed > _MIN_BATCH else _MIN_BATCH):
+            return None
+        out = bytes(buf[skip:])
+        self._buffer[1] = fed + pending
+        del buf[:-3]
+        self._buffer[2] = len(buf)
+        return out
+
+    def _run(self, data):
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # answered as a plain request: what follows is the next request
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self._parser = self._make()
+            rest = data[offset:]
+            if rest:
+                self._run(rest)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Stop):
+                return
+            if isinstance(cause, _Refused):
+                self._refuse(cause.status, cause.message, cause.detail)
+            else:
+                self._refuse(500, "Internal error", f"parser callback: {cause!r}")
+        except httptools.HttpParserError as exc:
+            if self.is_request:
+                status, message = request_error(str(exc), isinstance(
+                    exc, httptools.HttpParserInvalidMethodError), data)
+                self._refuse(status, message, f"parser: {exc}")
+            else:
+                self._refuse(502, "Backend returned an invalid response", f"invalid response: {exc}")
+
+    def _refuse(self, status, message, detail):
+        if not self.error_status:
+            self.error_status, self.error_message, self.error_detail = status, message, detail
+            self._events.append((ERROR, None))
+
+    def _too_large(self, what, size):
+        if self.is_request:
+            return (494, "Request header too large" if what == "header" else
+                    "Request headers too large", f"{what}: {size} bytes")
+        return 502, "Backend returned an invalid response", "response head too large"
+
+    def _trailer_error(self):
+        if self.is_request:
+            return 494, "Request trailer fields too large", "trailer fields"
+        return 502, "Backend returned an invalid response", "response trailer fields too large"
+
+    # -- httptools' callbacks -----------------------------------------------------------------------
+    def on_message_begin(self):
+        if self._skipped:
+            self._events.append((_LEFTOVER, None))
+            raise _Stop()       # the caller closes this connection
+        self._events.append((_BEGIN, None))
+        self.in_message = True
+        self.in_trailers = False
+        self._in_head = True
+        self._building = Head()
+        self._headers_bytes = 0
+        self._count = 0
+        self._trailer_bytes = 0
+        self._url = b""
+
+    def on_url(self, url):
+        self._url += url
+        if len(self._url) > self.max_uri:
+            raise _Refused(414, "Request URI too large", f"{len(self._url)} bytes")
+
+    def on_header(self, name, value):
+        if not self._in_head:
+            self._trailer_bytes += len(name) + len(value)
+            if self._trailer_bytes > self.max_header:
+                raise _Refused(*self._trailer_error())
+            return
+        size = len(name) + len(value)
+        if size > self.max_header:
+            raise _Refused(*self._too_large("header", size))
+        self._headers_bytes += size
+        self._count += 1
+        if self._headers_bytes > self.max_headers or self._count > self.max_count:
+            raise _Refused(*self._too_large("headers", self._headers_bytes))
+        head = self._building
+        kind = (REQUEST_KINDS if self.is_request else RESPONSE_KINDS).get(
+            name.decode("latin-1").lower(), K_OTHER)
+        if self.is_request and kind == K_OTHER and b"_" in name:
+            if underscore_alias(name):
+                self.dropped_alias += 1
+                return
+            if not self.underscores:
+                self.dropped_underscore += 1
+                return
+        index = head._add(name, value, kind)
+        if kind == K_OTHER:
+            return
+        if kind == K_HOST:
+            if head._host >= 0:
+                raise _Refused(400, "Repeated Host header", "Host twice")
+            head._host = index
+        elif kind == K_TRANSFER_ENCODING:
+            if head._te >= 0:
+                if self.is_request:
+                    raise _Refused(400, "Repeated Transfer-Encoding header", "Transfer-Encoding twice")
+                raise _Refused(502, "Backend returned an invalid response",
+                               "Transfer-Encoding twice from a backend")
+            head._te = index
+        elif kind == K_STAGE:
+            if head._stage < 0:
+                head._stage = index
+        elif kind == K_EXPECT:
+            if head._expect < 0:
+                head._expect = index
+        elif kind == K_DATE:
+            head.dated = True
+        elif kind == K_CONNECTION:
+            if value.strip(b" \t").lower() not in PLAIN_CONNECTION:
+                head.connection_tokens = True
+
+    def on_headers_complete(self):
+        self._in_head = False
+        self._buffer = None
+        head = self._building
+        self._building = None
+        parser = self._parser
+        major, minor = (int(x) for x in parser.get_http_version().split("."))
+        head.http_major, head.http_minor = major, minor
+        head.keep_alive = parser.should_keep_alive()
+        head.upgrade = parser.should_upgrade()
+        head._target = self._url
+        if self.is_request:
+            raw_method = parser.get_method()
+            head.method = raw_method.decode("ascii", "replace")
+            refused = version_error(major, minor)
+            if refused is not None:
+                raise _Refused(*refused)
+            if head.method == "CONNECT":
+                raise _Refused(400, "CONNECT is not supported", "CONNECT request")
+        else:
+            head.status = parser.get_status_code()
+        if head._te >= 0:
+            head.chunked = True
+            if not is_chunked(head._values[head._te]):
+                if self.is_request:
+                    raise _Refused(400, "Transfer-Encoding other than chunked is not supported",
+                                   "Transfer-Encoding")
+                raise _Refused(502, "Backend returned an invalid response",
+                               "Transfer-Encoding other than chunked from a backend")
+            if self.is_request and major == 1 and minor == 0:
+                raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request", "HTTP/1.0 chunked")
+        else:
+            for i, kind in enumerate(head._kinds):
+                if kind == K_CONTENT_LENGTH:     # llhttp has checked it (and refused a second)
+                    head.content_length = int(head._values[i])
+                    break
+        self._chunked = head.chunked
+        self._stall = 0
+        self._events.append((HEAD, head))
+        if self.skip_body:
+            # a response to HEAD has no body whatever its framing says (llhttp does not know the
+            # request's method: the compiled form tells it; here the message ends now)
+            self._skipped = True
+            self.in_message = False
+            self._events.append((END, None))
+
+    def on_body(self, body):
+        if self._skipped:
+            self._events.append((_LEFTOVER, None))
+            raise _Stop()
+        self._body_seen = True
+        self._events.append((BODY, body))
+
+    def on_chunk_header(self):
+        pass
+
+    def on_message_complete(self):
+        if self._skipped:
+            if self._chunked:
+                # a chunked body (if only its last chunk) after the head of a response to HEAD
+                self._events.append((_LEFTOVER, None))
+            return
+        self.in_message = False
+        self._chunked = False
+        self._events.append((END, None))
+
+
+class RequestParser(_Parser):
+    is_request = True
+
+
+class ResponseParser(_Parser):
+    is_request = False
+
+    def expect_no_body(self, skip):
+        """The next response answers a HEAD request (see the compiled form)."""
+        self.skip_body = skip
+        if self._skipped:
+            # llhttp may still be waiting for the body the last response to HEAD announced
+            self._parser = self._make()
+            self._skipped = False
+
+
+# -- forwarding heads -------------------------------------------------------------------------------
+
+def _kept(head: Head):
+    tokens = (connection_tokens([v for v, k in zip(head._values, head._kinds) if k == K_CONNECTION])
+              if head.connection_tokens else None)
+    out = []
+    for name, value, kind in zip(head._names, head._values, head._kinds):
+        if kind >= FIRST_DROPPED or (tokens is not None and name.lower() in tokens):
+            continue
+        out.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(out)
+
+
+def request_head(head, method, target, host, client_ip, forwarded_host, request_id, framing):
+    chain = b"".join(v + b", " for v, k in zip(head._values, head._kinds) if k == K_FORWARDED_FOR)
+    return b"".join((
+        method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", _kept(head),
+        b"X-Forwarded-For: ", chain, client_ip, b"\r\nX-Forwarded-Proto: http\r\n",
+        b"X-Forwarded-Host: ", forwarded_host, b"\r\nX-Request-Id: ", request_id, b"\r\n",
+        framing, b"\r\n"))
+
+
+def response_head(status_line, head, lines, request_id, date_line, tail, body):
+    return b"".join((status_line, _kept(head) if head is not None else b"", lines,
+                     b"X-Request-Id: ", request_id, b"\r\n", date_line, tail, b"\r\n", body))

@@ -1,0 +1,103 @@
+"""What both forms of :mod:`fastpath.http1` decide alike: event and field-kind numbers, which
+header names mean what, and the answer to a message that is refused.
+
+Kept in one plain module that both forms import, so that the compiled parser (llhttp's C API)
+and its interpreted twin (httptools, the same llhttp underneath) cannot drift apart on policy;
+only the mechanics differ between them.  Nothing here runs per request on the compiled form's
+success path: the name tables are turned into C lookups at import, and the functions below run
+only when a message is refused.
+"""
+from __future__ import annotations
+
+import re
+
+# -- events returned by Parser.next() -------------------------------------------------------------
+NEED_DATA, HEAD, BODY, END, ERROR = 0, 1, 2, 3, 4
+
+# -- what a header field is to the gateway (kinds below FIRST_DROPPED are forwarded) ---------------
+K_OTHER, K_STAGE, K_DATE = 0, 1, 2
+FIRST_DROPPED = 3
+K_DROP, K_CONNECTION, K_CONTENT_LENGTH, K_TRANSFER_ENCODING, K_FORWARDED_FOR, K_HOST, K_EXPECT = \
+    range(3, 10)
+
+_HOP_BY_HOP = ("keep-alive", "proxy-connection", "te", "trailer", "upgrade")
+
+#: request header fields (lower-case) -> kind; the others are K_OTHER
+REQUEST_KINDS = {
+    "host": K_HOST, "content-length": K_CONTENT_LENGTH, "transfer-encoding": K_TRANSFER_ENCODING,
+    "connection": K_CONNECTION, "expect": K_EXPECT, "x-stage": K_STAGE,
+    "x-forwarded-for": K_FORWARDED_FOR,
+    # set by the gateway itself, or hop-by-hop: never forwarded as the client sent them
+    **{name: K_DROP for name in _HOP_BY_HOP + ("proxy-authorization", "x-forwarded-proto",
+                                               "x-forwarded-host", "x-request-id")},
+}
+#: response header fields (lower-case) -> kind
+RESPONSE_KINDS = {
+    "content-length": K_CONTENT_LENGTH, "transfer-encoding": K_TRANSFER_ENCODING,
+    "connection": K_CONNECTION, "date": K_DATE,
+    **{name: K_DROP for name in _HOP_BY_HOP + ("proxy-authenticate", "x-request-id")},
+}
+
+#: Connection header options that name no other header field
+PLAIN_CONNECTION = frozenset((b"keep-alive", b"close"))
+
+
+def kind_of(name: bytes, request: bool) -> int:
+    return (REQUEST_KINDS if request else RESPONSE_KINDS).get(name.decode("latin-1").lower(), K_OTHER)
+
+
+def underscore_alias(name: bytes) -> bool:
+    """A request field name with '_' that a CGI/WSGI backend reads as one the gateway drops or
+    sets itself (``Transfer_Encoding``, ``X_Forwarded_For``): dropped even when names with '_'
+    are kept."""
+    return kind_of(name.replace(b"_", b"-"), True) >= FIRST_DROPPED
+
+
+def connection_tokens(values) -> frozenset:
+    """The field names listed by Connection header values (lower-case bytes)."""
+    tokens = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip(b" \t").lower()
+            if token and token not in PLAIN_CONNECTION:
+                tokens.add(token)
+    return frozenset(tokens)
+
+
+def is_chunked(value: bytes) -> bool:
+    """A Transfer-Encoding value of exactly ``chunked`` (any case, optional spaces)."""
+    return value.strip(b" \t").lower() == b"chunked"
+
+
+# -- refused messages ------------------------------------------------------------------------------
+
+# A request line with a method token (RFC 9110 §9.1) llhttp does not know: 501, not 400 (the
+# request is well-formed; the method is what the gateway does not implement).  llhttp does not
+# say where the line began, so the read that failed is searched for one.
+_UNKNOWN_METHOD_LINE = re.compile(
+    rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/[0-9]\.[0-9]\r\n")
+
+# llhttp's reasons for what is not malformed but not served
+_NOT_SERVED = {
+    # a method llhttp knows for RTSP or ICE only (DESCRIBE, SETUP, ...)
+    "Invalid method for HTTP/x.x request": (501, "Method not implemented"),
+    # "PRI * HTTP/2.0": an HTTP/2 client with prior knowledge
+    "Expected HTTP/2 Connection Preface": (505, "HTTP version not supported"),
+}
+
+
+def request_error(reason: str, invalid_method: bool, data: bytes) -> tuple[int, str]:
+    """(status, public message) for a request llhttp refused with ``reason``."""
+    if invalid_method:
+        if _UNKNOWN_METHOD_LINE.search(data) is not None:
+            return 501, "Method not implemented"
+        return 400, "Malformed HTTP request"
+    return _NOT_SERVED.get(reason, (400, "Malformed HTTP request"))
+
+
+def version_error(major: int, minor: int) -> tuple[int, str, str] | None:
+    """An HTTP version this gateway does not serve: (status, message, detail), else None.
+    Any 1.x is served (a higher minor version as 1.1, RFC 9112 §2.6)."""
+    if major != 1:
+        return 505, "HTTP version not supported", f"HTTP/{major}.{minor}"
+    return None
