@@ -120,6 +120,7 @@ cdef class Head:
     cdef Field* fields
     cdef Field inline_fields[INLINE_FIELDS]
 
+    cdef _reset(self)
     cdef Field* _add(self) except NULL
     cpdef bytes name(self, int i)
     cpdef bytes value(self, int i)
@@ -147,6 +148,7 @@ cdef class _Parser:
     cdef bint head_started
     cdef bytearray carried
     cdef Head building
+    cdef Head spare
     cdef readonly Head head
     cdef readonly bytes body
     cdef readonly bint in_message
@@ -204,4 +206,4 @@ cdef class ResponseParser(_Parser):
 cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, bytes client_ip,
                          bytes forwarded_host, bytes request_id, bytes framing)
 cpdef bytes response_head(bytes status_line, Head head, bytes lines, bytes request_id,
-                          bytes date_line, bytes trailer_lines, bytes body)
+                          bytes date_line, long long content_length, bytes tail, bytes body)

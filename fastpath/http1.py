@@ -437,6 +437,8 @@ def request_head(head, method, target, host, client_ip, forwarded_host, request_
         framing, b"\r\n"))
 
 
-def response_head(status_line, head, lines, request_id, date_line, tail, body):
+def response_head(status_line, head, lines, request_id, date_line, content_length, tail, body):
+    length = b"Content-Length: %d\r\n" % content_length if content_length >= 0 else b""
     return b"".join((status_line, _kept(head) if head is not None else b"", lines,
-                     b"X-Request-Id: ", request_id, b"\r\n", date_line, tail, b"\r\n", body))
+                     b"X-Request-Id: ", request_id, b"\r\n", date_line, length, tail, b"\r\n",
+                     body))

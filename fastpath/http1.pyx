@@ -24,8 +24,10 @@ Forwarding.  ``request_head`` and ``response_head`` write the head the gateway s
 copying the kept fields of the received head and adding the gateway's own lines, into one bytes
 object sized in advance.
 """
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.ref cimport Py_REFCNT
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
@@ -71,7 +73,6 @@ assert (_rules.K_OTHER, _rules.K_STAGE, _rules.K_DATE, _rules.FIRST_DROPPED, _ru
 cdef enum:
     S_START = 0      # method / protocol: the first bytes of a head
     S_URL = 1
-    S_OTHER = 2      # version, reason phrase
     S_FIELD = 3
     S_VALUE = 4
 
@@ -82,19 +83,37 @@ cdef enum:
 # with the names of its own length, byte by byte, folding case with | 0x20 (exact for HTTP token
 # characters against lower-case letters and '-': no other token character folds onto them).
 
-cdef list _REQUEST_BY_LENGTH = []
-cdef list _RESPONSE_BY_LENGTH = []
+ctypedef struct _Name:
+    const char* lower
+    Py_ssize_t length
+    int kind
+
+cdef enum:
+    MAX_NAMES = 32
+
+cdef _Name _REQUEST_NAMES[MAX_NAMES]
+cdef _Name _RESPONSE_NAMES[MAX_NAMES]
+cdef int _REQUEST_COUNT = 0
+cdef int _RESPONSE_COUNT = 0
+cdef list _KEEP_NAMES = []      # owns the bytes the C tables point into
 
 
-def _by_length(table):
-    out = [() for _ in range(max(len(n) for n in table) + 1)]
-    for name, kind in sorted(table.items()):
-        out[len(name)] += ((name.encode(), kind),)
-    return out
+cdef int _fill(_Name* names, dict table) except -1:
+    cdef int i = 0
+    for name, kind in sorted(table.items(), key=lambda item: len(item[0])):
+        encoded = name.encode()
+        _KEEP_NAMES.append(encoded)
+        if i == MAX_NAMES:
+            raise RuntimeError("too many header names to classify")
+        names[i].lower = PyBytes_AS_STRING(encoded)
+        names[i].length = len(encoded)
+        names[i].kind = kind
+        i += 1
+    return i
 
 
-_REQUEST_BY_LENGTH = _by_length(_rules.REQUEST_KINDS)
-_RESPONSE_BY_LENGTH = _by_length(_rules.RESPONSE_KINDS)
+_REQUEST_COUNT = _fill(_REQUEST_NAMES, _rules.REQUEST_KINDS)
+_RESPONSE_COUNT = _fill(_RESPONSE_NAMES, _rules.RESPONSE_KINDS)
 
 
 cdef inline bint _same(const char* a, const char* lower, Py_ssize_t n) noexcept:
@@ -105,16 +124,14 @@ cdef inline bint _same(const char* a, const char* lower, Py_ssize_t n) noexcept:
     return True
 
 
-cdef int _kind(const char* name, Py_ssize_t n, list table) noexcept:
-    cdef tuple group
-    cdef bytes known
-    if n >= len(table):
-        return K_OTHER
-    group = <tuple>table[n]
-    for entry in group:
-        known = <bytes>(<tuple>entry)[0]
-        if _same(name, PyBytes_AS_STRING(known), n):
-            return <int>(<tuple>entry)[1]
+cdef int _kind(const char* name, Py_ssize_t n, const _Name* names, int count) noexcept:
+    """The kind of field ``name`` in a C table (sorted by length), or K_OTHER."""
+    cdef int i
+    for i in range(count):
+        if names[i].length > n:
+            break
+        if names[i].length == n and _same(name, names[i].lower, n):
+            return names[i].kind
     return K_OTHER
 
 
@@ -167,6 +184,7 @@ cdef list _METHOD_NAMES = _method_names()
 
 # -- the head of a message -----------------------------------------------------------------------
 
+@cython.no_gc           # (only bytes, a str and C fields: it cannot be part of a cycle)
 cdef class Head:
     """A request or response head: the start line's parts and the header fields, as offsets into
     ``raw``.  Made by the parsers; read by the gateway's stages through the methods below, which
@@ -186,6 +204,18 @@ cdef class Head:
     def __dealloc__(self):
         if self.fields != self.inline_fields:
             free(self.fields)
+
+    cdef _reset(self):
+        """Empty, for the next message (a head nobody holds any more is reused)."""
+        self.count = 0
+        self.host_index = self.stage_index = self.expect_index = self.te_index = -1
+        self.content_length = -1
+        self.chunked = self.keep_alive = self.upgrade = self.dated = False
+        self.connection_tokens = False
+        self.target_at = self.target_len = 0
+        self.raw = None
+        self.method = ""
+        self.status = 0
 
     cdef Field* _add(self) except NULL:
         cdef Field* grown
@@ -299,6 +329,11 @@ cdef int _on_message_begin(llhttp_t* p) noexcept:
     self.field_name_len = self.field_value_len = 0
     self.head_bytes = self.headers_bytes = self.trailer_bytes = 0
     self.header_count = 0
+    if self.spare is not None:
+        self.building = self.spare      # the last head but one, which nobody holds any more
+        self.spare = None
+        self.building._reset()
+        return 0
     try:
         self.building = Head.__new__(Head)
     except MemoryError:
@@ -312,10 +347,6 @@ cdef int _on_start(llhttp_t* p, const char* at, size_t length) noexcept:
 
 cdef int _on_url(llhttp_t* p, const char* at, size_t length) noexcept:
     return _owner(p)._span(at, length, S_URL)
-
-
-cdef int _on_other(llhttp_t* p, const char* at, size_t length) noexcept:
-    return _owner(p)._span(at, length, S_OTHER)
 
 
 cdef int _on_field(llhttp_t* p, const char* at, size_t length) noexcept:
@@ -387,8 +418,8 @@ _SETTINGS.on_message_begin = _on_message_begin
 _SETTINGS.on_method = _on_start
 _SETTINGS.on_protocol = _on_start
 _SETTINGS.on_url = _on_url
-_SETTINGS.on_version = _on_other
-_SETTINGS.on_status = _on_other
+# (no callback for the version and the reason phrase: nothing is kept of them, and a head that
+# grows without a callback is bounded when it is carried over to the next read)
 _SETTINGS.on_header_field = _on_field
 _SETTINGS.on_header_value = _on_value
 _SETTINGS.on_header_value_complete = _on_value_complete
@@ -478,9 +509,13 @@ cdef class _Parser:
                 return self._deliver(event)
 
     cdef int _deliver(self, int event) except -1:
+        cdef Head previous
         if event == E_HEAD:
+            previous = self.head
             self.head = self.building
             self.building = None
+            if previous is not None and Py_REFCNT(previous) == 1:
+                self.spare = previous       # only this function holds it: reuse it
         elif event == E_NEED_DATA and self.head_started:
             self._carry()
             if self.error_status:
@@ -634,7 +669,7 @@ cdef class _Parser:
         if name == NULL:
             return -1
         if self.is_request:
-            kind = _kind(name, self.field_name_len, _REQUEST_BY_LENGTH)
+            kind = _kind(name, self.field_name_len, _REQUEST_NAMES, _REQUEST_COUNT)
             if kind == K_OTHER and _has_underscore(name, self.field_name_len):
                 # CGI and WSGI backends read X_Foo as X-Foo: dropped unless kept by the operator,
                 # and never when it reads as a framing, hop-by-hop or gateway-set field
@@ -650,7 +685,7 @@ cdef class _Parser:
                     self.dropped_underscore += 1
                     return 0
         else:
-            kind = _kind(name, self.field_name_len, _RESPONSE_BY_LENGTH)
+            kind = _kind(name, self.field_name_len, _RESPONSE_NAMES, _RESPONSE_COUNT)
         try:
             field = head._add()
         except MemoryError:
@@ -727,8 +762,8 @@ cdef class _Parser:
         head.content_length = <long long>p.content_length if p.flags & F_CONTENT_LENGTH else -1
         if self.is_request:
             head.method = <str>_METHOD_NAMES[p.method]
-            refused = version_error(p.http_major, p.http_minor)
-            if refused is not None:
+            if p.http_major != 1:
+                refused = version_error(p.http_major, p.http_minor)
                 self._fail(refused[0], refused[1], refused[2])
                 return 1
             if head.method == "CONNECT":
@@ -885,18 +920,32 @@ cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, byte
     return out
 
 
+cdef Py_ssize_t _digits(long long n) noexcept:
+    cdef Py_ssize_t d = 1
+    while n >= 10:
+        n //= 10
+        d += 1
+    return d
+
+
 cpdef bytes response_head(bytes status_line, Head head, bytes lines, bytes request_id,
-                          bytes date_line, bytes tail, bytes body):
+                          bytes date_line, long long content_length, bytes tail, bytes body):
     """The head sent to a client (and ``body``, when it is whole, in the same bytes object):
     ``status_line``, the backend's end-to-end fields as received when ``head`` is given
     (hop-by-hop and framing ones left out, and any a Connection field names), ``lines``,
-    X-Request-Id, ``date_line``, ``tail`` (framing and Connection lines), CRLF."""
+    X-Request-Id, ``date_line``, ``Content-Length`` unless ``content_length`` is -1, ``tail``
+    (other framing and Connection lines), CRLF."""
     cdef frozenset tokens = None
     cdef Py_ssize_t size
+    cdef Py_ssize_t digits = 0
+    cdef Py_ssize_t i
+    cdef long long n
     cdef bytes out
     cdef char* dst
+    if content_length >= 0:
+        digits = _digits(content_length)
     size = (len(status_line) + len(lines) + 14 + len(request_id) + 2 + len(date_line) + len(tail)
-            + 2 + len(body))
+            + 2 + len(body) + (18 + digits if content_length >= 0 else 0))
     if head is not None:
         if head.connection_tokens:
             tokens = _tokens(head)
@@ -911,6 +960,14 @@ cpdef bytes response_head(bytes status_line, Head head, bytes lines, bytes reque
     dst = _put_bytes(dst, request_id)
     dst = _put(dst, b"\r\n", 2)
     dst = _put_bytes(dst, date_line)
+    if content_length >= 0:
+        dst = _put(dst, b"Content-Length: ", 16)
+        n = content_length
+        for i in range(digits - 1, -1, -1):
+            dst[i] = <char>(48 + n % 10)
+            n //= 10
+        dst += digits
+        dst = _put(dst, b"\r\n", 2)
     dst = _put_bytes(dst, tail)
     dst = _put(dst, b"\r\n", 2)
     dst = _put_bytes(dst, body)

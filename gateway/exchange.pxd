@@ -1,9 +1,15 @@
 # Types for the compiled form of gateway/exchange.py (Cython pure-Python mode).
 cimport cython
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.string cimport memcpy
 from fastpath._compiled.http1 cimport Head, response_head
 
 cdef bint _COMPILED
+cdef dict STATUS_LINES
+cdef list _STATUS_BY_CODE
+cdef bytes _CHUNKED, _CLOSE, _KEEP_ALIVE, _NOTHING
+cdef const char* _HEX
 
 @cython.locals(ts=timespec)
 cpdef double monotonic()
@@ -20,6 +26,9 @@ cdef class Clock:
 
 cdef class Connection:
     cdef public Clock clock
+    cdef public str client_ip
+    cdef public bytes client_ip_bytes
+    cdef public bint reading_paused
     cdef public double deadline
     cdef public int deadline_kind
     cdef public bint draining
@@ -43,10 +52,20 @@ cdef class Handler:
     cpdef on_client_paused(self, Exchange ex, bint paused)
 
 
+cdef class CompiledApi:
+    cdef public str name
+    cdef public str env
+    cdef public str group
+    cdef public Handler handler
+    cdef public tuple stages
+    cdef public object stats
+
+
 cdef class RequestIds:
-    cdef public str prefix
+    cdef public bytes prefix
     cdef public unsigned long long counter
-    cpdef str next(self)
+    @cython.locals(out=bytes, dst="char *", n="unsigned long long", i=int)
+    cpdef bytes next(self)
 
 
 cdef class Exchange:
@@ -62,11 +81,10 @@ cdef class Exchange:
     cdef public bytes rid
     cdef public str version
     cdef public bint keep_alive
-    cdef public str request_id
     cdef public str client_ip
     cdef public str env
     cdef public object stage
-    cdef public object api
+    cdef public CompiledApi api
     cdef public object params
     cdef public str rest
     cdef public long long content_length
@@ -89,6 +107,8 @@ cdef class Exchange:
     cdef public bint resp_until_close
     cdef public bint head_request
 
+    cpdef setup(self, Connection conn, str method, Head head, str version, bint keep_alive,
+                double started)
     @cython.locals(status_line=bytes, tail=bytes, bodiless=bint, dated=bint)
     cpdef respond_head(self, int status, Head head, bytes lines, long long content_length, bytes body=*)
     cpdef respond_body(self, bytes chunk)

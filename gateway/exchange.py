@@ -22,10 +22,12 @@ except ImportError:  # pragma: no cover - without Cython only the interpreted fo
     _COMPILED = False
 
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text.encode()) for code, text in REASONS.items()}
+_STATUS_BY_CODE = [STATUS_LINES.get(code) for code in range(1000)]   # (indexed without boxing)
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
-_NO_DATE = b""
+_NOTHING = b""
+_HEX = b"0123456789abcdef"
 
 
 def monotonic():
@@ -82,6 +84,9 @@ class Connection:
         self.clock = None
         self.deadline = 0.0
         self.deadline_kind = 0
+        self.client_ip = ""
+        self.client_ip_bytes = b""
+        self.reading_paused = False
 
     def write(self, data):
         raise NotImplementedError
@@ -135,16 +140,43 @@ class Handler:
         pass
 
 
+class CompiledApi:
+    """One API as served in one environment (built by gateway.snapshot; attribute types:
+    gateway/exchange.pxd, so the hot path reads them as C fields)."""
+
+    def __init__(self, name, env, group, handler, stages, stats):
+        self.name = name
+        self.env = env
+        self.group = group
+        self.handler = handler
+        self.stages = stages      # tuple of callables stage(ex), run in order; may raise
+        self.stats = stats        # the metrics of this (api, env), or None when only validating
+
+    def __repr__(self):
+        return f"<CompiledApi {self.name}@{self.env}>"
+
+
 class RequestIds:
-    """Request ids: 32 hex characters, a random per-process prefix and a counter."""
+    """Request ids: 32 hex characters, a random per-process prefix and a counter (bytes: they
+    are written in heads; ``Exchange.request_id`` is the str, made when read)."""
 
     def __init__(self, prefix):
-        self.prefix = prefix
+        self.prefix = prefix.encode("ascii")
         self.counter = 0
 
     def next(self):
         self.counter += 1
-        return f"{self.prefix}{self.counter:016x}"
+        if _COMPILED:
+            # 16 hex digits of the counter after the prefix, written in C: no str, no format
+            out = PyBytes_FromStringAndSize(cython.NULL, 32)
+            dst = PyBytes_AS_STRING(out)
+            memcpy(dst, PyBytes_AS_STRING(self.prefix), 16)
+            n = self.counter
+            for i in range(31, 15, -1):
+                dst[i] = _HEX[n & 15]
+                n >>= 4
+            return out
+        return b"%s%016x" % (self.prefix, self.counter)
 
 
 class Exchange:
@@ -155,6 +187,11 @@ class Exchange:
     """
 
     def __init__(self, conn, method, head, version, keep_alive, started):
+        self.setup(conn, method, head, version, keep_alive, started)
+
+    def setup(self, conn, method, head, version, keep_alive, started):
+        """Every field (the hot path makes exchanges with ``Exchange.__new__(Exchange)`` and
+        this, a C call when compiled, instead of a Python call to the class)."""
         self.conn = conn
         self.method = method
         self.head = head
@@ -167,9 +204,8 @@ class Exchange:
         self.query = b""                # raw query string, without '?'
         self.host = ""
         self.host_bytes = b""
-        self.request_id = ""
-        self.rid = b""                  # request_id, encoded once
-        self.client_ip = conn.client_ip
+        self.rid = b""                  # the request id (see request_id)
+        self.client_ip = conn.client_ip     # (typed on Connection: a C field read)
         self.env = "RELEASE"
         self.stage = None               # the X-Stage header (bytes) when the request had one
         self.api = None                 # the CompiledApi once routed
@@ -198,6 +234,11 @@ class Exchange:
     def has_body(self):
         return self.chunked or self.content_length > 0
 
+    @property
+    def request_id(self):
+        """The request id as str (errors, logs); the head carries ``rid``, its bytes."""
+        return self.rid.decode("ascii")
+
     # -- answering -----------------------------------------------------------------------
     def respond_head(self, status, head, lines, content_length, body=b""):
         """Start the response, in one write.
@@ -215,16 +256,14 @@ class Exchange:
         if conn.draining or (not self.request_complete and (self.chunked or self.content_length > 0)):
             # a request whose body we did not read to the end cannot be followed by another
             self.keep_alive = False
-        status_line = STATUS_LINES.get(status)
+        status_line = _STATUS_BY_CODE[status] if 0 <= status < 1000 else None
         if status_line is None:
             status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status).encode())
-        bodiless = self.head_request or status in (204, 304) or status < 200
+        bodiless = self.head_request or status == 204 or status == 304 or status < 200
+        tail = _NOTHING
         if content_length >= 0:
-            if status != 204 and status != 304:
-                # an f-string of a C integer compiles to a direct conversion (bytes % does not)
-                tail = f"Content-Length: {content_length}\r\n".encode()
-            else:
-                tail = b""
+            if status == 204 or status == 304:
+                content_length = -1         # (no Content-Length on these)
         elif not bodiless:
             if self.version == "1.1":
                 self.resp_chunked = True
@@ -232,20 +271,18 @@ class Exchange:
             else:
                 self.keep_alive = False
                 self.resp_until_close = True
-                tail = b""
-        else:
-            tail = b""
         if not self.keep_alive:
-            tail = tail + _CLOSE
+            tail = _CLOSE if tail is _NOTHING else tail + _CLOSE
         elif self.version == "1.0":
-            tail = tail + _KEEP_ALIVE
+            tail = _KEEP_ALIVE if tail is _NOTHING else tail + _KEEP_ALIVE
         if self.head_request or bodiless:
-            body = b""
+            body = _NOTHING
         elif body:
             self.bytes_sent += len(body)
         dated = head is not None and head.dated
         conn.write(response_head(status_line, head, lines, self.rid,
-                                 _NO_DATE if dated else conn.clock.date, tail, body))
+                                 _NOTHING if dated else conn.clock.date, content_length, tail,
+                                 body))
 
     def respond_body(self, chunk):
         if self.head_request or not chunk:
@@ -279,7 +316,5 @@ class Exchange:
             return
         if error.close:
             self.keep_alive = False
-        if not self.rid:
-            self.rid = self.request_id.encode()
         self.respond_full(error.status, b"Content-Type: application/json\r\n",
                           error_body(error, self.request_id))

@@ -1,12 +1,14 @@
 # Types for the compiled form of gateway/metrics.py (Cython pure-Python mode).
 cimport cython
-from gateway.exchange cimport Exchange, monotonic
+from gateway.exchange cimport CompiledApi, Exchange, monotonic
 
 cdef class ApiStats:
-    cdef public list counts
-    cdef public list duration
+    # C arrays: a request bumps C integers, not Python ints in lists (sizes: STATUS_CLASSES,
+    # BUCKETS + 1; a mismatch fails at import)
+    cdef long long counts[6]
+    cdef long long duration[15]
     cdef public double duration_sum
-    cdef public list upstream
+    cdef long long upstream[15]
     cdef public double upstream_sum
     cpdef observe(self, int status_index, double duration, double upstream)
 
@@ -25,7 +27,7 @@ cdef class WorkerMetrics:
     cdef public str implementation
     cdef public ApiStats unrouted
     cpdef ApiStats api_stats(self, str api, str env)
-    @cython.locals(stats=ApiStats, index=int, status=int)
+    @cython.locals(stats=ApiStats, index=int, status=int, api=CompiledApi)
     cpdef observe(self, Exchange ex, bint aborted)
     cpdef count_error(self, str code)
     cpdef count_dropped_header(self, str reason)

@@ -20,6 +20,7 @@ from gateway.exchange import monotonic
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUS_CLASSES = ("aborted", "1xx", "2xx", "3xx", "4xx", "5xx")
+assert len(STATUS_CLASSES) == 6 and len(BUCKETS) + 1 == 15    # the sizes of ApiStats' arrays
 UNROUTED = ("", "")   # requests answered before an API was found (404, malformed, limits)
 
 
@@ -30,10 +31,11 @@ class ApiStats:
     """
 
     def __init__(self):
-        self.counts = [0] * len(STATUS_CLASSES)
-        self.duration = [0] * (len(BUCKETS) + 1)
+        # literal lists: the compiled form's C arrays (gateway/metrics.pxd) take them as they are
+        self.counts = [0, 0, 0, 0, 0, 0]                                    # STATUS_CLASSES
+        self.duration = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]       # BUCKETS + +Inf
         self.duration_sum = 0.0
-        self.upstream = [0] * (len(BUCKETS) + 1)
+        self.upstream = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         self.upstream_sum = 0.0
 
     def observe(self, status_index, duration, upstream):
@@ -45,7 +47,8 @@ class ApiStats:
             self.upstream_sum += upstream
 
     def as_list(self):
-        return [self.counts, self.duration, self.duration_sum, self.upstream, self.upstream_sum]
+        return [list(self.counts), list(self.duration), self.duration_sum, list(self.upstream),
+                self.upstream_sum]
 
 
 # The bounds again, as a C array in the compiled form (gateway/metrics.pxd): the per-request

@@ -11,7 +11,10 @@ cdef bint _COMPILED
 @cython.locals(i=Py_ssize_t, q=Py_ssize_t, c="unsigned char")
 cdef Py_ssize_t _query_start(bytes raw)
 
+from gateway.exchange cimport CompiledApi
+
 cdef class Pipeline:
     cdef public object worker
-    @cython.locals(router=Router, q=Py_ssize_t, raw=bytes, path=str, found=tuple)
+    cdef public Router router
+    @cython.locals(q=Py_ssize_t, raw=bytes, path=str, found=tuple, api=CompiledApi)
     cpdef enter(self, Exchange ex)

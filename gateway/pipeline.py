@@ -40,10 +40,14 @@ def _query_start(raw):
 
 
 class Pipeline:
-    """Routes exchanges for one worker (attribute types: gateway/pipeline.pxd)."""
+    """Routes exchanges for one worker (attribute types: gateway/pipeline.pxd).
+
+    ``router`` is the live snapshot's; the worker sets it with the snapshot (one reference,
+    swapped atomically: an exchange routed before a reload keeps the API it was given)."""
 
     def __init__(self, worker):
         self.worker = worker
+        self.router = None
 
     def enter(self, ex):
         raw = ex.raw_target
@@ -62,8 +66,7 @@ class Pipeline:
         stage = ex.stage
         env = stage.decode("latin-1") if stage is not None else DEFAULT_ENV
         ex.env = env
-        router = self.worker.snapshot.router   # one read: a reload swaps the whole snapshot
-        found = router.match(env, ex.host, ex.method, path)
+        found = self.router.match(env, ex.host, ex.method, path)
         if found is None:
             raise NotFound("No API matches this request")
         api, ex.params, ex.rest = found

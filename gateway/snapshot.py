@@ -16,27 +16,11 @@ import msgspec
 from fastpath import RouteConflict, Router
 
 from .backends.http import BackendConfigError, HttpBackend
+from .exchange import CompiledApi
 from .backends.mock import MockBackend
 from .config import ConfigError, Document
 
 _VARIABLE = re.compile(r"#([A-Za-z][A-Za-z0-9_-]{2,31})#")
-
-
-class CompiledApi:
-    """One API as served in one environment."""
-
-    __slots__ = ("name", "env", "group", "handler", "stages", "stats")
-
-    def __init__(self, name, env, group, handler, stages, stats):
-        self.name = name
-        self.env = env
-        self.group = group
-        self.handler = handler
-        self.stages = stages      # tuple of callables stage(ex), run in order; may raise
-        self.stats = stats        # the metrics of this (api, env), or None when only validating
-
-    def __repr__(self):
-        return f"<CompiledApi {self.name}@{self.env}>"
 
 
 class Snapshot:

@@ -76,9 +76,6 @@ class Worker:
         self._stopped = loop.create_future()
 
     # -- services for connections and handlers ------------------------------------------------
-    def next_request_id(self) -> str:
-        return self.request_ids.next()
-
     def spawn(self, coro):
         task = self.loop.create_task(coro)
         self._tasks.add(task)
@@ -120,6 +117,7 @@ class Worker:
             self._config_failed(f"{path}: invalid configuration:\n{exc}", initial)
             return False
         self.snapshot = snapshot          # the atomic swap: one reference
+        self.pipeline.router = snapshot.router
         self.config_bytes = data
         if not initial:
             log.info("worker %d: configuration %s is live", self.settings.index, snapshot.version)

@@ -6,10 +6,15 @@ from gateway.exchange cimport Exchange, Handler, monotonic
 from gateway.http.upstream cimport UpstreamConnection, UpstreamOwner, UpstreamPool
 
 
+cdef frozenset IDEMPOTENT
+cdef dict _METHODS
+cdef bytes _CHUNKED
+
 cdef class HttpBackend(Handler):
     cdef public object runtime
     cdef public UpstreamPool pool
     cdef public object key
+    cdef public list idle
     cdef public str authority
     cdef public bytes host_header
     cdef public list path_parts
@@ -33,16 +38,19 @@ cdef class HttpBackend(Handler):
 cdef class ProxyCall(UpstreamOwner):
     cdef public HttpBackend backend
     cdef public UpstreamConnection upstream
+    cdef public bytes head
     cdef public list queued
     cdef public Py_ssize_t queued_bytes
-    cdef public list replay
+    cdef public list sent
     cdef public Py_ssize_t replay_bytes
+    cdef public bint replayable
     cdef public int retries_left
     cdef public int stale_replays
     cdef public bint idempotent
     cdef public bint connecting
     cdef public bint finished
 
+    cpdef setup(self, HttpBackend backend, Exchange ex)
     cpdef dispatch(self, bint fresh)
     cpdef attach(self, UpstreamConnection conn)
     cpdef send_body(self, bytes data)

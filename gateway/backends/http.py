@@ -60,6 +60,8 @@ class HttpBackend(Handler):
         if parts.fragment:
             raise BackendConfigError(f"backend url {url!r}: a fragment is not allowed")
         self.key = (parts.hostname, port)
+        # the pool's list of idle connections to this backend, looked up once
+        self.idle = runtime.pool.slot(self.key) if runtime is not None else None
         self.authority = parts.netloc
         self.host_header = (host_header or parts.netloc).encode("latin-1")
         self.path_parts = _path_template(parts.path or "/")
@@ -73,7 +75,8 @@ class HttpBackend(Handler):
 
     # -- handler interface (called by the client connection) --------------------------------
     def on_head(self, ex):
-        call = ProxyCall(self, ex)
+        call = ProxyCall.__new__(ProxyCall)
+        call.setup(self, ex)
         ex.handler_state = call
         call.dispatch(fresh=False)
 
@@ -159,17 +162,21 @@ class ProxyCall(UpstreamOwner):
     """
 
     def __init__(self, backend, ex):
+        self.setup(backend, ex)
+
+    def setup(self, backend, ex):
+        """Every field (made with ``ProxyCall.__new__`` and this on the hot path: C calls)."""
         self.backend = backend
         self.ex = ex
         self.upstream = None
-        head = self.backend.build_head(self.ex)   # typed attributes: a C call when compiled
-        self.queued = [head]           # bytes not yet written to a connection
-        self.queued_bytes = len(head)
-        self.replay = []               # bytes written so far, kept while small, for a replay
-        self.replay_bytes = 0
-        method = ex.method
-        self.idempotent = method in IDEMPOTENT
-        retries = backend.retries
+        self.head = self.backend.build_head(self.ex)    # typed: a C call when compiled
+        self.queued = None             # body bytes received before a connection was there
+        self.queued_bytes = 0
+        self.sent = None               # body bytes written so far, kept while small (a replay)
+        self.replay_bytes = len(self.head)
+        self.replayable = self.replay_bytes <= self.backend.replay_limit
+        self.idempotent = self.ex.method in IDEMPOTENT    # (self.ex, self.backend: typed C fields)
+        retries = self.backend.retries
         self.retries_left = (1 if self.idempotent else 0) if retries < 0 else retries
         self.stale_replays = 0
         self.connecting = False
@@ -178,7 +185,7 @@ class ProxyCall(UpstreamOwner):
     # -- sending ----------------------------------------------------------------------------
     def dispatch(self, fresh):
         backend = self.backend
-        conn = None if fresh else backend.pool.take(backend.key)
+        conn = None if fresh else backend.pool.take(backend.idle)
         if conn is not None:
             self.attach(conn)
         else:
@@ -215,10 +222,16 @@ class ProxyCall(UpstreamOwner):
         self.upstream = conn
         ex = self.ex
         self.ex.upstream_started = monotonic()
-        data = b"".join(self.queued) if len(self.queued) > 1 else self.queued[0]
-        self.queued = []
-        self.queued_bytes = 0
-        self._remember(data)
+        queued = self.queued
+        if queued is None:
+            data = self.head
+        else:
+            self.queued = None
+            self.queued_bytes = 0
+            for part in queued:
+                self._remember(part)
+            queued.insert(0, self.head)
+            data = b"".join(queued)
         conn.send(self, data, ex.head_request)
         if ex.conn.reading_paused and not ex.request_complete:
             ex.conn.body_backpressure(False)
@@ -229,25 +242,31 @@ class ProxyCall(UpstreamOwner):
             self._remember(data)
             conn.write(data)
         elif not self.finished:
+            if self.queued is None:
+                self.queued = []
             self.queued.append(data)
             self.queued_bytes += len(data)
             if self.queued_bytes > _QUEUE_PAUSE_BYTES:
                 self.ex.conn.body_backpressure(True)
 
     def _remember(self, data):
-        if self.replay is not None:
+        if self.replayable:
             self.replay_bytes += len(data)
             if self.replay_bytes > self.backend.replay_limit:
-                self.replay = None
+                self.replayable = False
+                self.sent = None
             else:
-                self.replay.append(data)
+                if self.sent is None:
+                    self.sent = []
+                self.sent.append(data)
 
     def _retry(self, fresh):
-        """Send the whole request again on a new connection."""
-        self.queued = self.replay + self.queued
-        self.queued_bytes = sum(len(b) for b in self.queued)
-        self.replay = []
-        self.replay_bytes = 0
+        """Send the whole request again on a new connection (it is all still held)."""
+        parts = (self.sent or []) + (self.queued or [])
+        self.queued = parts or None
+        self.queued_bytes = sum(len(b) for b in parts)
+        self.sent = None
+        self.replay_bytes = len(self.head)
         self.upstream = None
         self.dispatch(fresh=fresh)
 
@@ -280,7 +299,7 @@ class ProxyCall(UpstreamOwner):
         self.upstream = None
         self.finished = True
         ex = self.ex
-        if reusable and ex.request_complete and not self.queued:
+        if reusable and ex.request_complete and self.queued is None:
             self.backend.pool.give_back(conn, ex.conn.clock.now)
         else:
             conn.close()
@@ -297,7 +316,7 @@ class ProxyCall(UpstreamOwner):
         ex = self.ex
         if ex.done or self.finished:
             return
-        if not ex.response_started and not conn.got_bytes and self.replay is not None:
+        if not ex.response_started and not conn.got_bytes and self.replayable:
             if conn.uses > 1 and self.idempotent and self.stale_replays < _MAX_STALE_REPLAYS:
                 # keep-alive race: the backend closed the pooled connection as we reused it
                 self.stale_replays += 1

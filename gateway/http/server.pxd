@@ -6,6 +6,7 @@ from gateway.pipeline cimport Pipeline
 from fastpath._compiled.http1 cimport Head, RequestParser
 
 cdef int _E_NEED_DATA, _E_HEAD, _E_BODY, _E_END
+cdef int _NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER
 
 cdef class ClientConnection(Connection):
     cdef public object worker
@@ -16,14 +17,11 @@ cdef class ClientConnection(Connection):
     cdef public object access_log
     cdef public object transport
     cdef public RequestParser parser
-    cdef public str client_ip
-    cdef public bytes client_ip_bytes
     cdef public Exchange current
     cdef public bint running
     cdef public bint peer_eof
     cdef public long long dropped_underscore
     cdef public long long dropped_alias
-    cdef public bint reading_paused
     cdef public bint writing_paused
     cdef public bint closed
     cdef public long long requests
@@ -40,7 +38,7 @@ cdef class ClientConnection(Connection):
     @cython.locals(head=Head, ex=Exchange, parser=RequestParser, version=str)
     cdef _on_head(self)
     cdef _count_drops(self)
-    @cython.locals(host=object, target=bytes)
+    @cython.locals(host=bytes, target=bytes, expect=bytes)
     cdef _check_framing(self, Exchange ex, Head head)
     cdef bytes _absolute_form(self, Exchange ex, bytes target, object host)
     @cython.locals(ex=Exchange)

@@ -26,8 +26,8 @@ from gateway.errors import FramingError, GatewayError, TooLarge, error_body, rea
 from gateway.exchange import Connection, Exchange, monotonic
 
 # deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
-_NONE, _HEAD, _IDLE, _BODY, UPSTREAM, _SEND, _DRAIN, _LINGER = range(8)
-_UPSTREAM = UPSTREAM
+UPSTREAM = 4
+_NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER = range(8)   # C constants, compiled
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_RESET = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a reset
@@ -194,10 +194,10 @@ class ClientConnection(Connection):
     def _on_head(self):
         head = self.parser.head
         version = "1.1" if head.http_minor >= 1 else "1.0"   # (the parser refuses major != 1)
-        ex = Exchange(self, head.method, head, version, head.keep_alive and not self.draining,
-                      monotonic())
-        ex.request_id = self.request_ids.next()
-        ex.rid = ex.request_id.encode()
+        ex = Exchange.__new__(Exchange)
+        ex.setup(self, head.method, head, version, head.keep_alive and not self.draining,
+                 monotonic())
+        ex.rid = self.request_ids.next()
         stage = head.stage_value()
         if stage is not None:
             ex.stage = stage
@@ -371,14 +371,15 @@ class ClientConnection(Connection):
         self._write_error(error)
 
     def _write_error(self, error):
-        request_id = self.request_ids.next()
+        rid = self.request_ids.next()
+        request_id = rid.decode("ascii")
         self.worker.count_protocol_error(error)
         self.worker.log_protocol_error(self, error, request_id)
         body = error_body(error, request_id)
         head = (b"HTTP/1.1 %d %s\r\n%bContent-Type: application/json\r\nContent-Length: %d\r\n"
                 b"X-Request-Id: %s\r\nConnection: close\r\n\r\n"
                 % (error.status, reason(error.status).encode(), self.clock.date, len(body),
-                   request_id.encode()))
+                   rid))
         self.write(head + body)
         self.linger()
 

@@ -23,6 +23,7 @@ cdef class UpstreamPool
 cdef class UpstreamConnection:
     cdef public UpstreamPool pool
     cdef public object key
+    cdef public list idle
     cdef public object transport
     cdef public ResponseParser parser
     cdef public UpstreamOwner owner
@@ -61,8 +62,8 @@ cdef class UpstreamPool:
     cdef public dict distrusted
     cdef public long long desyncs
 
-    @cython.locals(conns=list)
-    cpdef UpstreamConnection take(self, object key)
+    cpdef list slot(self, object key)
+    cpdef UpstreamConnection take(self, list conns)
     @cython.locals(conns=list)
     cpdef give_back(self, UpstreamConnection conn, double now)
     cpdef distrust(self, object key, str what)

@@ -84,6 +84,7 @@ class UpstreamConnection:
     def __init__(self, pool, key):
         self.pool = pool
         self.key = key
+        self.idle = pool.slot(key)   # where this connection waits when idle
         self.transport = None
         # response heads are bounded like request heads (over the bound: 502, connection closed)
         self.parser = fastpath.ResponseParser(pool.max_header, pool.max_header, pool.max_headers,
@@ -273,18 +274,25 @@ class UpstreamPool:
         self.distrusted = {}     # (host, port) -> loop time until which nothing is reused
         self.desyncs = 0         # times a backend sent unasked bytes, for the metrics
 
-    def take(self, key):
-        """An idle connection to ``key`` or None: the one idle the longest (see the module's
-        docstring)."""
+    def slot(self, key):
+        """The list of idle connections to backend ``key`` (longest idle first).  Made once and
+        kept: backends and connections hold it, so a request looks nothing up by key."""
         conns = self.idle.get(key)
+        if conns is None:
+            conns = self.idle[key] = []
+        return conns
+
+    def take(self, conns):
+        """An idle connection from ``conns`` (a slot) or None: the one idle the longest (see
+        the module's docstring)."""
         while conns:
             conn = conns.pop(0)     # at most max_idle items move: cheaper than a deque's call
-            if not conn.closed and not conn.transport.is_closing():
-                return conn
+            if not conn.closed:     # (a transport that is closing has been closed by us, or
+                return conn         # its connection_lost, which sets closed, is on the way)
         return None
 
     def give_back(self, conn, now):
-        if conn.closed or conn.transport.is_closing():
+        if conn.closed:
             return
         if self.distrusted:
             until = self.distrusted.get(conn.key)
@@ -293,9 +301,7 @@ class UpstreamPool:
                     conn.close()
                     return
                 del self.distrusted[conn.key]
-        conns = self.idle.get(conn.key)
-        if conns is None:
-            conns = self.idle[conn.key] = []
+        conns = conn.idle
         if len(conns) >= self.max_idle:
             conn.close()
             return
@@ -312,11 +318,12 @@ class UpstreamPool:
             log.warning("backend %s:%s %s; its connections are not reused for %.0f s",
                         key[0], key[1], what, DISTRUST_S)
         self.distrusted[key] = now + DISTRUST_S
-        for conn in self.idle.pop(key, ()):
-            conn.close()
+        conns = self.slot(key)
+        while conns:
+            conns.pop().close()
 
     def forget(self, conn):
-        conns = self.idle.get(conn.key)
+        conns = conn.idle
         if conns:
             try:
                 conns.remove(conn)
@@ -343,7 +350,6 @@ class UpstreamPool:
         return sum(len(c) for c in self.idle.values())
 
     def close_all(self):
-        for conns in list(self.idle.values()):
-            for conn in list(conns):
-                conn.close()
-        self.idle.clear()
+        for conns in self.idle.values():
+            while conns:
+                conns.pop().close()
