@@ -84,7 +84,7 @@ cdef extern from "llhttp.h":
     void llhttp_set_lenient_spaces_after_chunk_size(llhttp_t* parser, int enabled)
 
 
-# One header field of a head: offsets into Head.raw.
+# One header field of a head: offsets from Head.start (the first byte of the head).
 ctypedef struct Field:
     uint32_t name_at
     uint32_t name_len
@@ -98,7 +98,9 @@ cdef enum:
 
 
 cdef class Head:
-    cdef readonly bytes raw
+    cdef bytes buffer           # holds the head's bytes: a read of its own or a copy
+    cdef const char* start      # the head's first byte, inside buffer
+    cdef Py_ssize_t length      # the head's size (start line to the blank line)
     cdef readonly str method
     cdef readonly int status
     cdef readonly int http_major

@@ -15,9 +15,9 @@ pipelined request stays unparsed bytes until the caller asks for it, and the byt
 response are known exactly (``leftover``).
 
 No Python object is made per header: llhttp's callbacks are C functions that record each field
-as offsets into the head.  A head is kept as one bytes object (``Head.raw``) made when it is
-complete (a head split over reads is carried over in a buffer, each byte copied once); the
-fields are (offset, length) pairs into it, classified once (Host, framing, hop-by-hop...) by
+as offsets into the head.  A head's bytes stay in one bytes object: the read it came in when
+that read holds little else (no copy at all), else a copy made when the head is complete (a
+head split over reads is carried over in a buffer, each byte copied once); the fields are (offset, length) pairs into it, classified once (Host, framing, hop-by-hop...) by
 comparing names in C.  Values are made only when asked for (``Head.get``).
 
 Forwarding.  ``request_head`` and ``response_head`` write the head the gateway sends on by
@@ -48,6 +48,11 @@ cdef enum:
     E_END = 3
     E_ERROR = 4
     E_CONTINUE = 5   # internal: nothing to report (a chunk ended, an upgrade was passed)
+
+cdef enum:
+    # a head keeps the read it came in (instead of a copy) when that read is at most this much
+    # larger than the head: a small body or the start of the next request, never a large body
+    _ADOPT_SLACK = 1024
 
 cdef enum:
     K_OTHER = 0
@@ -90,30 +95,43 @@ ctypedef struct _Name:
 
 cdef enum:
     MAX_NAMES = 32
+    MAX_NAME_LENGTH = 32
 
 cdef _Name _REQUEST_NAMES[MAX_NAMES]
 cdef _Name _RESPONSE_NAMES[MAX_NAMES]
+cdef int _REQUEST_FIRST[MAX_NAME_LENGTH + 2]
+cdef int _RESPONSE_FIRST[MAX_NAME_LENGTH + 2]
 cdef int _REQUEST_COUNT = 0
 cdef int _RESPONSE_COUNT = 0
 cdef list _KEEP_NAMES = []      # owns the bytes the C tables point into
 
 
-cdef int _fill(_Name* names, dict table) except -1:
+cdef int _fill(_Name* names, int* first, dict table) except -1:
+    """Fill a C table from ``table`` (sorted by length) and ``first``: first[n] is the index of
+    the first name of length n or more (names longer than MAX_NAME_LENGTH are refused)."""
     cdef int i = 0
+    cdef int n
     for name, kind in sorted(table.items(), key=lambda item: len(item[0])):
         encoded = name.encode()
         _KEEP_NAMES.append(encoded)
-        if i == MAX_NAMES:
-            raise RuntimeError("too many header names to classify")
+        if i == MAX_NAMES or len(encoded) > MAX_NAME_LENGTH:
+            raise RuntimeError("header name table too large for its C form")
         names[i].lower = PyBytes_AS_STRING(encoded)
         names[i].length = len(encoded)
         names[i].kind = kind
         i += 1
+    for n in range(MAX_NAME_LENGTH + 2):
+        first[n] = i
+    for n in range(i - 1, -1, -1):
+        first[names[n].length] = n
+    for n in range(MAX_NAME_LENGTH, -1, -1):
+        if first[n] > first[n + 1]:
+            first[n] = first[n + 1]
     return i
 
 
-_REQUEST_COUNT = _fill(_REQUEST_NAMES, _rules.REQUEST_KINDS)
-_RESPONSE_COUNT = _fill(_RESPONSE_NAMES, _rules.RESPONSE_KINDS)
+_REQUEST_COUNT = _fill(_REQUEST_NAMES, _REQUEST_FIRST, _rules.REQUEST_KINDS)
+_RESPONSE_COUNT = _fill(_RESPONSE_NAMES, _RESPONSE_FIRST, _rules.RESPONSE_KINDS)
 
 
 cdef inline bint _same(const char* a, const char* lower, Py_ssize_t n) noexcept:
@@ -124,13 +142,16 @@ cdef inline bint _same(const char* a, const char* lower, Py_ssize_t n) noexcept:
     return True
 
 
-cdef int _kind(const char* name, Py_ssize_t n, const _Name* names, int count) noexcept:
-    """The kind of field ``name`` in a C table (sorted by length), or K_OTHER."""
+cdef int _kind(const char* name, Py_ssize_t n, const _Name* names, const int* first,
+               int count) noexcept:
+    """The kind of field ``name`` in a C table, or K_OTHER: only names of its length compared."""
     cdef int i
-    for i in range(count):
-        if names[i].length > n:
+    if n > MAX_NAME_LENGTH:
+        return K_OTHER
+    for i in range(first[n], count):
+        if names[i].length != n:
             break
-        if names[i].length == n and _same(name, names[i].lower, n):
+        if _same(name, names[i].lower, n):
             return names[i].kind
     return K_OTHER
 
@@ -187,7 +208,7 @@ cdef list _METHOD_NAMES = _method_names()
 @cython.no_gc           # (only bytes, a str and C fields: it cannot be part of a cycle)
 cdef class Head:
     """A request or response head: the start line's parts and the header fields, as offsets into
-    ``raw``.  Made by the parsers; read by the gateway's stages through the methods below, which
+    the head's bytes.  Made by the parsers; read by the gateway's stages through the methods below, which
     allocate only what they return."""
 
     def __cinit__(self):
@@ -213,7 +234,9 @@ cdef class Head:
         self.chunked = self.keep_alive = self.upgrade = self.dated = False
         self.connection_tokens = False
         self.target_at = self.target_len = 0
-        self.raw = None
+        self.buffer = None
+        self.start = NULL
+        self.length = 0
         self.method = ""
         self.status = 0
 
@@ -244,7 +267,7 @@ cdef class Head:
         """The name of field ``i`` as received."""
         if not 0 <= i < self.count:
             raise IndexError(i)
-        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(self.raw) + self.fields[i].name_at,
+        return PyBytes_FromStringAndSize(self.start + self.fields[i].name_at,
                                          self.fields[i].name_len)
 
     cpdef bytes value(self, int i):
@@ -256,7 +279,7 @@ cdef class Head:
     cdef bytes _value_of(self, int index):
         if index < 0:
             return None
-        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(self.raw) + self.fields[index].value_at,
+        return PyBytes_FromStringAndSize(self.start + self.fields[index].value_at,
                                          self.fields[index].value_len)
 
     cpdef object get(self, bytes name, object default=None):
@@ -264,7 +287,7 @@ cdef class Head:
         cdef int i
         cdef Py_ssize_t n = len(name)
         cdef bytes lower = name.lower()
-        cdef const char* raw = PyBytes_AS_STRING(self.raw)
+        cdef const char* raw = self.start
         for i in range(self.count):
             if self.fields[i].name_len == n and _same(raw + self.fields[i].name_at,
                                                       PyBytes_AS_STRING(lower), n):
@@ -276,7 +299,7 @@ cdef class Head:
         cdef int i
         cdef Py_ssize_t n = len(name)
         cdef bytes lower = name.lower()
-        cdef const char* raw = PyBytes_AS_STRING(self.raw)
+        cdef const char* raw = self.start
         out = []
         for i in range(self.count):
             if self.fields[i].name_len == n and _same(raw + self.fields[i].name_at,
@@ -294,8 +317,7 @@ cdef class Head:
 
     cpdef bytes target(self):
         """The request target as received (origin form, absolute form...)."""
-        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(self.raw) + self.target_at,
-                                         self.target_len)
+        return PyBytes_FromStringAndSize(self.start + self.target_at, self.target_len)
 
     cpdef object host_value(self):
         """The Host field's value (it is never repeated), or None."""
@@ -669,7 +691,8 @@ cdef class _Parser:
         if name == NULL:
             return -1
         if self.is_request:
-            kind = _kind(name, self.field_name_len, _REQUEST_NAMES, _REQUEST_COUNT)
+            kind = _kind(name, self.field_name_len, _REQUEST_NAMES, _REQUEST_FIRST,
+                         _REQUEST_COUNT)
             if kind == K_OTHER and _has_underscore(name, self.field_name_len):
                 # CGI and WSGI backends read X_Foo as X-Foo: dropped unless kept by the operator,
                 # and never when it reads as a framing, hop-by-hop or gateway-set field
@@ -685,7 +708,8 @@ cdef class _Parser:
                     self.dropped_underscore += 1
                     return 0
         else:
-            kind = _kind(name, self.field_name_len, _RESPONSE_NAMES, _RESPONSE_COUNT)
+            kind = _kind(name, self.field_name_len, _RESPONSE_NAMES, _RESPONSE_FIRST,
+                         _RESPONSE_COUNT)
         try:
             field = head._add()
         except MemoryError:
@@ -791,19 +815,30 @@ cdef class _Parser:
         return 0
 
     cdef _finish_raw(self):
-        """The head is complete at self.pos: make ``raw`` (carried bytes + this read's part)."""
+        """The head is complete at self.pos: give it its bytes.  A head read whole in a read
+        not much larger than itself keeps that read (the common case: no copy); otherwise the
+        head is copied (carried bytes + this read's part), so that a head never pins a large
+        read (a body that came with it) for as long as the exchange lasts."""
         cdef Head head = self.building
         cdef Py_ssize_t carried = 0
         cdef Py_ssize_t here = self.pos - self.head_start
         cdef bytes raw
         if self.carried is not None:
             carried = PyByteArray_GET_SIZE(self.carried)
+        if carried == 0 and self.size <= here + _ADOPT_SLACK:
+            head.buffer = self.data
+            head.start = self.base + self.head_start
+            head.length = here
+            self.head_started = False
+            return
         raw = PyBytes_FromStringAndSize(NULL, carried + here)
         if carried:
             memcpy(PyBytes_AS_STRING(raw), PyByteArray_AS_STRING(self.carried), carried)
             self.carried = None         # a buffer of a split head is not kept once done
         memcpy(PyBytes_AS_STRING(raw) + carried, self.base + self.head_start, here)
-        head.raw = raw
+        head.buffer = raw
+        head.start = PyBytes_AS_STRING(raw)
+        head.length = carried + here
         self.head_started = False
 
 
@@ -862,7 +897,7 @@ cdef Py_ssize_t _kept_size(Head head, frozenset tokens):
 
 
 cdef char* _put_kept(char* dst, Head head, frozenset tokens):
-    cdef const char* raw = PyBytes_AS_STRING(head.raw)
+    cdef const char* raw = head.start
     cdef int i
     for i in range(head.count):
         if _kept(head, i, tokens):
@@ -880,7 +915,7 @@ cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, byte
     field names), then X-Forwarded-For (the client's chain, then ``client_ip``),
     X-Forwarded-Proto, X-Forwarded-Host, X-Request-Id and ``framing`` (whole lines)."""
     cdef frozenset tokens = _tokens(head) if head.connection_tokens else None
-    cdef const char* raw = PyBytes_AS_STRING(head.raw)
+    cdef const char* raw = head.start
     cdef Py_ssize_t chain = 0
     cdef Py_ssize_t size
     cdef int i

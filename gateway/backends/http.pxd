@@ -10,6 +10,8 @@ cdef frozenset IDEMPOTENT
 cdef dict _METHODS
 cdef bytes _CHUNKED
 
+cdef class ProxyCall
+
 cdef class HttpBackend(Handler):
     cdef public object runtime
     cdef public UpstreamPool pool
@@ -25,11 +27,18 @@ cdef class HttpBackend(Handler):
     cdef public bint prefix
     cdef public Py_ssize_t replay_limit
 
+    # ``call`` typed: ProxyCall's methods are C calls, not Python method lookups
+    @cython.locals(call=ProxyCall)
     cpdef on_head(self, Exchange ex)
+    @cython.locals(call=ProxyCall)
     cpdef on_body(self, Exchange ex, bytes chunk)
+    @cython.locals(call=ProxyCall)
     cpdef on_request_end(self, Exchange ex)
+    @cython.locals(call=ProxyCall)
     cpdef on_timeout(self, Exchange ex)
+    @cython.locals(call=ProxyCall)
     cpdef on_abort(self, Exchange ex)
+    @cython.locals(call=ProxyCall)
     cpdef on_client_paused(self, Exchange ex, bint paused)
     @cython.locals(n=Py_ssize_t, path=str, target=bytes, query=bytes, method=bytes, framing=bytes)
     cpdef bytes build_head(self, Exchange ex)
@@ -51,6 +60,7 @@ cdef class ProxyCall(UpstreamOwner):
     cdef public bint finished
 
     cpdef setup(self, HttpBackend backend, Exchange ex)
+    @cython.locals(backend=HttpBackend, conn=UpstreamConnection)
     cpdef dispatch(self, bint fresh)
     cpdef attach(self, UpstreamConnection conn)
     cpdef send_body(self, bytes data)

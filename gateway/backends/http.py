@@ -78,7 +78,7 @@ class HttpBackend(Handler):
         call = ProxyCall.__new__(ProxyCall)
         call.setup(self, ex)
         ex.handler_state = call
-        call.dispatch(fresh=False)
+        call.dispatch(False)
 
     def on_body(self, ex, chunk):
         ex.handler_state.send_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if ex.chunked else chunk)
@@ -268,7 +268,7 @@ class ProxyCall(UpstreamOwner):
         self.sent = None
         self.replay_bytes = len(self.head)
         self.upstream = None
-        self.dispatch(fresh=fresh)
+        self.dispatch(fresh)
 
     def drop_upstream(self):
         self.finished = True

@@ -286,7 +286,8 @@ class UpstreamPool:
         """An idle connection from ``conns`` (a slot) or None: the one idle the longest (see
         the module's docstring)."""
         while conns:
-            conn = conns.pop(0)     # at most max_idle items move: cheaper than a deque's call
+            conn = conns[0]         # at most max_idle items move: cheaper than a deque's call
+            del conns[0]            # (and than pop(0), which compiles to a method call)
             if not conn.closed:     # (a transport that is closing has been closed by us, or
                 return conn         # its connection_lost, which sets closed, is on the way)
         return None
