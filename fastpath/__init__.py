@@ -1,8 +1,10 @@
 """The compiled hot path of Tollgate.
 
-Every module here is written once in Cython's pure-Python mode: ``fastpath/<name>.py`` runs
-interpreted, and ``setup.py`` compiles the same source, typed by ``fastpath/<name>.pxd``, into
-``fastpath._compiled.<name>``.  This file is the one place that picks which form is live:
+Every module here has two forms.  Most are written once in Cython's pure-Python mode:
+``fastpath/<name>.py`` runs interpreted, and ``setup.py`` compiles the same source, typed by
+``fastpath/<name>.pxd``, into ``fastpath._compiled.<name>``.  ``http1`` is the exception: its
+compiled form (``http1.pyx``) drives llhttp's C API and its interpreted twin (``http1.py``)
+uses httptools over the same llhttp; tests feed both the same bytes.  This file is the one place that picks which form is live:
 
 * ``TOLLGATE_NO_EXTENSIONS=1`` forces the interpreted form;
 * otherwise the compiled form is used when *every* compiled module imports (a mix of forms
@@ -22,7 +24,7 @@ from types import ModuleType
 
 #: The modules of fastpath, each with a ``.pxd`` beside it (setup.py compiles exactly these;
 #: from ``<name>.pyx`` when there is one, the ``.py`` being its interpreted twin).
-MODULES = ("buffers", "headers", "http1", "pathnorm", "router")
+MODULES = ("http1", "pathnorm", "router")
 
 FORCED_PURE = os.environ.get("TOLLGATE_NO_EXTENSIONS", "").strip() not in ("", "0")
 
@@ -71,12 +73,6 @@ IMPLEMENTATION, _LIVE = _live_modules()
 normalize_path = _LIVE["pathnorm"].normalize_path
 PathError = _LIVE["pathnorm"].PathError
 Router = _LIVE["router"].Router
-filter_request_headers = _LIVE["headers"].filter_request_headers
-filter_response_headers = _LIVE["headers"].filter_response_headers
-concat = _LIVE["buffers"].concat
-name_table = _LIVE["headers"].name_table
-name_code = _LIVE["headers"].name_code
-underscore_kind = _LIVE["headers"].underscore_kind
 RouteConflict = _LIVE["router"].RouteConflict
 http1 = _LIVE["http1"]
 RequestParser = http1.RequestParser
@@ -85,7 +81,5 @@ request_head = http1.request_head
 response_head = http1.response_head
 
 __all__ = ["IMPLEMENTATION", "MODULES", "load", "compiled_available",
-           "normalize_path", "PathError", "Router", "RouteConflict",
-           "filter_request_headers", "filter_response_headers", "concat",
-           "name_table", "name_code", "underscore_kind", "http1", "RequestParser",
+           "normalize_path", "PathError", "Router", "RouteConflict", "http1", "RequestParser",
            "ResponseParser", "request_head", "response_head"]

@@ -62,5 +62,4 @@ def _module_fixture(name: str):
 
 pathnorm_mod = _module_fixture("pathnorm")
 router_mod = _module_fixture("router")
-headers_mod = _module_fixture("headers")
-buffers_mod = _module_fixture("buffers")
+http1_mod = _module_fixture("http1")
