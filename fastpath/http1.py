@@ -21,8 +21,8 @@ import httptools
 from fastpath.http1_rules import (
     BODY, END, ERROR, FIRST_DROPPED, HEAD, K_CONNECTION, K_CONTENT_LENGTH, K_DATE, K_EXPECT,
     K_FORWARDED_FOR, K_HOST, K_OTHER, K_STAGE, K_TRANSFER_ENCODING, NEED_DATA, PLAIN_CONNECTION,
-    REQUEST_KINDS, RESPONSE_KINDS, connection_tokens, is_chunked, request_error, underscore_alias,
-    version_error,
+    REQUEST_KINDS, RESPONSE_KINDS, connection_tokens, is_chunked, keep_alive_of, request_error,
+    underscore_alias, version_error,
 )
 
 __all__ = ["NEED_DATA", "HEAD", "BODY", "END", "ERROR", "Head", "RequestParser",
@@ -72,6 +72,8 @@ class Head:
         return self._values[i]
 
     def get(self, name, default=None):
+        if not isinstance(name, bytes):
+            raise TypeError(f"a field name is bytes, not {type(name).__name__}")
         lower = name.lower()
         for n, v in zip(self._names, self._values):
             if len(n) == len(lower) and n.lower() == lower:
@@ -79,6 +81,8 @@ class Head:
         return default
 
     def get_all(self, name):
+        if not isinstance(name, bytes):
+            raise TypeError(f"a field name is bytes, not {type(name).__name__}")
         lower = name.lower()
         return [v for n, v in zip(self._names, self._values) if n.lower() == lower]
 
@@ -147,9 +151,11 @@ class _Parser:
         self._in_head = False
         self._buffer = None         # a head arriving in pieces: (bytearray, fed, skip)
         self._skipped = False       # a response to HEAD ended at its head
-        self._body_seen = False
+        self._progress = False      # this read ended a head or carried body bytes
         self._stall = 0
         self._chunked = False
+        self._upgrade_body = None   # framing of an upgrade request's body (see _run)
+        self._framing_only = False  # parsing the stand-in head of that body (see _run)
 
     def _make(self):
         parser = (httptools.HttpRequestParser if self.is_request else httptools.HttpResponseParser)(self)
@@ -165,7 +171,7 @@ class _Parser:
             data = self._collect(data)
             if data is None:
                 return
-        self._body_seen = False
+        self._progress = False
         self._run(data)
         if self.error_status:
             return
@@ -173,12 +179,15 @@ class _Parser:
             if self._buffer is None:
                 self._buffer = [bytearray(data[-3:]), 0, len(data[-3:]), 0]
         elif self._chunked and self.in_message:
-            # reads of a chunked body that carry no body byte are chunk lines or trailer fields
-            if self._body_seen:
+            # Reads of a chunked body that end no head and carry no body byte are chunk lines
+            # or trailer fields.  Complete trailer fields are bounded exactly as in the compiled
+            # form (on_header); this bounds what httptools holds of an unfinished one (or of
+            # chunk lines), more loosely since it counts raw bytes.
+            if self._progress:
                 self._stall = 0
             else:
                 self._stall += len(data)
-                if self._stall > self.max_header:
+                if self._stall > 2 * self.max_header + _MIN_BATCH:
                     self._refuse(*self._trailer_error())
 
     def next(self):
@@ -225,11 +234,21 @@ class _Parser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            # answered as a plain request: what follows is the next request
+            # The gateway switches no protocol: an upgrade request is a plain request, and what
+            # follows it is HTTP.  httptools ends such a request at its head (llhttp reads the
+            # rest as "the other protocol"), so a fresh parser goes on from there; when the
+            # request has a body, it is first given a stand-in head carrying the body's framing
+            # alone (nothing of it is reported: _framing_only), so that it reads the body by its
+            # framing, as the compiled form does, and not as a next request.
             offset = upgrade.args[0] if upgrade.args else len(data)
             self._parser = self._make()
             rest = data[offset:]
-            if rest:
+            framing = self._upgrade_body
+            if framing is not None:
+                self._upgrade_body = None
+                self._framing_only = True
+                self._run(b"PUT / HTTP/1.1\r\n" + framing + b"\r\n" + rest)
+            elif rest:
                 self._run(rest)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -265,6 +284,8 @@ class _Parser:
 
     # -- httptools' callbacks -----------------------------------------------------------------------
     def on_message_begin(self):
+        if self._framing_only:
+            return
         if self._skipped:
             self._events.append((_LEFTOVER, None))
             raise _Stop()       # the caller closes this connection
@@ -279,11 +300,15 @@ class _Parser:
         self._url = b""
 
     def on_url(self, url):
+        if self._framing_only:
+            return
         self._url += url
         if len(self._url) > self.max_uri:
             raise _Refused(414, "Request URI too large", f"{len(self._url)} bytes")
 
     def on_header(self, name, value):
+        if self._framing_only:
+            return
         if not self._in_head:
             self._trailer_bytes += len(name) + len(value)
             if self._trailer_bytes > self.max_header:
@@ -333,8 +358,13 @@ class _Parser:
                 head.connection_tokens = True
 
     def on_headers_complete(self):
+        if self._framing_only:
+            self._framing_only = False      # the stand-in head: the body that follows is reported
+            self._in_head = False
+            return
         self._in_head = False
         self._buffer = None
+        self._progress = True
         head = self._building
         self._building = None
         parser = self._parser
@@ -370,8 +400,14 @@ class _Parser:
                     break
         self._chunked = head.chunked
         self._stall = 0
+        if self.is_request and head.upgrade and (head.chunked or head.content_length > 0):
+            self._upgrade_body = (b"Transfer-Encoding: chunked\r\n" if head.chunked else
+                                  b"Content-Length: %d\r\n" % head.content_length)
         self._events.append((HEAD, head))
-        if self.skip_body:
+        if self.skip_body and head.status >= 200:
+            # complete at its head, so llhttp's "read until close" does not apply to it
+            head.keep_alive = keep_alive_of(head.http_major, head.http_minor, [
+                v for v, k in zip(head._values, head._kinds) if k == K_CONNECTION])
             # a response to HEAD has no body whatever its framing says (llhttp does not know the
             # request's method: the compiled form tells it; here the message ends now)
             self._skipped = True
@@ -382,13 +418,18 @@ class _Parser:
         if self._skipped:
             self._events.append((_LEFTOVER, None))
             raise _Stop()
-        self._body_seen = True
+        self._progress = True
         self._events.append((BODY, body))
 
     def on_chunk_header(self):
-        pass
+        if self._skipped:
+            # a chunk of a body after the head of a response to HEAD
+            self._events.append((_LEFTOVER, None))
+            raise _Stop()
 
     def on_message_complete(self):
+        if self._upgrade_body is not None:
+            return          # httptools ended an upgrade request at its head: its body follows
         if self._skipped:
             if self._chunked:
                 # a chunked body (if only its last chunk) after the head of a response to HEAD
@@ -429,7 +470,8 @@ def _kept(head: Head):
 
 
 def request_head(head, method, target, host, client_ip, forwarded_host, request_id, framing):
-    chain = b"".join(v + b", " for v, k in zip(head._values, head._kinds) if k == K_FORWARDED_FOR)
+    values = (v.rstrip(b" \t") for v, k in zip(head._values, head._kinds) if k == K_FORWARDED_FOR)
+    chain = b"".join(v + b", " for v in values if v)    # an empty element is never sent on
     return b"".join((
         method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", _kept(head),
         b"X-Forwarded-For: ", chain, client_ip, b"\r\nX-Forwarded-Proto: http\r\n",

@@ -134,6 +134,20 @@ _REQUEST_COUNT = _fill(_REQUEST_NAMES, _REQUEST_FIRST, _rules.REQUEST_KINDS)
 _RESPONSE_COUNT = _fill(_RESPONSE_NAMES, _RESPONSE_FIRST, _rules.RESPONSE_KINDS)
 
 
+cdef inline bint _same_name(const char* a, const char* lower, Py_ssize_t n) noexcept:
+    """``a`` equals ``lower`` (lower-cased with bytes.lower) ignoring ASCII case: only A-Z
+    fold, so any token character ('_', '^', '~'...) compares exactly."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(n):
+        c = <unsigned char>a[i]
+        if 65 <= c <= 90:
+            c |= 0x20
+        if c != <unsigned char>lower[i]:
+            return False
+    return True
+
+
 cdef inline bint _same(const char* a, const char* lower, Py_ssize_t n) noexcept:
     cdef Py_ssize_t i
     for i in range(n):
@@ -165,12 +179,13 @@ cdef bint _has_underscore(const char* name, Py_ssize_t n) noexcept:
 
 
 cdef bint _value_is_chunked(const char* v, Py_ssize_t n) noexcept:
-    """A value of exactly 'chunked', with optional spaces and tabs around it."""
+    """A value of exactly 'chunked' (any case) as llhttp reads one: spaces and tabs before it,
+    spaces only after it (after a tab, llhttp does not take the body as chunked)."""
     cdef Py_ssize_t start = 0
     cdef Py_ssize_t end = n
     while start < end and (v[start] == 32 or v[start] == 9):
         start += 1
-    while end > start and (v[end - 1] == 32 or v[end - 1] == 9):
+    while end > start and v[end - 1] == 32:
         end -= 1
     return end - start == 7 and _same(v + start, b"chunked", 7)
 
@@ -289,8 +304,8 @@ cdef class Head:
         cdef bytes lower = name.lower()
         cdef const char* raw = self.start
         for i in range(self.count):
-            if self.fields[i].name_len == n and _same(raw + self.fields[i].name_at,
-                                                      PyBytes_AS_STRING(lower), n):
+            if self.fields[i].name_len == n and _same_name(raw + self.fields[i].name_at,
+                                                           PyBytes_AS_STRING(lower), n):
                 return self._value_of(i)
         return default
 
@@ -302,8 +317,8 @@ cdef class Head:
         cdef const char* raw = self.start
         out = []
         for i in range(self.count):
-            if self.fields[i].name_len == n and _same(raw + self.fields[i].name_at,
-                                                      PyBytes_AS_STRING(lower), n):
+            if self.fields[i].name_len == n and _same_name(raw + self.fields[i].name_at,
+                                                           PyBytes_AS_STRING(lower), n):
                 out.append(self._value_of(i))
         return out
 
@@ -385,9 +400,9 @@ cdef int _on_value_complete(llhttp_t* p) noexcept:
 
 cdef int _on_headers_complete(llhttp_t* p) noexcept:
     cdef _Parser self = _owner(p)
-    if self.skip_body or (self.is_request and p.upgrade):
-        # a response to HEAD has no body whatever its framing says; an upgrade request's body
-        # is not read (as httptools, the twin, does): the parse goes on after the head
+    if self.skip_body and p.status_code >= 200:
+        # a response to HEAD has no body whatever its framing says (an interim 1xx before it
+        # is a message of its own)
         p.flags |= F_SKIPBODY
     try:
         if self._head_done() != 0:
@@ -395,6 +410,11 @@ cdef int _on_headers_complete(llhttp_t* p) noexcept:
     except BaseException as exc:
         self._fail(500, "Internal error", f"parser: {exc!r}")
         return -1
+    if self.is_request:
+        # the gateway switches no protocol: an upgrade request is a plain request whose body,
+        # if it has one, is read by its framing, and what follows it is the next request
+        # (llhttp would skip to "the other protocol" right after the head)
+        p.upgrade = 0
     self.pause_event = E_HEAD
     return HPE_PAUSED
 
@@ -480,6 +500,8 @@ cdef class _Parser:
 
     cpdef feed(self, bytes data):
         """Hand over the next read (after what is left of the previous one, if anything)."""
+        if data is None:
+            raise TypeError("feed() takes bytes, not None")
         if self.pos < self.size:
             data = self.data[self.pos:] + data      # rare: the caller reads on while it waits
             if self.head_started and self.head_start >= self.pos:
@@ -800,7 +822,8 @@ cdef class _Parser:
                                 head.fields[head.te_index].value_len)
             if te == NULL:
                 raise MemoryError()
-            if not _value_is_chunked(te, head.fields[head.te_index].value_len):
+            # (and llhttp must agree: a body it would not read as chunked is never forwarded)
+            if not _value_is_chunked(te, head.fields[head.te_index].value_len) or not head.chunked:
                 if self.is_request:
                     self._fail(400, "Transfer-Encoding other than chunked is not supported",
                                "Transfer-Encoding")
@@ -914,16 +937,24 @@ cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, byte
     fields as received (hop-by-hop, framing and gateway-set ones left out, and any a Connection
     field names), then X-Forwarded-For (the client's chain, then ``client_ip``),
     X-Forwarded-Proto, X-Forwarded-Host, X-Request-Id and ``framing`` (whole lines)."""
-    cdef frozenset tokens = _tokens(head) if head.connection_tokens else None
-    cdef const char* raw = head.start
+    cdef frozenset tokens
+    cdef const char* raw
     cdef Py_ssize_t chain = 0
     cdef Py_ssize_t size
+    cdef Py_ssize_t n
     cdef int i
     cdef bytes out
     cdef char* dst
+    if (head is None or method is None or target is None or host is None or client_ip is None
+            or forwarded_host is None or request_id is None or framing is None):
+        raise TypeError("request_head() takes a Head and bytes, not None")
+    tokens = _tokens(head) if head.connection_tokens else None
+    raw = head.start
     for i in range(head.count):
         if head.fields[i].kind == K_FORWARDED_FOR:
-            chain += head.fields[i].value_len + 2
+            n = _trimmed(raw + head.fields[i].value_at, head.fields[i].value_len)
+            if n:       # an empty element is never sent on (RFC 9110 5.6.1)
+                chain += n + 2
     size = (len(method) + 1 + len(target) + 17 + len(host) + 2 + _kept_size(head, tokens)
             + 17 + chain + len(client_ip) + 2 + 25 + 18 + len(forwarded_host) + 2
             + 14 + len(request_id) + 2 + len(framing) + 2)
@@ -939,8 +970,10 @@ cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, byte
     dst = _put(dst, b"X-Forwarded-For: ", 17)
     for i in range(head.count):
         if head.fields[i].kind == K_FORWARDED_FOR:
-            dst = _put(dst, raw + head.fields[i].value_at, head.fields[i].value_len)
-            dst = _put(dst, b", ", 2)
+            n = _trimmed(raw + head.fields[i].value_at, head.fields[i].value_len)
+            if n:
+                dst = _put(dst, raw + head.fields[i].value_at, n)
+                dst = _put(dst, b", ", 2)
     dst = _put_bytes(dst, client_ip)
     dst = _put(dst, b"\r\nX-Forwarded-Proto: http\r\n", 27)
     dst = _put(dst, b"X-Forwarded-Host: ", 18)
@@ -953,6 +986,13 @@ cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, byte
     if dst - PyBytes_AS_STRING(out) != size:
         raise RuntimeError("request head outgrew its computed size")
     return out
+
+
+cdef Py_ssize_t _trimmed(const char* v, Py_ssize_t n) noexcept:
+    """The length of value ``v`` without trailing spaces and tabs (llhttp drops leading ones)."""
+    while n > 0 and (v[n - 1] == 32 or v[n - 1] == 9):
+        n -= 1
+    return n
 
 
 cdef Py_ssize_t _digits(long long n) noexcept:
@@ -977,6 +1017,9 @@ cpdef bytes response_head(bytes status_line, Head head, bytes lines, bytes reque
     cdef long long n
     cdef bytes out
     cdef char* dst
+    if (status_line is None or lines is None or request_id is None or date_line is None
+            or tail is None or body is None):
+        raise TypeError("response_head() takes bytes, not None (head may be None)")
     if content_length >= 0:
         digits = _digits(content_length)
     size = (len(status_line) + len(lines) + 14 + len(request_id) + 2 + len(date_line) + len(tail)

@@ -64,32 +64,48 @@ def connection_tokens(values) -> frozenset:
     return frozenset(tokens)
 
 
+def keep_alive_of(major: int, minor: int, connection_values) -> bool:
+    """Whether a message that is complete at its head leaves the connection open, by its
+    version and Connection values (llhttp's rule when no body is read to the close)."""
+    tokens = set()
+    for value in connection_values:
+        tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
+    if major > 0 and minor > 0:
+        return b"close" not in tokens
+    return b"keep-alive" in tokens
+
+
 def is_chunked(value: bytes) -> bool:
-    """A Transfer-Encoding value of exactly ``chunked`` (any case, optional spaces)."""
-    return value.strip(b" \t").lower() == b"chunked"
+    """A Transfer-Encoding value of exactly ``chunked`` (any case) as llhttp reads one: spaces
+    and tabs before it, spaces only after it (after a tab, llhttp does not take the body as
+    chunked, so neither may the gateway: such a message is refused)."""
+    return value.lstrip(b" \t").rstrip(b" ").lower() == b"chunked"
 
 
 # -- refused messages ------------------------------------------------------------------------------
 
 # A request line with a method token (RFC 9110 §9.1) llhttp does not know: 501, not 400 (the
-# request is well-formed; the method is what the gateway does not implement).  llhttp does not
-# say where the line began, so the read that failed is searched for one.
+# request is well-formed; the method is what the gateway does not implement).  llhttp says only
+# that the method is unknown, so the bytes of the refused message (from its start, empty lines
+# allowed before it) are matched against a whole request line.
 _UNKNOWN_METHOD_LINE = re.compile(
-    rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/[0-9]\.[0-9]\r\n")
+    rb"(?:\r?\n)*[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/[0-9]\.[0-9]\r\n")
 
 # llhttp's reasons for what is not malformed but not served
 _NOT_SERVED = {
     # a method llhttp knows for RTSP or ICE only (DESCRIBE, SETUP, ...)
     "Invalid method for HTTP/x.x request": (501, "Method not implemented"),
-    # "PRI * HTTP/2.0": an HTTP/2 client with prior knowledge
+    # "PRI * HTTP/2.0": an HTTP/2 client with prior knowledge (the whole preface, or a broken one)
+    "Pause on PRI/Upgrade": (505, "HTTP version not supported"),
     "Expected HTTP/2 Connection Preface": (505, "HTTP version not supported"),
 }
 
 
 def request_error(reason: str, invalid_method: bool, data: bytes) -> tuple[int, str]:
-    """(status, public message) for a request llhttp refused with ``reason``."""
+    """(status, public message) for a request llhttp refused with ``reason``; ``data``: the
+    refused message's bytes from its start, as far as they were read."""
     if invalid_method:
-        if _UNKNOWN_METHOD_LINE.search(data) is not None:
+        if _UNKNOWN_METHOD_LINE.match(data) is not None:
             return 501, "Method not implemented"
         return 400, "Malformed HTTP request"
     return _NOT_SERVED.get(reason, (400, "Malformed HTTP request"))

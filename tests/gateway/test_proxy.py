@@ -365,3 +365,23 @@ def test_upgrade_request_is_answered_as_a_plain_request(gw, backend_m):
     names = {k.lower() for k, _ in rec["headers"]}
     assert "upgrade" not in names and "connection" not in names
     assert responses[1].body == b'{"mock":true}'
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_upgrade_request_body_is_read_as_a_body_not_as_a_request(gw, backend_m, framing):
+    # An upgrade request with a body is a plain request too: its body (here, bytes that read as
+    # a request) goes to the backend as the body, and is never answered as a request of its own
+    # (parsers that switch to "the other protocol" after the head would skip the body).
+    inner = b"GET /mock HTTP/1.1\r\nHost: gw.test\r\n\r\n"
+    if framing == "chunked":
+        body_part = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
+    else:
+        body_part = b"Content-Length: %d\r\n\r\n%s" % (len(inner), inner)
+    responses, closed = exchange(
+        gw.port, b"POST /echo/upgrade-body HTTP/1.1\r\nHost: gw.test\r\nConnection: Upgrade\r\n"
+                 b"Upgrade: websocket\r\n" + body_part, expect=2, timeout=1.5)
+    assert len(responses) == 1, responses
+    rec = responses[0].json()
+    assert responses[0].status == 200 and rec["method"] == "POST"
+    assert rec["body_length"] == len(inner)
+    assert rec["body_sha256"] == hashlib.sha256(inner).hexdigest()
