@@ -21,8 +21,9 @@ import httptools
 from fastpath.http1_rules import (
     BODY, END, ERROR, FIRST_DROPPED, HEAD, K_CONNECTION, K_CONTENT_LENGTH, K_DATE, K_EXPECT,
     K_FORWARDED_FOR, K_HOST, K_OTHER, K_STAGE, K_TRANSFER_ENCODING, NEED_DATA, PLAIN_CONNECTION,
-    REQUEST_KINDS, RESPONSE_KINDS, connection_tokens, is_chunked, keep_alive_of, request_error,
-    underscore_alias, version_error,
+    MAX_CONTENT_LENGTH, REQUEST_KINDS, RESPONSE_KINDS, connection_tokens, content_length_error,
+    is_chunked, keep_alive_of, request_error, says_close, underscore_alias,
+    version_error,
 )
 
 __all__ = ["NEED_DATA", "HEAD", "BODY", "END", "ERROR", "Head", "RequestParser",
@@ -156,6 +157,10 @@ class _Parser:
         self._chunked = False
         self._upgrade_body = None   # framing of an upgrade request's body (see _run)
         self._framing_only = False  # parsing the stand-in head of that body (see _run)
+        self._chunk = b""           # what _run_once feeds (see _after_skipped_head)
+        self._carry = b""           # the last bytes fed before it
+        self._carried_head = False  # a head was in progress when _chunk began
+        self._heads_in_chunk = 0    # heads completed in _chunk
 
     def _make(self):
         parser = (httptools.HttpRequestParser if self.is_request else httptools.HttpResponseParser)(self)
@@ -165,6 +170,8 @@ class _Parser:
 
     # -- the API ---------------------------------------------------------------------------------
     def feed(self, data: bytes):
+        if data is None:
+            raise TypeError("feed() takes bytes, not None")
         if self.error_status:
             return
         if self._buffer is not None:
@@ -231,6 +238,23 @@ class _Parser:
         return out
 
     def _run(self, data):
+        # (a loop, not a recursion from the handler of the upgrade: a refusal raised while
+        # handling another exception would be chained to it, and reads of many upgrade requests
+        # would exhaust the stack)
+        while data is not None:
+            data = self._run_once(data)
+
+    def _run_once(self, data):
+        """Feed ``data`` to httptools; what is left to feed to a fresh parser, or None."""
+        if self._skipped:
+            # httptools was stopped at the head of a response to HEAD: what follows it in later
+            # reads is judged by its bytes (see _after_skipped_head)
+            if data.strip(b"\r\n"):
+                self._events.append((_LEFTOVER, None))
+            return None
+        self._chunk = data
+        self._carried_head = self._in_head
+        self._heads_in_chunk = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -247,13 +271,12 @@ class _Parser:
             if framing is not None:
                 self._upgrade_body = None
                 self._framing_only = True
-                self._run(b"PUT / HTTP/1.1\r\n" + framing + b"\r\n" + rest)
-            elif rest:
-                self._run(rest)
+                return b"PUT / HTTP/1.1\r\n" + framing + b"\r\n" + rest
+            return rest or None
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Stop):
-                return
+                return None
             if isinstance(cause, _Refused):
                 self._refuse(cause.status, cause.message, cause.detail)
             else:
@@ -265,6 +288,9 @@ class _Parser:
                 self._refuse(status, message, f"parser: {exc}")
             else:
                 self._refuse(502, "Backend returned an invalid response", f"invalid response: {exc}")
+        finally:
+            self._carry = (self._carry + data)[-3:]
+        return None
 
     def _refuse(self, status, message, detail):
         if not self.error_status:
@@ -286,9 +312,6 @@ class _Parser:
     def on_message_begin(self):
         if self._framing_only:
             return
-        if self._skipped:
-            self._events.append((_LEFTOVER, None))
-            raise _Stop()       # the caller closes this connection
         self._events.append((_BEGIN, None))
         self.in_message = True
         self.in_trailers = False
@@ -298,6 +321,7 @@ class _Parser:
         self._count = 0
         self._trailer_bytes = 0
         self._url = b""
+        self._says_close = False
 
     def on_url(self, url):
         if self._framing_only:
@@ -356,6 +380,8 @@ class _Parser:
         elif kind == K_CONNECTION:
             if value.strip(b" \t").lower() not in PLAIN_CONNECTION:
                 head.connection_tokens = True
+            if says_close((value,)):
+                self._says_close = True
 
     def on_headers_complete(self):
         if self._framing_only:
@@ -365,12 +391,15 @@ class _Parser:
         self._in_head = False
         self._buffer = None
         self._progress = True
+        self._heads_in_chunk += 1
         head = self._building
         self._building = None
         parser = self._parser
         major, minor = (int(x) for x in parser.get_http_version().split("."))
         head.http_major, head.http_minor = major, minor
-        head.keep_alive = parser.should_keep_alive()
+        # (llhttp keeps an HTTP/1.0 message that says both keep-alive and close alive; close
+        # wins, RFC 9112 §9.3)
+        head.keep_alive = parser.should_keep_alive() and not self._says_close
         head.upgrade = parser.should_upgrade()
         head._target = self._url
         if self.is_request:
@@ -398,6 +427,8 @@ class _Parser:
                 if kind == K_CONTENT_LENGTH:     # llhttp has checked it (and refused a second)
                     head.content_length = int(head._values[i])
                     break
+            if head.content_length > MAX_CONTENT_LENGTH:
+                raise _Refused(*content_length_error(self.is_request, head.content_length))
         self._chunked = head.chunked
         self._stall = 0
         if self.is_request and head.upgrade and (head.chunked or head.content_length > 0):
@@ -413,28 +444,34 @@ class _Parser:
             self._skipped = True
             self.in_message = False
             self._events.append((END, None))
+            self._after_skipped_head()
+
+    def _after_skipped_head(self):
+        """A response to HEAD ends at its head: stop httptools there (it would read the body
+        the head announces) and judge the rest of the read as the compiled form does, where
+        llhttp is told there is no body: empty lines between messages are nothing, any other
+        byte is a leftover (a body, a chunk line, another response).  httptools does not say
+        where in the read it is, so the head's end is found by counting the heads it completed
+        in this read (interim 1xx heads before it; none has a body) to as many blank lines."""
+        buf = (self._carry + self._chunk) if self._carried_head else self._chunk
+        pos = 0
+        try:
+            for _ in range(self._heads_in_chunk):
+                pos = buf.index(_TERMINATOR, pos) + 4
+        except ValueError:      # (cannot happen with llhttp's strict line ends; distrust it)
+            pos = len(buf) - 1
+        if buf[pos:].strip(b"\r\n"):
+            self._events.append((_LEFTOVER, None))
+        raise _Stop()
 
     def on_body(self, body):
-        if self._skipped:
-            self._events.append((_LEFTOVER, None))
-            raise _Stop()
         self._progress = True
         self._events.append((BODY, body))
 
-    def on_chunk_header(self):
-        if self._skipped:
-            # a chunk of a body after the head of a response to HEAD
-            self._events.append((_LEFTOVER, None))
-            raise _Stop()
 
     def on_message_complete(self):
         if self._upgrade_body is not None:
             return          # httptools ended an upgrade request at its head: its body follows
-        if self._skipped:
-            if self._chunked:
-                # a chunked body (if only its last chunk) after the head of a response to HEAD
-                self._events.append((_LEFTOVER, None))
-            return
         self.in_message = False
         self._chunked = False
         self._events.append((END, None))

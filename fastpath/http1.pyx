@@ -33,7 +33,8 @@ from libc.string cimport memcpy
 
 from fastpath.http1_rules import (
     NEED_DATA as _P_NEED_DATA, HEAD as _P_HEAD, BODY as _P_BODY, END as _P_END,
-    ERROR as _P_ERROR, request_error, version_error, connection_tokens,
+    ERROR as _P_ERROR, request_error, version_error, connection_tokens, content_length_error,
+    MAX_CONTENT_LENGTH,
 )
 from fastpath import http1_rules as _rules
 import sys
@@ -41,6 +42,7 @@ import sys
 NEED_DATA, HEAD, BODY, END, ERROR = _P_NEED_DATA, _P_HEAD, _P_BODY, _P_END, _P_ERROR
 
 # C copies of the numbers of http1_rules (checked equal at import below)
+cdef uint64_t _MAX_CONTENT_LENGTH = MAX_CONTENT_LENGTH
 cdef enum:
     E_NEED_DATA = 0
     E_HEAD = 1
@@ -802,10 +804,21 @@ cdef class _Parser:
         cdef const char* te
         head.http_major = p.http_major
         head.http_minor = p.http_minor
-        head.keep_alive = llhttp_should_keep_alive(p)
+        # (llhttp keeps an HTTP/1.0 message that says both keep-alive and close alive; close
+        # wins, RFC 9112 §9.3)
+        head.keep_alive = llhttp_should_keep_alive(p) and not (p.flags & F_CONNECTION_CLOSE)
         head.upgrade = p.upgrade
         head.chunked = (p.flags & F_CHUNKED) != 0
-        head.content_length = <long long>p.content_length if p.flags & F_CONTENT_LENGTH else -1
+        if p.flags & F_CONTENT_LENGTH:
+            if p.content_length > _MAX_CONTENT_LENGTH:
+                # (llhttp reads it as an unsigned 64-bit number; as a long long it would turn
+                # negative, which reads as "no length": the body would follow as a request)
+                refused = content_length_error(self.is_request, p.content_length)
+                self._fail(refused[0], refused[1], refused[2])
+                return 1
+            head.content_length = <long long>p.content_length
+        else:
+            head.content_length = -1
         if self.is_request:
             head.method = <str>_METHOD_NAMES[p.method]
             if p.http_major != 1:

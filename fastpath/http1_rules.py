@@ -64,15 +64,27 @@ def connection_tokens(values) -> frozenset:
     return frozenset(tokens)
 
 
-def keep_alive_of(major: int, minor: int, connection_values) -> bool:
-    """Whether a message that is complete at its head leaves the connection open, by its
-    version and Connection values (llhttp's rule when no body is read to the close)."""
+def _connection_options(connection_values) -> set:
     tokens = set()
     for value in connection_values:
         tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
-    if major > 0 and minor > 0:
-        return b"close" not in tokens
-    return b"keep-alive" in tokens
+    return tokens
+
+
+def says_close(connection_values) -> bool:
+    """Whether the Connection values hold ``close``: the connection ends after this message
+    whatever else they say (RFC 9112 §9.3; llhttp keeps an HTTP/1.0 message that says both
+    ``keep-alive`` and ``close`` alive, so both forms apply this on top of it)."""
+    return b"close" in _connection_options(connection_values)
+
+
+def keep_alive_of(major: int, minor: int, connection_values) -> bool:
+    """Whether a message that is complete at its head leaves the connection open, by its
+    version and Connection values (llhttp's rule when no body is read to the close)."""
+    tokens = _connection_options(connection_values)
+    if b"close" in tokens:
+        return False
+    return (major > 0 and minor > 0) or b"keep-alive" in tokens
 
 
 def is_chunked(value: bytes) -> bool:
@@ -109,6 +121,18 @@ def request_error(reason: str, invalid_method: bool, data: bytes) -> tuple[int, 
             return 501, "Method not implemented"
         return 400, "Malformed HTTP request"
     return _NOT_SERVED.get(reason, (400, "Malformed HTTP request"))
+
+
+# The largest Content-Length either form takes (2**63 - 1: a signed 64-bit length); llhttp
+# reads up to 2**64 - 1.  A larger one is refused, never wrapped.
+MAX_CONTENT_LENGTH = (1 << 63) - 1
+
+
+def content_length_error(request: bool, length: int) -> tuple[int, str, str]:
+    """(status, message, detail) for a Content-Length over MAX_CONTENT_LENGTH."""
+    if request:
+        return 413, "Request body too large", f"Content-Length {length}"
+    return 502, "Backend returned an invalid response", f"Content-Length {length} from a backend"
 
 
 def version_error(major: int, minor: int) -> tuple[int, str, str] | None:

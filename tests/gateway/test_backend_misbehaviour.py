@@ -281,6 +281,15 @@ def test_a_transfer_coding_other_than_chunked_is_502_before_the_head(raw, gatewa
     assert_502(responses)
 
 
+@pytest.mark.parametrize("length", [b"9223372036854775808", b"18446744073709551615"])
+def test_a_content_length_too_large_for_64_bits_is_502(raw, gateway, length):
+    def script(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nhello")
+    gw = gateway(raw(script))
+    assert_502(get(gw.port, "/cl-huge")[0])
+
+
 def test_a_repeated_chunked_transfer_encoding_is_502(raw, gateway):
     def script(conn):
         conn.read_request()

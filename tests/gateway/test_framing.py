@@ -354,6 +354,15 @@ def test_smuggling_te_te_obfuscated(gw, backend):
     assert seen == []
 
 
+@pytest.mark.parametrize("length", [b"9223372036854775808", b"18446744073709551615"])
+def test_content_length_too_large_for_64_bits_is_413_and_nothing_is_forwarded(gw, backend, length):
+    """A length of 2**63 or more must not wrap to "no length": the body (here a request) would
+    reach the backend as the next request."""
+    data = (b"POST /echo?t=cl-huge HTTP/1.1\r\nHost: gw.test\r\nContent-Length: " + length +
+            b"\r\n\r\n" + SMUGGLED)
+    assert_refused(gw, backend, data, status=413)
+
+
 def test_request_hidden_in_content_length_body_stays_body(gw, backend):
     body = SMUGGLED
     data = (b"POST /echo?t=hidden-cl HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n"
