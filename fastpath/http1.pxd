@@ -62,6 +62,7 @@ cdef extern from "llhttp.h":
         HPE_USER
 
     enum:
+        HTTP_CONNECT
         HTTP_QUERY      # the last of llhttp's methods (they are numbered from 0)
         F_CONNECTION_KEEP_ALIVE
         F_CONNECTION_CLOSE

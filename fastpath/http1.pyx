@@ -825,7 +825,7 @@ cdef class _Parser:
                 refused = version_error(p.http_major, p.http_minor)
                 self._fail(refused[0], refused[1], refused[2])
                 return 1
-            if head.method == "CONNECT":
+            if p.method == HTTP_CONNECT:
                 self._fail(400, "CONNECT is not supported", "CONNECT request")
                 return 1
         else:

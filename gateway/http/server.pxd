@@ -16,6 +16,9 @@ cdef class ClientConnection(Connection):
     cdef public WorkerMetrics metrics
     cdef public object access_log
     cdef public object transport
+    cdef object send_bytes
+    cdef bytes last_host
+    cdef str last_host_str
     cdef public RequestParser parser
     cdef public Exchange current
     cdef public bint running

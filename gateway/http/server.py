@@ -57,11 +57,14 @@ class ClientConnection(Connection):
         self.metrics = worker.metrics
         self.access_log = worker.access_log
         self.transport = None
+        self.send_bytes = None       # transport.write, bound once (not looked up per write)
         self.parser = fastpath.RequestParser(limits.max_uri_bytes, limits.max_header_bytes,
                                     limits.max_headers_bytes, limits.max_headers_count,
                                     limits.head_guard_bytes, limits.underscores_in_headers)
         self.client_ip = ""
         self.client_ip_bytes = b""
+        self.last_host = None        # the Host of the last request and its str (clients keep
+        self.last_host_str = ""      # to one host per connection: decoded once)
         self.current = None          # the exchange being received or answered
         self.running = False         # _run is on the stack (an answer may come from within it)
         self.peer_eof = False        # the client half-closed: no request can follow
@@ -82,6 +85,7 @@ class ClientConnection(Connection):
     # -- connection events ---------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        self.send_bytes = transport.write
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         self.client_ip_bytes = self.client_ip.encode()
@@ -239,7 +243,10 @@ class ClientConnection(Connection):
                 raise FramingError("Missing Host header")
             host = b""
         ex.host_bytes = host
-        ex.host = host.decode("latin-1")
+        if host != self.last_host:
+            self.last_host = host
+            self.last_host_str = host.decode("latin-1")
+        ex.host = self.last_host_str
         expect = head.expect_value()
         if expect is not None:
             if expect.lower() != b"100-continue":
@@ -393,7 +400,7 @@ class ClientConnection(Connection):
         if self.corked:
             self.out.append(data)
         elif not self.closed:
-            self.transport.write(data)
+            self.send_bytes(data)
 
     def uncork(self):
         """Send what was written while corked, in one system call."""
@@ -403,7 +410,7 @@ class ClientConnection(Connection):
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()         # before writing: a failed write must not be retried forever
             if not self.closed:
-                self.transport.write(data)
+                self.send_bytes(data)
 
     def linger(self):
         """Close after an answer sent while the client may still be sending (an error, a

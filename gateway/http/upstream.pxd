@@ -25,6 +25,7 @@ cdef class UpstreamConnection:
     cdef public object key
     cdef public list idle
     cdef public object transport
+    cdef object send_bytes
     cdef public ResponseParser parser
     cdef public UpstreamOwner owner
     cdef public int uses

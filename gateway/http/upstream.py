@@ -86,6 +86,7 @@ class UpstreamConnection:
         self.key = key
         self.idle = pool.slot(key)   # where this connection waits when idle
         self.transport = None
+        self.send_bytes = None       # transport.write, bound once (not looked up per write)
         # response heads are bounded like request heads (over the bound: 502, connection closed)
         self.parser = fastpath.ResponseParser(pool.max_header, pool.max_header, pool.max_headers,
                                      pool.max_count, pool.head_guard, True)
@@ -103,6 +104,7 @@ class UpstreamConnection:
     # -- lifecycle --------------------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        self.send_bytes = transport.write
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -159,11 +161,11 @@ class UpstreamConnection:
         self.eof_body = False
         self.skip_body = skip_body
         self.parser.expect_no_body(skip_body)
-        self.transport.write(data)
+        self.send_bytes(data)
 
     def write(self, data):
         if not self.closed:
-            self.transport.write(data)
+            self.send_bytes(data)
 
     def pause_reading(self, paused):
         if self.closed or paused == self.reading_paused:
