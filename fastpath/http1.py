@@ -22,8 +22,8 @@ from fastpath.http1_rules import (
     BODY, END, ERROR, FIRST_DROPPED, HEAD, K_CONNECTION, K_CONTENT_LENGTH, K_DATE, K_EXPECT,
     K_FORWARDED_FOR, K_HOST, K_OTHER, K_STAGE, K_TRANSFER_ENCODING, NEED_DATA, PLAIN_CONNECTION,
     MAX_CONTENT_LENGTH, REQUEST_KINDS, RESPONSE_KINDS, connection_tokens, content_length_error,
-    is_chunked, keep_alive_of, request_error, says_close, underscore_alias,
-    version_error,
+    interim_with_body, is_chunked, keep_alive_of, request_error, response_line_error, says_close,
+    underscore_alias, version_error,
 )
 
 __all__ = ["NEED_DATA", "HEAD", "BODY", "END", "ERROR", "Head", "RequestParser",
@@ -157,6 +157,7 @@ class _Parser:
         self._chunked = False
         self._upgrade_body = None   # framing of an upgrade request's body (see _run)
         self._framing_only = False  # parsing the stand-in head of that body (see _run)
+        self._message_head = None   # the head of the message being read (its events may wait)
         self._chunk = b""           # what _run_once feeds (see _after_skipped_head)
         self._carry = b""           # the last bytes fed before it
         self._carried_head = False  # a head was in progress when _chunk began
@@ -394,6 +395,7 @@ class _Parser:
         self._heads_in_chunk += 1
         head = self._building
         self._building = None
+        self._message_head = head
         parser = self._parser
         major, minor = (int(x) for x in parser.get_http_version().split("."))
         head.http_major, head.http_minor = major, minor
@@ -412,6 +414,9 @@ class _Parser:
                 raise _Refused(400, "CONNECT is not supported", "CONNECT request")
         else:
             head.status = parser.get_status_code()
+            refused = response_line_error(major, minor, head.status)
+            if refused is not None:
+                raise _Refused(*refused)
         if head._te >= 0:
             head.chunked = True
             if not is_chunked(head._values[head._te]):
@@ -429,6 +434,9 @@ class _Parser:
                     break
             if head.content_length > MAX_CONTENT_LENGTH:
                 raise _Refused(*content_length_error(self.is_request, head.content_length))
+        if not self.is_request and interim_with_body(head.status, head.chunked,
+                                                      head.content_length):
+            raise _Refused(502, "Backend returned an invalid response", "interim response with a body")
         self._chunked = head.chunked
         self._stall = 0
         if self.is_request and head.upgrade and (head.chunked or head.content_length > 0):
@@ -474,6 +482,9 @@ class _Parser:
             return          # httptools ended an upgrade request at its head: its body follows
         self.in_message = False
         self._chunked = False
+        head = self._message_head
+        if head is not None and head.keep_alive and not self._parser.should_keep_alive():
+            head.keep_alive = False     # 'Connection: close' in the trailer fields
         self._events.append((END, None))
 
 
@@ -507,7 +518,7 @@ def _kept(head: Head):
 
 
 def request_head(head, method, target, host, client_ip, forwarded_host, request_id, framing):
-    values = (v.rstrip(b" \t") for v, k in zip(head._values, head._kinds) if k == K_FORWARDED_FOR)
+    values = (v.rstrip(b" \t,") for v, k in zip(head._values, head._kinds) if k == K_FORWARDED_FOR)
     chain = b"".join(v + b", " for v in values if v)    # an empty element is never sent on
     return b"".join((
         method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", _kept(head),

@@ -451,6 +451,9 @@ cdef int _on_chunk_complete(llhttp_t* p) noexcept:
 
 cdef int _on_message_complete(llhttp_t* p) noexcept:
     cdef _Parser self = _owner(p)
+    cdef Head head = self.head
+    if head is not None and head.keep_alive and not llhttp_should_keep_alive(p):
+        head.keep_alive = False         # 'Connection: close' in the trailer fields
     self.in_message = False
     self.in_trailers = False
     self.pause_event = E_END
@@ -830,6 +833,11 @@ cdef class _Parser:
                 return 1
         else:
             head.status = p.status_code
+            if p.http_major != 1 or p.status_code > 599:
+                # (http1_rules.response_line_error)
+                self._fail(502, "Backend returned an invalid response",
+                           f"HTTP/{p.http_major}.{p.http_minor} {p.status_code} from a backend")
+                return 1
         if head.te_index >= 0:
             te = self._span_ptr(head.fields[head.te_index].value_at,
                                 head.fields[head.te_index].value_len)
@@ -848,6 +856,10 @@ cdef class _Parser:
                 # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client
                 self._fail(400, "Transfer-Encoding in an HTTP/1.0 request", "HTTP/1.0 chunked")
                 return 1
+        if (not self.is_request and 100 <= head.status < 200 and head.status != 101
+                and (head.chunked or head.content_length > 0)):    # (http1_rules.interim_with_body)
+            self._fail(502, "Backend returned an invalid response", "interim response with a body")
+            return 1
         return 0
 
     cdef _finish_raw(self):
@@ -1002,8 +1014,10 @@ cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, byte
 
 
 cdef Py_ssize_t _trimmed(const char* v, Py_ssize_t n) noexcept:
-    """The length of value ``v`` without trailing spaces and tabs (llhttp drops leading ones)."""
-    while n > 0 and (v[n - 1] == 32 or v[n - 1] == 9):
+    """The length of X-Forwarded-For value ``v`` without trailing spaces, tabs and commas (so
+    that the element the gateway appends never follows an empty one; llhttp drops leading
+    spaces)."""
+    while n > 0 and (v[n - 1] == 32 or v[n - 1] == 9 or v[n - 1] == 44):
         n -= 1
     return n
 

@@ -135,6 +135,22 @@ def content_length_error(request: bool, length: int) -> tuple[int, str, str]:
     return 502, "Backend returned an invalid response", f"Content-Length {length} from a backend"
 
 
+def response_line_error(major: int, minor: int, status: int) -> tuple[int, str, str] | None:
+    """A backend's status line the gateway does not take: a version other than 1.x (it speaks
+    HTTP/1.1 to backends), or a status over 599 (RFC 9110 §15: 100-599).  (Below 100 llhttp
+    refuses.)"""
+    if major != 1 or status > 599:
+        return 502, "Backend returned an invalid response", f"HTTP/{major}.{minor} {status} from a backend"
+    return None
+
+
+def interim_with_body(status: int, chunked: bool, content_length: int) -> bool:
+    """An interim (1xx) response that announces a body: it has none (RFC 9110 §15.2, it ends
+    at its head), yet llhttp would read one; refused rather than guessed (101, an upgrade, is
+    judged by the gateway)."""
+    return 100 <= status < 200 and status != 101 and (chunked or content_length > 0)
+
+
 def version_error(major: int, minor: int) -> tuple[int, str, str] | None:
     """An HTTP version this gateway does not serve: (status, message, detail), else None.
     Any 1.x is served (a higher minor version as 1.1, RFC 9112 §2.6)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastpath import PathError, normalize_path
 
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, FramingError, NotFound
 
 try:
     import cython
@@ -53,8 +53,8 @@ class Pipeline:
         raw = ex.raw_target
         q = _query_start(raw)
         if q == -2:
-            raise BadRequest("Malformed request target",
-                             f"target {raw[:128]!r}: a raw '#' (fragments are never sent)")
+            raise FramingError("Malformed request target",
+                               f"target {raw[:128]!r}: a raw '#' (fragments are never sent)")
         if q >= 0:
             ex.query = raw[q + 1:]
             raw = raw[:q]

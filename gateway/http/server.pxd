@@ -6,6 +6,7 @@ from gateway.pipeline cimport Pipeline
 from fastpath._compiled.http1 cimport Head, RequestParser
 
 cdef int _E_NEED_DATA, _E_HEAD, _E_BODY, _E_END
+cdef bint _valid_host(bytes host)
 cdef int _NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER
 
 cdef class ClientConnection(Connection):
@@ -26,6 +27,7 @@ cdef class ClientConnection(Connection):
     cdef public long long dropped_underscore
     cdef public long long dropped_alias
     cdef public bint writing_paused
+    cdef public bint body_paused
     cdef public bint closed
     cdef public long long requests
     cdef public list out

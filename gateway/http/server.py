@@ -25,6 +25,18 @@ from fastpath.http1_rules import BODY, END, HEAD, NEED_DATA
 from gateway.errors import FramingError, GatewayError, TooLarge, error_body, reason
 from gateway.exchange import Connection, Exchange, monotonic
 
+# What a Host (or an absolute-form authority) may hold (RFC 3986 §3.2.2-3: a reg-name, an IPv4
+# address or an IP literal in brackets, then ':' and a port): anything else (a space, '/', '@',
+# '\\', controls) is refused, so no backend or log ever reads a Host as something else
+_HOST_BYTES = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+               b"-._~%!$&'()*+,;=:[]")
+
+
+def _valid_host(host):
+    """Whether ``host`` is made of the bytes a Host may hold (checked once per connection
+    and Host, not per request)."""
+    return not host.translate(None, _HOST_BYTES)
+
 # deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
 UPSTREAM = 4
 _NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER = range(8)   # C constants, compiled
@@ -71,6 +83,7 @@ class ClientConnection(Connection):
         self.dropped_underscore = 0  # the parser's drop counts already reported
         self.dropped_alias = 0
         self.reading_paused = False
+        self.body_paused = False     # reading paused by the backend's backpressure
         self.writing_paused = False
         self.deadline = 0.0
         self.deadline_kind = _NONE
@@ -182,18 +195,29 @@ class ClientConnection(Connection):
         finally:
             self.running = False
             self.uncork()
-        if self.current is None and not self.closed and not self.lingering:
+        if self.closed or self.lingering:
+            return
+        ex = self.current
+        if ex is None:
             # between requests: the next one has begun (its head timeout runs from its first
             # byte), or the connection is idle
+            if self.peer_eof:
+                self.close()        # answered everything the client sent before its FIN (a
+                return              # partial head after it can never complete)
             if parser.in_message:
                 if self.deadline_kind != _HEAD:
                     self.set_deadline(_HEAD, self.head_timeout)
-            elif self.peer_eof:
-                self.close()        # answered everything the client sent before its FIN
-                return
             elif self.deadline_kind != _IDLE:
                 self.set_deadline(_IDLE, self.keepalive_timeout)
             self.resume_reading()
+        elif not ex.request_complete:
+            # the request's body is still to come, and reading may have been paused while an
+            # earlier request was answered (this one was read with it, pipelined)
+            if self.peer_eof:
+                ex.handler.on_abort(ex)     # its FIN came first: it can never complete
+                self.abort_exchange(ex)
+            elif not self.body_paused:
+                self.resume_reading()
 
     def _on_head(self):
         head = self.parser.head
@@ -207,6 +231,7 @@ class ClientConnection(Connection):
             ex.stage = stage
         self.requests += 1
         self.current = ex
+        self.body_paused = False
         parser = self.parser
         if (parser.dropped_underscore != self.dropped_underscore
                 or parser.dropped_alias != self.dropped_alias):
@@ -244,6 +269,8 @@ class ClientConnection(Connection):
             host = b""
         ex.host_bytes = host
         if host != self.last_host:
+            if not _valid_host(host):
+                raise FramingError("Invalid Host header", f"host {host[:64]!r}")
             self.last_host = host
             self.last_host_str = host.decode("latin-1")
         ex.host = self.last_host_str
@@ -291,6 +318,8 @@ class ClientConnection(Connection):
         if ex is None:
             return
         ex.request_complete = True
+        if not self.parser.head.keep_alive:
+            ex.keep_alive = False       # 'Connection: close' in the trailer fields
         if not ex.done:
             if self.deadline_kind == _BODY:
                 self.set_deadline(_NONE, 0)
@@ -472,11 +501,15 @@ class ClientConnection(Connection):
             self.transport.resume_reading()
 
     def body_backpressure(self, paused):
-        """The backend cannot take the request body as fast as the client sends it."""
+        """The backend cannot take the request body as fast as the client sends it (or can
+        again)."""
+        self.body_paused = paused
         if paused:
             self.pause_reading()
-        elif not self.parser.has_pending():     # (else a pipelined request waits its turn)
-            self.resume_reading()
+        else:
+            ex = self.current
+            if ex is not None and not ex.request_complete:
+                self.resume_reading()   # (once it is complete, a pipelined request waits)
 
     def set_deadline(self, kind, seconds):
         self.deadline_kind = kind

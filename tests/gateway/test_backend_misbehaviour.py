@@ -124,6 +124,40 @@ def test_an_interim_response_before_the_final_one_is_not_a_leftover(raw, gateway
     assert len(backend.connections) == 1
 
 
+@pytest.mark.parametrize("framing", [b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                                     b"Content-Length: 2\r\n\r\nxx"], ids=["chunked", "length"])
+def test_an_interim_response_with_a_body_is_502(raw, gateway, framing):
+    """A 1xx ends at its head (RFC 9110 §15.2): one that announces a body is refused, not
+    read one way or another."""
+    backend = raw(serve(lambda target: b"HTTP/1.1 150 Odd\r\n" + framing + OK_FIRST))
+    gw = gateway(backend)
+    assert_502(get(gw.port, "/interim-body")[0])
+    assert backend.connections[0].wait_closed()
+
+
+@pytest.mark.parametrize("line", [b"HTTP/2.0 200 OK", b"HTTP/1.1 600 Odd", b"HTTP/1.1 999 Odd"])
+def test_a_status_line_outside_http_1_or_100_599_is_502(raw, gateway, line):
+    backend = raw(serve(lambda target: line + b"\r\nContent-Length: 5\r\n\r\nfirst"))
+    gw = gateway(backend)
+    assert_502(get(gw.port, "/status-line")[0])
+
+
+def test_connection_close_in_a_backends_trailer_keeps_its_connection_out_of_the_pool(raw, gateway):
+    """Keep-alive is decided again at the end of a response: a trailer saying close ends
+    the connection, so the next request (a POST, run once) goes on a new one."""
+    backend = raw(serve(lambda target: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"2\r\nhi\r\n0\r\nConnection: close\r\n\r\n" if target == "/first"
+                        else b"HTTP/1.1 201 Created\r\nContent-Length: 7\r\n\r\ncreated"))
+    gw = gateway(backend)
+    first = get(gw.port, "/first")[0]
+    assert [(r.status, r.body) for r in first] == [(200, b"hi")]
+    assert backend.connections[0].wait_closed()
+    responses, _ = exchange(gw.port, b"POST /order HTTP/1.1\r\nHost: gw.test\r\n"
+                                     b"Content-Length: 3\r\n\r\nbuy")
+    assert [(r.status, r.body) for r in responses] == [(201, b"created")]
+    assert len(backend.connections) == 2
+
+
 def test_a_body_sent_with_a_response_to_head_closes_the_connection(raw, gateway):
     backend = raw(serve(lambda target: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
                         if target == "/head" else OK_SECOND))

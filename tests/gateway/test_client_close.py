@@ -8,6 +8,7 @@ that half-closes after complete requests still gets every answer, then the conne
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -224,3 +225,67 @@ def test_unknown_methods_are_501_wherever_the_request_line_falls(make_gateway, b
         raw = wait_peer_close(sock)
     responses, _ = exchange_parse(raw)
     assert responses[-1].status == 501, responses
+
+
+# -- a pipelined request whose body is still coming --------------------------------------------
+
+_SLOW_THEN_POST = (b"GET /slow?ms=300 HTTP/1.1\r\nHost: gw.test\r\n\r\n"
+                   b"POST /echo?t=late-body HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nhello")
+
+
+def test_a_pipelined_request_gets_the_rest_of_its_body_read(make_gateway, backend):
+    """Reading pauses while the first request is answered (the second waits, unparsed); once
+    the second starts, reading must resume for the rest of its body."""
+    gw = make_gateway(proxy_config(backend.address))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(_SLOW_THEN_POST)
+        time.sleep(0.1)                     # while the first is being answered
+        sock.sendall(b"world")
+        responses, raw = read_responses(sock, 2, timeout=5)
+    assert [r.status for r in responses] == [200, 200], raw
+    assert responses[1].json()["body_length"] == 10
+
+
+def test_a_fin_inside_the_body_of_a_pipelined_request_aborts_it(make_gateway, backend):
+    gw = make_gateway(proxy_config(backend.address))
+    before = len(backend.requests)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(_SLOW_THEN_POST)
+        time.sleep(0.1)
+        sock.shutdown(socket.SHUT_WR)       # the POST's body can never complete
+        started = time.monotonic()
+        raw = wait_peer_close(sock, timeout=5)
+        waited = time.monotonic() - started
+    responses, _ = exchange_parse(raw)
+    assert [r.status for r in responses] == [200], raw      # the first, answered; then closed
+    assert waited < 4, "the half-sent request was held instead of aborted"
+    assert [r["target"] for r in backend.requests[before:]] == ["/slow?ms=300"]
+
+
+def read_responses(sock, count, timeout):
+    from tests.support.client import _Collector
+    c = _Collector()
+    raw = b""
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while sum(r.complete for r in c.responses) < count and time.monotonic() < deadline:
+        try:
+            part = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not part:
+            break
+        raw += part
+        c.parser.feed_data(part)
+    return c.responses, raw
+
+
+def test_connection_close_in_a_clients_trailer_closes_after_the_answer(make_gateway, backend):
+    gw = make_gateway(proxy_config(backend.address))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /echo?t=trailer-close HTTP/1.1\r\nHost: gw.test\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nConnection: close\r\n\r\n")
+        raw = wait_peer_close(sock, timeout=5)
+    responses, _ = exchange_parse(raw)
+    assert [r.status for r in responses] == [200], raw
+    assert responses[0].json()["body_length"] == 3

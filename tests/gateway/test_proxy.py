@@ -186,6 +186,14 @@ def test_repeated_x_forwarded_for_headers_are_joined(gw):
     assert header_values(rec, "X-Forwarded-For") == ["198.51.100.1, 198.51.100.2, 198.51.100.3, 127.0.0.1"]
 
 
+def test_x_forwarded_for_with_trailing_commas_gets_no_empty_element(gw):
+    responses, _ = exchange(gw.port, b"GET /echo/xff4 HTTP/1.1\r\nHost: gw.test\r\n"
+                                     b"X-Forwarded-For: 198.51.100.1,\r\n"
+                                     b"X-Forwarded-For: 198.51.100.2 , ,\r\n\r\n")
+    rec = echoed(responses[0])
+    assert header_values(rec, "X-Forwarded-For") == ["198.51.100.1, 198.51.100.2, 127.0.0.1"]
+
+
 def test_x_forwarded_for_set_when_client_sent_none(gw):
     rec = echoed(request(gw.port, "GET", "/echo/xff2"))
     assert header_values(rec, "X-Forwarded-For") == ["127.0.0.1"]
