@@ -206,6 +206,7 @@ setup(
         "msgspec>=0.18",
         "prometheus-client>=0.20",
         "PyYAML>=6.0",
+        "cryptography>=41",     # certificates: expiry, key/certificate match, errors by field
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "Cython>=3.0",

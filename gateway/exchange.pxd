@@ -33,6 +33,7 @@ cdef class Connection:
     cdef public int deadline_kind
     cdef public bint draining
     cdef public bint corked
+    cdef public bint tls             # the client connection is TLS
     cpdef write(self, bytes data)
     cpdef uncork(self)
     cpdef exchange_finished(self, Exchange ex)

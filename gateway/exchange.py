@@ -81,6 +81,7 @@ class Connection:
     def __init__(self):
         self.draining = False
         self.corked = False
+        self.tls = False
         self.clock = None
         self.deadline = 0.0
         self.deadline_kind = 0

@@ -48,7 +48,9 @@ IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     config: str
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = 8080                        # 0: no plain listener
+    tls_host: str = "127.0.0.1"
+    tls_port: int = 0                       # 0: no TLS listener
     status_host: str = "127.0.0.1"
     status_port: int = 9091
     workers: int = 1
@@ -64,6 +66,7 @@ class CheckedConfig(msgspec.Struct, frozen=True):
     version: str
     warnings: list[str]
     apis_per_environment: dict[str, int]
+    has_certificates: bool = False
 
 
 def check_file(path) -> CheckedConfig:
@@ -71,11 +74,19 @@ def check_file(path) -> CheckedConfig:
     with open(path, "rb"):
         pass                         # an unreadable file is an OSError, not a config error
     doc = load_document(path)
-    snapshot = compile_snapshot(doc, runtime=None)
+    snapshot = compile_snapshot(doc, runtime=None, base_dir=config_dir(path))
     counts = {env: 0 for env in doc.environment_names()}
     for _api, env in snapshot.apis:
         counts[env] = counts.get(env, 0) + 1
-    return CheckedConfig(snapshot.version, config_warnings(doc), counts)
+    warnings = config_warnings(doc)
+    if snapshot.certificates is not None:
+        warnings += snapshot.certificates.warnings
+    return CheckedConfig(snapshot.version, warnings, counts, snapshot.certificates is not None)
+
+
+def config_dir(path) -> str:
+    """Where the document's relative file paths (certificates) are read from."""
+    return os.path.dirname(os.path.abspath(path))
 
 
 class WorkerProcess:
@@ -106,21 +117,25 @@ class Master:
         self._done = loop.create_future()
         self._status_server = None
         self.listener = None       # the listening socket the workers inherit
+        self.tls_listener = None   # the TLS one, when there is one
 
     # -- workers ---------------------------------------------------------------------------------
     def _spawn(self, wp: WorkerProcess):
         read_fd, write_fd = os.pipe()
         s = self.settings
-        listen_fd = self.listener.fileno()
+        listen_fd = self.listener.fileno() if self.listener is not None else -1
+        tls_fd = self.tls_listener.fileno() if self.tls_listener is not None else -1
         settings = msgspec.structs.replace(
             s.worker or WorkerSettings(config=s.config, host=s.host, port=s.port),
             config=s.config, host=s.host, port=s.port, index=wp.index,
-            access_log=s.access_log, channel_fd=write_fd, listen_fd=listen_fd)
+            access_log=s.access_log, channel_fd=write_fd, listen_fd=listen_fd,
+            tls_host=s.tls_host, tls_port=s.tls_port, tls_listen_fd=tls_fd)
         # run from the directory this master imported gateway from: ``-m`` puts the working
         # directory first on sys.path, and a worker must run the very same code as its master
         wp.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.worker", msgspec.json.encode(settings).decode()],
-            pass_fds=(write_fd, listen_fd), close_fds=True, cwd=IMPORT_ROOT)
+            pass_fds=tuple(fd for fd in (write_fd, listen_fd, tls_fd) if fd >= 0), close_fds=True,
+            cwd=IMPORT_ROOT)
         os.close(write_fd)
         wp.pid = wp.proc.pid
         wp.ready = False
@@ -273,7 +288,10 @@ class Master:
         _log_warnings(self.settings.config, checked)
         version = self.config_version = checked.version
         s = self.settings
-        self.listener = _listen(s.host, s.port, "serve")
+        if s.port:
+            self.listener = _listen(s.host, s.port, "serve")
+        if s.tls_port:
+            self.tls_listener = _listen(s.tls_host, s.tls_port, "serve TLS")
         status = _listen(s.status_host, s.status_port, "serve the status endpoints")
         self._status_server = await self.loop.create_server(lambda: StatusProtocol(self),
                                                             sock=status)
@@ -282,9 +300,14 @@ class Master:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
-        log.info("tollgate gateway: %d worker(s) on %s:%d, status on %s:%d, config %s, fastpath %s",
-                 s.workers, s.host, s.port, s.status_host, s.status_port, version,
+        listening = ", ".join(([f"http on {s.host}:{s.port}"] if s.port else []) +
+                              ([f"https on {s.tls_host}:{s.tls_port}"] if s.tls_port else []))
+        log.info("tollgate gateway: %d worker(s), %s, status on %s:%d, config %s, fastpath %s",
+                 s.workers, listening, s.status_host, s.status_port, version,
                  fastpath.IMPLEMENTATION)
+        if s.tls_port and not checked.has_certificates:
+            log.warning("the TLS listener has no certificate to serve: every handshake is refused "
+                        "until the configuration has one (certificates)")
         watchers = [self.loop.create_task(self._watch_workers()),
                     self.loop.create_task(self._watch_file())]
         await self._done
@@ -318,9 +341,10 @@ class Master:
     def close_listener(self):
         """Stop new connections from queueing on the address: the workers hold their own
         copies of the socket while they drain; it closes with the last of them."""
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        for sock in (self.listener, self.tls_listener):
+            if sock is not None:
+                sock.close()
+        self.listener = self.tls_listener = None
 
 
 def _log_warnings(path, checked):

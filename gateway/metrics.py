@@ -17,6 +17,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from gateway.exchange import monotonic
+from gateway.tls import FAILURE_REASONS
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUS_CLASSES = ("aborted", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -107,6 +108,12 @@ class WorkerMetrics:
             "dropped_headers": self.dropped_headers,
             "truncated": self.truncated,
             "desyncs": worker.pool.desyncs,
+            "tls_handshakes": worker.tls_handshakes,
+            "tls_handshakes_begun": worker.tls_handshakes_begun,
+            "tls_failures": worker.tls_failures,
+            "certificates": (worker.snapshot.certificates.expiries()
+                             if worker.snapshot is not None
+                             and worker.snapshot.certificates is not None else []),
             "in_flight": in_flight,
             "connections": len(worker.connections),
             "pool_open": worker.pool.opened,
@@ -128,7 +135,8 @@ class ClusterCollector:
         self.master = master
         self.latest: dict[int, dict] = {}     # worker pid -> its latest export
         self.retired: dict = {"apis": {}, "errors": {}, "dropped_headers": {}, "truncated": 0,
-                              "desyncs": 0}
+                              "desyncs": 0, "tls_handshakes": 0, "tls_handshakes_begun": 0,
+                              "tls_failures": {}}
 
     def update(self, pid, export):
         self.latest[pid] = export
@@ -157,6 +165,10 @@ class ClusterCollector:
             acc["dropped_headers"][reason] = acc["dropped_headers"].get(reason, 0) + n
         acc["truncated"] += export["truncated"]
         acc["desyncs"] += export["desyncs"]
+        acc["tls_handshakes"] += export.get("tls_handshakes", 0)
+        acc["tls_handshakes_begun"] += export.get("tls_handshakes_begun", 0)
+        for reason, n in export.get("tls_failures", {}).items():
+            acc["tls_failures"][reason] = acc["tls_failures"].get(reason, 0) + n
 
     def collect(self):
         acc = {"apis": {k: [list(v[0]), list(v[1]), v[2], list(v[3]), v[4]]
@@ -164,7 +176,11 @@ class ClusterCollector:
                "errors": dict(self.retired["errors"]),
                "dropped_headers": dict(self.retired["dropped_headers"]),
                "truncated": self.retired["truncated"],
-               "desyncs": self.retired["desyncs"]}
+               "desyncs": self.retired["desyncs"],
+               "tls_handshakes": self.retired["tls_handshakes"],
+               "tls_handshakes_begun": self.retired["tls_handshakes_begun"],
+               "tls_failures": dict(self.retired["tls_failures"])}
+        certificates = {}
         in_flight = connections = pool_open = pool_idle = 0
         implementations = set()
         for export in self.latest.values():
@@ -174,6 +190,7 @@ class ClusterCollector:
             pool_open += export["pool_open"]
             pool_idle += export["pool_idle"]
             implementations.add(export["implementation"])
+            certificates.update(export.get("certificates", ()))
 
         requests = CounterMetricFamily("tollgate_requests", "Requests answered, by API, environment "
                                        "and status class (aborted: the connection was cut)",
@@ -213,6 +230,22 @@ class ClusterCollector:
         yield CounterMetricFamily("tollgate_upstream_desyncs", "Times a backend sent bytes nobody "
                                   "asked for (its connections are then not reused for a while)",
                                   value=acc["desyncs"])
+        handshakes = CounterMetricFamily("tollgate_tls_handshakes", "TLS handshakes on the TLS "
+                                         "listener: begun, and completed", labels=["state"])
+        handshakes.add_metric(["begun"], acc["tls_handshakes_begun"])
+        handshakes.add_metric(["completed"], acc["tls_handshakes"])
+        yield handshakes
+        failures = CounterMetricFamily("tollgate_tls_handshake_failures", "TLS handshakes that "
+                                       "failed, by reason", labels=["reason"])
+        for reason in FAILURE_REASONS:
+            failures.add_metric([reason], acc["tls_failures"].get(reason, 0))
+        yield failures
+        expiry = GaugeMetricFamily("tollgate_certificate_expiry_timestamp_seconds",
+                                   "When each served certificate expires (POSIX time)",
+                                   labels=["certificate"])
+        for name, not_after in sorted(certificates.items()):
+            expiry.add_metric([name], not_after)
+        yield expiry
         yield GaugeMetricFamily("tollgate_in_flight_requests", "Requests being answered now",
                                 value=in_flight)
         yield GaugeMetricFamily("tollgate_client_connections", "Open client connections",

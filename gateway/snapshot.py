@@ -19,30 +19,39 @@ from .backends.http import BackendConfigError, HttpBackend
 from .exchange import CompiledApi
 from .backends.mock import MockBackend
 from .config import ConfigError, Document
+from .tls import load_certificates
 
 _VARIABLE = re.compile(r"#([A-Za-z][A-Za-z0-9_-]{2,31})#")
 
 
 class Snapshot:
-    __slots__ = ("router", "apis", "version", "document")
+    __slots__ = ("router", "apis", "version", "document", "certificates")
 
-    def __init__(self, router, apis, version, document):
+    def __init__(self, router, apis, version, document, certificates=None):
         self.router = router
         self.apis = apis          # {(api name, env): CompiledApi}
         self.version = version    # content hash of the document: which config is live
         self.document = document
+        self.certificates = certificates    # gateway.tls.CertificateStore, or None
 
 
 def document_version(doc: Document) -> str:
     return hashlib.sha256(msgspec.json.encode(doc)).hexdigest()[:12]
 
 
-def compile_snapshot(doc: Document, runtime=None) -> Snapshot:
-    """Build the snapshot; ``runtime`` (the worker) is None when only validating.
+def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapshot:
+    """Build the snapshot; ``runtime`` (the worker) is None when only validating; relative
+    file paths in the document (certificates) are read from ``base_dir``.
 
     Raises ConfigError naming the path of every problem found.
     """
     errors = []
+    certificates = None
+    if doc.certificates:
+        try:
+            certificates = load_certificates(doc.certificates, base_dir)
+        except ValueError as exc:
+            errors.extend(exc.args)
     groups = {g.name: g for g in doc.groups}
     router = Router()
     apis = {}
@@ -77,7 +86,10 @@ def compile_snapshot(doc: Document, runtime=None) -> Snapshot:
     if errors:
         raise ConfigError(errors)
     router.freeze()
-    return Snapshot(router, apis, document_version(doc), doc)
+    version = document_version(doc)
+    if certificates is not None:    # the same document with renewed certificates is new
+        version = hashlib.sha256(version.encode() + certificates.digest).hexdigest()[:12]
+    return Snapshot(router, apis, version, doc, certificates)
 
 
 def _backend(api, env, group, runtime):

@@ -32,10 +32,12 @@ from .config import ConfigError, load_document
 from .exchange import Clock, RequestIds
 from .http.limits import Limits
 from .http.server import ClientConnection
+from .http.tls_server import serve_tls
 from .http.upstream import UpstreamPool
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline
 from .snapshot import compile_snapshot
+from .tls import certificate_files, front_context
 
 log = logging.getLogger("tollgate.gateway")
 
@@ -48,6 +50,9 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     access_log: str | None = None
     channel_fd: int = -1
     listen_fd: int = -1             # the master's listening socket; -1: bind host:port here
+    tls_host: str = "127.0.0.1"
+    tls_port: int = 0               # 0: no TLS listener
+    tls_listen_fd: int = -1         # the master's TLS listening socket; -1: bind tls_host:tls_port
     push_interval_s: float = 0.5
     limits: Limits = Limits()
 
@@ -73,6 +78,12 @@ class Worker:
         self._tasks: set = set()
         self._channel = None
         self._server = None
+        self._tls_server = None
+        self.tls_context = front_context(self.current_certificates)
+        self.tls_handshakes_begun = 0
+        self.tls_handshakes = 0             # completed (ClientConnection.connection_made)
+        self.tls_failures: dict = {}        # reason -> failed handshakes
+        self._certificate_files: dict = {}  # path -> (mtime, size, inode) when loaded
         self._stopped = loop.create_future()
 
     # -- services for connections and handlers ------------------------------------------------
@@ -108,21 +119,38 @@ class Worker:
         except OSError as exc:
             self._config_failed(f"cannot read {path}: {exc}", initial)
             return False
-        if data == self.config_bytes:
+        if data == self.config_bytes and not self._certificates_changed():
             return True
+        base_dir = os.path.dirname(os.path.abspath(path))
         try:
             doc = load_document(path)
-            snapshot = compile_snapshot(doc, runtime=self)
+            snapshot = compile_snapshot(doc, runtime=self, base_dir=base_dir)
         except ConfigError as exc:
             self._config_failed(f"{path}: invalid configuration:\n{exc}", initial)
             return False
         self.snapshot = snapshot          # the atomic swap: one reference
         self.pipeline.router = snapshot.router
         self.config_bytes = data
+        self._certificate_files = {p: _file_state(p)
+                                   for p in certificate_files(doc.certificates, base_dir)}
+        if snapshot.certificates is not None and self.settings.index == 0:
+            for warning in snapshot.certificates.warnings:
+                log.warning("%s: %s", path, warning)
         if not initial:
             log.info("worker %d: configuration %s is live", self.settings.index, snapshot.version)
             self.send({"t": "reload", "ok": True, "version": snapshot.version})
         return True
+
+    def current_certificates(self):
+        """The live snapshot's certificates (read by each TLS handshake)."""
+        snapshot = self.snapshot
+        return snapshot.certificates if snapshot is not None else None
+
+    def _certificates_changed(self) -> bool:
+        return any(_file_state(p) != state for p, state in self._certificate_files.items())
+
+    def count_tls_failure(self, reason):
+        self.tls_failures[reason] = self.tls_failures.get(reason, 0) + 1
 
     def _config_failed(self, reason, initial):
         log.error("worker %d: %s", self.settings.index, reason)
@@ -140,11 +168,13 @@ class Worker:
             self.send({"t": "metrics", **self.metrics.export(self)})
 
     # -- running --------------------------------------------------------------------------------
-    def listen_socket(self) -> socket.socket:
-        if self.settings.listen_fd >= 0:
-            sock = socket.socket(fileno=self.settings.listen_fd)
-        else:   # a worker run on its own (not by a master)
-            sock = bind_listener(self.settings.host, self.settings.port)
+    def listen_socket(self, fd, host, port) -> socket.socket | None:
+        if fd >= 0:
+            sock = socket.socket(fileno=fd)
+        elif port:   # a worker run on its own (not by a master)
+            sock = bind_listener(host, port)
+        else:
+            return None
         sock.setblocking(False)
         return sock
 
@@ -156,15 +186,19 @@ class Worker:
             self._channel, _ = await self.loop.connect_write_pipe(
                 asyncio.Protocol, os.fdopen(self.settings.channel_fd, "wb", buffering=0,
                                             closefd=False))
-        sock = self.listen_socket()
-        self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), sock=sock, backlog=4096)
+        s = self.settings
+        sock = self.listen_socket(s.listen_fd, s.host, s.port)
+        if sock is not None:
+            self._server = await self.loop.create_server(
+                lambda: ClientConnection(self), sock=sock, backlog=4096)
+        sock = self.listen_socket(s.tls_listen_fd, s.tls_host, s.tls_port)
+        if sock is not None:
+            self._tls_server = await serve_tls(self, sock)
         self.loop.add_signal_handler(signal.SIGHUP, self.load, False)
         self.loop.add_signal_handler(signal.SIGTERM, self.drain)
         self.loop.add_signal_handler(signal.SIGINT, self.drain)
-        log.info("worker %d serving on %s:%d, config %s, fastpath %s", self.settings.index,
-                 self.settings.host, self.settings.port, self.snapshot.version,
-                 fastpath.IMPLEMENTATION)
+        log.info("worker %d serving, config %s, fastpath %s", self.settings.index,
+                 self.snapshot.version, fastpath.IMPLEMENTATION)
         self.send({"t": "ready", "version": self.snapshot.version, "pid": os.getpid(),
                    "implementation": fastpath.IMPLEMENTATION})
         self.push_metrics()
@@ -220,8 +254,9 @@ class Worker:
             return
         self.draining = True
         log.info("worker %d draining (%d connections)", self.settings.index, len(self.connections))
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
         for conn in list(self.connections):
             conn.start_drain()
         self.loop.call_later(self.limits.drain_timeout_s, self._finish)
@@ -231,6 +266,14 @@ class Worker:
     def _finish(self):
         if not self._stopped.done():
             self._stopped.set_result(None)
+
+
+def _file_state(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def bind_listener(host: str, port: int, backlog: int = 4096) -> socket.socket:

@@ -18,6 +18,13 @@ def host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def listener(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` as host_port, or ``off``: (host, 0), no listener."""
+    if text.strip().lower() == "off":
+        return "127.0.0.1", 0
+    return host_port(text)
+
+
 def _gateway(args) -> int:
     from gateway.http.limits import Limits
     from gateway.master import GatewaySettings, run_gateway
@@ -26,10 +33,15 @@ def _gateway(args) -> int:
     limits = Limits(max_body_bytes=args.max_body_bytes, drain_timeout_s=args.drain_timeout,
                     upstream_idle_timeout_s=args.upstream_idle_timeout,
                     underscores_in_headers=args.underscores_in_headers)
+    if not args.listen[1] and not args.tls_listen[1]:
+        print("tollgate: --listen and --tls-listen are both off: nothing to serve",
+              file=sys.stderr)
+        return 2
     worker = WorkerSettings(config=args.config, host=args.listen[0], port=args.listen[1],
                             limits=limits)
     settings = GatewaySettings(
         config=args.config, host=args.listen[0], port=args.listen[1],
+        tls_host=args.tls_listen[0], tls_port=args.tls_listen[1],
         status_host=args.status_listen[0], status_port=args.status_listen[1],
         workers=args.workers, access_log=args.access_log, worker=worker,
         watch_interval_s=args.watch_interval)
@@ -69,8 +81,11 @@ def parser() -> argparse.ArgumentParser:
                        description="Serve the APIs of a configuration file. SIGHUP or a change "
                                    "of the file reloads it; SIGTERM drains and exits.")
     g.add_argument("--config", required=True, help="configuration document (YAML or JSON)")
-    g.add_argument("--listen", type=host_port, default=("127.0.0.1", 8080),
-                   help="HOST:PORT to serve on (default 127.0.0.1:8080)")
+    g.add_argument("--listen", type=listener, default=("127.0.0.1", 8080),
+                   help="HOST:PORT to serve plain HTTP on (default 127.0.0.1:8080), or 'off'")
+    g.add_argument("--tls-listen", type=listener, default=("127.0.0.1", 0), metavar="HOST:PORT",
+                   help="HOST:PORT to serve HTTPS on, with the configuration's certificates "
+                        "chosen by SNI (off by default)")
     g.add_argument("--status-listen", type=host_port, default=("127.0.0.1", 9091),
                    help="HOST:PORT for /metrics, /healthz, /readyz (default 127.0.0.1:9091)")
     g.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")

@@ -135,7 +135,7 @@ class HttpBackend(Handler):
             framing = b""
         # the client's end-to-end fields are copied from its head, the gateway's own added
         return request_head(ex.head, method, target, self.host_header, ex.conn.client_ip_bytes,
-                            ex.host_bytes, ex.rid, framing)
+                            ex.host_bytes, ex.rid, framing, ex.conn.tls)
 
 
 def _path_template(path: str) -> list:

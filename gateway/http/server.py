@@ -56,8 +56,9 @@ class ClientConnection(Connection):
 
     # attributes and their types: gateway/http/server.pxd
 
-    def __init__(self, worker):
+    def __init__(self, worker, tls=False):
         self.worker = worker
+        self.tls = tls               # a TLS connection (X-Forwarded-Proto: https)
         self.clock = worker.clock
         limits = self.limits = worker.limits
         self.max_body = limits.max_body_bytes
@@ -99,6 +100,8 @@ class ClientConnection(Connection):
     def connection_made(self, transport):
         self.transport = transport
         self.send_bytes = transport.write
+        if self.tls:
+            self.worker.tls_handshakes += 1     # (uvloop calls this once the handshake is done)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         self.client_ip_bytes = self.client_ip.encode()

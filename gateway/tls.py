@@ -1,0 +1,251 @@
+"""TLS termination: the configuration document's certificates as SSL contexts chosen by SNI.
+
+Each certificate becomes one server ``ssl.SSLContext`` (TLS 1.2 and 1.3 only, ALPN
+``http/1.1``).  The TLS listener's front context has no certificate of its own: its SNI callback
+picks a certificate's context by the name the client asked for (an exact domain, then a
+``*.example.com`` wildcard for one label), or the default certificate when the client sent no
+name or an unknown one; with no default the handshake is refused (``unrecognized_name``).
+
+The contexts live in a :class:`CertificateStore` that belongs to the configuration snapshot, so
+a reload swaps the whole store at once: handshakes after it use the new certificates, connections
+already open keep the context they were given.  Everything a user can get wrong (a file that
+cannot be read, a malformed PEM, a key that does not match its certificate, an encrypted key) is
+an error naming the field, found when the document is loaded, never at the first handshake.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import os
+import ssl
+import tempfile
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+#: a certificate that expires sooner than this is warned about at load
+EXPIRY_WARNING_S = 30 * 86400
+
+# TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3's are OpenSSL's defaults)
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def _base_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(_TLS12_CIPHERS)
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    return ctx
+
+
+def _is_inline(value: str) -> bool:
+    return "-----BEGIN " in value
+
+
+def resolve_path(value: str, base_dir: str) -> str:
+    return value if os.path.isabs(value) else os.path.join(base_dir, value)
+
+
+def _read_pem(value: str, base_dir: str, where: str, errors: list) -> bytes | None:
+    if _is_inline(value):
+        return value.encode()
+    path = resolve_path(value, base_dir)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        errors.append(f"{where}: cannot read {path}: {exc.strerror or exc}")
+        return None
+
+
+class LoadedCertificate:
+    __slots__ = ("name", "context", "not_after", "domains", "default")
+
+    def __init__(self, name, context, not_after, domains, default):
+        self.name = name
+        self.context = context
+        self.not_after = not_after      # POSIX time the leaf certificate expires
+        self.domains = domains
+        self.default = default
+
+
+class CertificateStore:
+    """The contexts of one configuration, by the name a client asks for."""
+
+    def __init__(self, certificates: list[LoadedCertificate], warnings: list[str],
+                 digest: bytes = b""):
+        self.certificates = certificates
+        self.warnings = warnings
+        self.digest = digest        # of every PEM read: a renewed file makes a new version
+        self.exact: dict[str, ssl.SSLContext] = {}
+        self.wildcard: dict[str, ssl.SSLContext] = {}    # "example.com" serves *.example.com
+        self.default: ssl.SSLContext | None = None
+        for cert in certificates:
+            for domain in cert.domains:
+                name = domain.lower().rstrip(".")
+                if name.startswith("*."):
+                    self.wildcard[name[2:]] = cert.context
+                else:
+                    self.exact[name] = cert.context
+            if cert.default:
+                self.default = cert.context
+
+    def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            ctx = self.exact.get(name)
+            if ctx is not None:
+                return ctx
+            dot = name.find(".")
+            if dot > 0:
+                ctx = self.wildcard.get(name[dot + 1:])
+                if ctx is not None:
+                    return ctx
+        return self.default
+
+    def expiries(self) -> list[tuple[str, float]]:
+        return [(c.name, c.not_after) for c in self.certificates]
+
+
+def load_certificates(certificates, base_dir: str, now: float | None = None) -> CertificateStore:
+    """Build the store of a document's ``certificates``; raise ValueError whose args are the
+    errors, each naming its field (``certificates[0].key: ...``)."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    loaded = []
+    digest = hashlib.sha256()
+    now = datetime.datetime.now(datetime.timezone.utc).timestamp() if now is None else now
+    for i, cert in enumerate(certificates):
+        where = f"certificates[{i}]"
+        cert_pem = _read_pem(cert.cert, base_dir, f"{where}.cert", errors)
+        key_pem = _read_pem(cert.key, base_dir, f"{where}.key", errors)
+        if cert_pem is None or key_pem is None:
+            continue
+        digest.update(cert_pem)
+        digest.update(key_pem)
+        try:
+            chain = x509.load_pem_x509_certificates(cert_pem)
+        except ValueError:
+            errors.append(f"{where}.cert: not a PEM certificate")
+            continue
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except TypeError:
+            errors.append(f"{where}.key: an encrypted private key (give it unencrypted)")
+            continue
+        except ValueError:
+            errors.append(f"{where}.key: not a PEM private key")
+            continue
+        except Exception as exc:   # an unsupported key type, say
+            errors.append(f"{where}.key: cannot be used: {exc}")
+            continue
+        leaf = chain[0]
+        if _public_bytes(leaf.public_key()) != _public_bytes(key.public_key()):
+            errors.append(f"{where}.key: does not match the certificate of {where}.cert")
+            continue
+        try:
+            context = _context_from(cert_pem, key_pem)
+        except ssl.SSLError as exc:
+            errors.append(f"{where}: OpenSSL refused the certificate or key: {exc.reason or exc}")
+            continue
+        not_after = leaf.not_valid_after_utc.timestamp()
+        if not_after <= now:
+            warnings.append(f"{where}: certificate {cert.name!r} expired on "
+                            f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        elif not_after - now < EXPIRY_WARNING_S:
+            warnings.append(f"{where}: certificate {cert.name!r} expires on "
+                            f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, in "
+                            f"{(not_after - now) / 86400:.0f} days")
+        loaded.append(LoadedCertificate(cert.name, context, not_after, cert.domains, cert.default))
+    if errors:
+        raise ValueError(*errors)
+    return CertificateStore(loaded, warnings, digest.digest())
+
+
+def _public_bytes(public_key) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _context_from(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """A server context holding this certificate chain and key (OpenSSL reads them from files:
+    written to a private directory for the call and removed at once)."""
+    ctx = _base_context()
+    with tempfile.TemporaryDirectory(prefix="tollgate-tls-") as tmp:
+        cert_path = os.path.join(tmp, "cert.pem")
+        key_path = os.path.join(tmp, "key.pem")
+        for path, data in ((cert_path, cert_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
+def front_context(current_store) -> ssl.SSLContext:
+    """The TLS listener's context: ``current_store()`` gives the live CertificateStore (or
+    None); its SNI callback hands each handshake the context of the certificate asked for."""
+    ctx = _base_context()
+
+    def choose(sslobj, server_name, _ctx):
+        store = current_store()
+        chosen = store.context_for(server_name) if store is not None else None
+        if chosen is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        sslobj.context = chosen
+        return None
+
+    ctx.sni_callback = choose
+    return ctx
+
+
+def certificate_files(certificates, base_dir: str) -> list[str]:
+    """The files the certificates are read from (a reload reads them again when they change)."""
+    out = []
+    for cert in certificates:
+        for value in (cert.cert, cert.key):
+            if not _is_inline(value):
+                out.append(resolve_path(value, base_dir))
+    return out
+
+
+# -- handshake failures, as the metric counts them ---------------------------------------------
+
+def failure_reason(exc: BaseException) -> str:
+    """A short, stable label for why a handshake failed (a metric label: bounded)."""
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or "ssl_error").lower()
+        if reason in _KNOWN_REASONS:
+            return _KNOWN_REASONS[reason]
+        return "other"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return "reset"
+    if isinstance(exc, ConnectionError):
+        return "closed"
+    return "other"
+
+
+# OpenSSL's reason codes, folded into the labels the metric has
+_KNOWN_REASONS = {
+    "unsupported_protocol": "protocol_version",
+    "tlsv1_alert_protocol_version": "protocol_version",
+    "wrong_version_number": "not_tls",
+    "http_request": "not_tls",
+    "no_shared_cipher": "no_shared_cipher",
+    "tlsv1_alert_unknown_ca": "client_rejected_certificate",
+    "sslv3_alert_bad_certificate": "client_rejected_certificate",
+    "sslv3_alert_certificate_unknown": "client_rejected_certificate",
+    "tlsv13_alert_certificate_required": "client_certificate",
+    "peer_did_not_return_a_certificate": "client_certificate",
+    "certificate_verify_failed": "client_certificate",
+    "callback_failed": "unknown_server_name",
+    "tlsv1_unrecognized_name": "unknown_server_name",
+    "unexpected_eof_while_reading": "closed",
+    "no_application_protocol": "alpn",
+}
+FAILURE_REASONS = tuple(sorted(set(_KNOWN_REASONS.values()) |
+                               {"timeout", "reset", "closed", "other"}))
