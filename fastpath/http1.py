@@ -517,12 +517,14 @@ def _kept(head: Head):
     return b"".join(out)
 
 
-def request_head(head, method, target, host, client_ip, forwarded_host, request_id, framing):
+def request_head(head, method, target, host, client_ip, forwarded_host, request_id, framing,
+                 https=False):
     values = (v.rstrip(b" \t,") for v, k in zip(head._values, head._kinds) if k == K_FORWARDED_FOR)
     chain = b"".join(v + b", " for v in values if v)    # an empty element is never sent on
     return b"".join((
         method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", _kept(head),
-        b"X-Forwarded-For: ", chain, client_ip, b"\r\nX-Forwarded-Proto: http\r\n",
+        b"X-Forwarded-For: ", chain, client_ip,
+        b"\r\nX-Forwarded-Proto: https\r\n" if https else b"\r\nX-Forwarded-Proto: http\r\n",
         b"X-Forwarded-Host: ", forwarded_host, b"\r\nX-Request-Id: ", request_id, b"\r\n",
         framing, b"\r\n"))
 

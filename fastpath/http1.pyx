@@ -957,7 +957,7 @@ cdef char* _put_kept(char* dst, Head head, frozenset tokens):
 
 
 cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, bytes client_ip,
-                         bytes forwarded_host, bytes request_id, bytes framing):
+                         bytes forwarded_host, bytes request_id, bytes framing, bint https=False):
     """The head sent to a backend: ``METHOD target HTTP/1.1``, ``Host``, the client's end-to-end
     fields as received (hop-by-hop, framing and gateway-set ones left out, and any a Connection
     field names), then X-Forwarded-For (the client's chain, then ``client_ip``),
@@ -981,7 +981,7 @@ cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, byte
             if n:       # an empty element is never sent on (RFC 9110 5.6.1)
                 chain += n + 2
     size = (len(method) + 1 + len(target) + 17 + len(host) + 2 + _kept_size(head, tokens)
-            + 17 + chain + len(client_ip) + 2 + 25 + 18 + len(forwarded_host) + 2
+            + 17 + chain + len(client_ip) + 2 + (26 if https else 25) + 18 + len(forwarded_host) + 2
             + 14 + len(request_id) + 2 + len(framing) + 2)
     out = PyBytes_FromStringAndSize(NULL, size)
     dst = PyBytes_AS_STRING(out)
@@ -1000,7 +1000,10 @@ cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, byte
                 dst = _put(dst, raw + head.fields[i].value_at, n)
                 dst = _put(dst, b", ", 2)
     dst = _put_bytes(dst, client_ip)
-    dst = _put(dst, b"\r\nX-Forwarded-Proto: http\r\n", 27)
+    if https:
+        dst = _put(dst, b"\r\nX-Forwarded-Proto: https\r\n", 28)
+    else:
+        dst = _put(dst, b"\r\nX-Forwarded-Proto: http\r\n", 27)
     dst = _put(dst, b"X-Forwarded-Host: ", 18)
     dst = _put_bytes(dst, forwarded_host)
     dst = _put(dst, b"\r\nX-Request-Id: ", 16)
