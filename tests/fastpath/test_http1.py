@@ -1390,6 +1390,14 @@ def test_request_head_of_a_bare_request(http1_mod):
         b"X-Forwarded-Host: \r\nX-Request-Id: id\r\n\r\n")
 
 
+def test_request_head_of_a_request_that_came_over_tls(http1_mod):
+    head = parse_head(http1_mod, b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\n\r\n")
+    assert http1_mod.request_head(head, b"GET", b"/x", b"b:1", b"10.1.2.3", b"a", b"id", b"",
+                                  True) == (
+        b"GET /x HTTP/1.1\r\nHost: b:1\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Host: a\r\nX-Request-Id: id\r\n\r\n")
+
+
 @pytest.mark.parametrize("name", [b"Connection", b"Keep-Alive", b"TE", b"Trailer", b"Upgrade",
                                   b"Proxy-Connection", b"Proxy-Authorization", b"Content-Length",
                                   b"Transfer-Encoding", b"X-Forwarded-Proto", b"X-Forwarded-Host",
