@@ -402,9 +402,10 @@ def parse_wrk(out: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, seconds: int, threads: int, connections: int) -> WrkResult:
+def run_wrk(url: str, seconds: int, threads: int, connections: int,
+            headers: tuple[str, ...] = ()) -> WrkResult:
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-            "--timeout", "5s", url]
+            "--timeout", "5s", *(f"-H{h}" for h in headers), url]
     cp = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
                         stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig)
     if cp.returncode != 0:
@@ -421,6 +422,7 @@ class Target:
     name: str           # as shown in the tables
     service: Service
     url: str            # what wrk drives
+    headers: tuple[str, ...] = ()   # wrk -H, for every request
 
 
 @dataclass
@@ -447,7 +449,7 @@ def measure(target: Target, upstream: Service, upstream_status: str, rep: int,
     up_before = upstream_counters(upstream_status)
     cpu_before, ucpu_before = target.service.cpu(), upstream.cpu()
     try:
-        result = run_wrk(target.url, args.duration, args.threads, args.connections)
+        result = run_wrk(target.url, args.duration, args.threads, args.connections, target.headers)
     except RuntimeError as exc:
         state = target.service.died_why()
         raise RuntimeError(f"{target.name} rep {rep}: {exc}\n{target.name} (pid "

@@ -1,0 +1,170 @@
+"""TLS termination: Tollgate against nginx terminating TLS with the same certificate.
+
+Both proxies serve the same ECDSA P-256 certificate (made here), TLS 1.2 and 1.3 with the same
+TLS 1.2 suites, and proxy to the same upstream nginx with keep-alive, 1 worker each (or
+``--workers N``).  Two scenarios, each run with the targets interleaved (``--reps``):
+
+* **keep-alive**: ``wrk -c50`` over https: the cost of TLS records on a proxied request;
+* **handshakes**: the same with ``Connection: close``: a new connection, so a full TLS
+  handshake, per request (wrk does not resume sessions).
+
+Writes the ``tls`` section of RESULTS.md (``--no-write`` to print only).  Target: keep-alive
+req/s >= 0.75x nginx's.  Needs nginx (with its SSL module: Debian's nginx-light has it) and wrk.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from benchmarks import run as harness
+from benchmarks.results import command_line, write_section
+
+SCENARIOS = {"keep-alive": (), "handshakes": ("Connection: close",)}
+TARGET_KEEPALIVE = 0.75
+
+
+def make_certificate(workdir: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench.test")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = workdir / "bench.pem", workdir / "bench.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def start_nginx_tls(workdir, upstream, args, cert, key) -> harness.Target:
+    port = harness.free_port()
+    conf = harness.render(harness.HERE / "nginx" / "proxy-tls.conf", workdir / "proxy-tls.conf",
+                          WORKERS=args.workers, WORKDIR=workdir, PORT=port, CERT=cert, KEY=key,
+                          UPSTREAM_PORT=upstream.rsplit(":", 1)[1],
+                          UPSTREAM_KEEPALIVE=max(256, args.connections))
+    svc = harness.Service("nginx-tls", [harness.NGINX, "-p", str(workdir), "-c", str(conf),
+                                        "-g", "daemon off;"], workdir, f"https://127.0.0.1:{port}")
+    svc.start()
+    svc.wait_ready(lambda: _https_ok(port))
+    return harness.Target("nginx", svc, svc.url + harness.PATH)
+
+
+def start_tollgate_tls(workdir, upstream, args, cert, key) -> harness.Target:
+    port, tls_port, status_port = harness.free_port(), harness.free_port(), harness.free_port()
+    conf = harness.render(harness.HERE / "config" / "tollgate.yaml", workdir / "tollgate-tls.yaml",
+                          UPSTREAM=upstream)
+    with open(conf, "a", encoding="utf-8") as f:
+        f.write(f"certificates:\n  - {{name: bench, cert: {cert}, key: {key}, "
+                f"domains: [bench.test], default: true}}\n")
+    argv = harness.tollgate_command() + [
+        "gateway", "--config", str(conf), "--listen", f"127.0.0.1:{port}",
+        "--tls-listen", f"127.0.0.1:{tls_port}", "--status-listen", f"127.0.0.1:{status_port}",
+        "--workers", str(args.workers)]
+    svc = harness.Service("tollgate-tls", argv, workdir, f"https://127.0.0.1:{tls_port}",
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    svc.start()
+    svc.wait_ready(lambda: _https_ok(tls_port))
+    return harness.Target("tollgate", svc, svc.url + harness.PATH)
+
+
+def _https_ok(port) -> bool:
+    import http.client
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=2)
+        conn.request("GET", harness.PATH)
+        ok = conn.getresponse().read() == harness.BODY.encode()
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tls_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=10)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, harness._on_signal)
+    workdir = harness.WORK_ROOT / f"tls-{int(time.time())}"
+    (workdir / "tmp").mkdir(parents=True)
+    runs: dict[str, list] = {s: [] for s in SCENARIOS}
+    try:
+        cert, key = make_certificate(workdir)
+        upstream, upstream_addr, upstream_status = harness.start_upstream(workdir)
+        targets = [start_nginx_tls(workdir, upstream_addr, args, cert, key),
+                   start_tollgate_tls(workdir, upstream_addr, args, cert, key)]
+        for t in targets:
+            harness.run_wrk(t.url, harness.WARMUP_SECONDS, args.threads, args.connections)
+        for rep in range(1, args.reps + 1):
+            for scenario, headers in SCENARIOS.items():
+                order = targets if rep % 2 else targets[::-1]
+                for t in order:
+                    target = harness.Target(t.name, t.service, t.url, headers)
+                    harness.log(f"rep {rep}/{args.reps}: {scenario} {t.name} for {args.duration}s")
+                    r = harness.measure(target, upstream, upstream_status, rep, args)
+                    runs[scenario].append(r)
+                    harness.log(f"  {r.wrk.rps:,.0f} req/s, CPU {r.cpu_us:.1f} us/req")
+    finally:
+        harness.stop_all()
+    text = report(args, runs)
+    print(text)
+    if not args.no_write:
+        write_section("tls", text)
+        harness.log("wrote the 'tls' section of benchmarks/RESULTS.md")
+    return 0
+
+
+def report(args, runs) -> str:
+    lines = [f"## TLS termination: Tollgate vs nginx", "", f"Command: `{command_line()}`", "",
+             *harness.machine_info(), "",
+             f"Both serve one ECDSA P-256 certificate, TLS 1.2/1.3 (TLS 1.2 suites "
+             f"ECDHE+AESGCM:ECDHE+CHACHA20), {args.workers} worker(s), upstream keep-alive; wrk "
+             f"`-t{args.threads} -c{args.connections} -d{args.duration}s`, {args.reps} interleaved "
+             f"reps per scenario (medians). handshakes: `Connection: close`, a full handshake per "
+             f"request.", "",
+             "| scenario | nginx req/s | Tollgate req/s | ratio | per-rep ratios | nginx CPU us/req | "
+             "Tollgate CPU us/req | target | verdict |", "|---|---:|---:|---:|---|---:|---:|---:|---|"]
+    for scenario, rs in runs.items():
+        by = {name: [r for r in rs if r.target == name] for name in ("nginx", "tollgate")}
+        rps = {n: statistics.median(r.wrk.rps for r in v) for n, v in by.items()}
+        cpu = {n: statistics.median(r.cpu_us for r in v) for n, v in by.items()}
+        per_rep = [t.wrk.rps / n.wrk.rps for n, t in zip(by["nginx"], by["tollgate"]) if n.wrk.rps]
+        ratio = rps["tollgate"] / rps["nginx"] if rps["nginx"] else 0.0
+        target = f">= {TARGET_KEEPALIVE:.2f}" if scenario == "keep-alive" else "reported"
+        verdict = ("PASS" if ratio >= TARGET_KEEPALIVE else "FAIL") if scenario == "keep-alive" else ""
+        lines.append(f"| {scenario} | {rps['nginx']:,.0f} | {rps['tollgate']:,.0f} | {ratio:.2f}x | "
+                     f"{', '.join(f'{x:.2f}' for x in per_rep)} | {cpu['nginx']:.1f} | "
+                     f"{cpu['tollgate']:.1f} | {target} | {verdict} |")
+        problems = [p for r in rs for p in r.problems]
+        if problems:
+            lines += ["", f"Problems ({scenario}): " + "; ".join(sorted(set(problems)))]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
