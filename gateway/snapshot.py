@@ -19,7 +19,7 @@ from .backends.http import BackendConfigError, HttpBackend
 from .exchange import CompiledApi
 from .backends.mock import MockBackend
 from .config import ConfigError, Document
-from .tls import load_certificates
+from .tls import backend_context, load_certificates
 
 _VARIABLE = re.compile(r"#([A-Za-z][A-Za-z0-9_-]{2,31})#")
 
@@ -46,6 +46,7 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
     Raises ConfigError naming the path of every problem found.
     """
     errors = []
+    tls_contexts = {}       # https backends with the same settings share one client context
     certificates = None
     if doc.certificates:
         try:
@@ -65,9 +66,13 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
         hosts = tuple(sorted({d.lower().rstrip(".") for d in group.domains}))
         for env in api.environments:
             try:
-                handler = _backend(api, env, group, runtime)
-            except (BackendConfigError, ValueError) as exc:
+                handler = _backend(api, env, group, runtime, base_dir, tls_contexts,
+                                   f"{where}.backend")
+            except BackendConfigError as exc:
                 errors.append(f"{where}.backend: {exc} (environment {env})")
+                continue
+            except ValueError as exc:      # the backend's TLS files: the errors name their fields
+                errors.extend(e for e in exc.args if e not in errors)
                 continue
             stats = runtime.metrics.api_stats(api.name, env) if runtime is not None else None
             compiled = CompiledApi(api.name, env, api.group, handler, (), stats)
@@ -92,7 +97,7 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
     return Snapshot(router, apis, version, doc, certificates)
 
 
-def _backend(api, env, group, runtime):
+def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="backend"):
     backend = api.backend
     if backend.type == "mock":
         mock = backend.mock
@@ -112,6 +117,17 @@ def _backend(api, env, group, runtime):
 
         url = _VARIABLE.sub(substitute, backend.url)
         method = backend.method or api.method
+        tls_context = None
+        if url.startswith("https://"):
+            tls = backend.tls
+            settings = (None if tls is None else
+                        (tls.verify, tls.ca_file, tls.client_cert, tls.client_key))
+            cache = tls_contexts if tls_contexts is not None else {}
+            tls_context = cache.get(settings)
+            if tls_context is None:
+                tls_context = cache[settings] = backend_context(tls, base_dir, f"{where}.tls")
         return HttpBackend(runtime, url, method, backend.timeout_ms, backend.retries,
-                           backend.host_header, prefix=api.match_mode == "prefix")
+                           backend.host_header, prefix=api.match_mode == "prefix",
+                           tls_context=tls_context,
+                           server_name=backend.tls.server_name if backend.tls else None)
     raise BackendConfigError(f"backend type {backend.type!r} is not supported in this version")

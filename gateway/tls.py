@@ -184,6 +184,45 @@ def _context_from(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     return ctx
 
 
+def backend_context(tls, base_dir: str, where: str) -> ssl.SSLContext:
+    """The client context for https backends with settings ``tls`` (a BackendTls, or None
+    for the defaults: verification against the system CA store); raise ValueError whose args
+    are the errors, each naming its field under ``where``."""
+    errors: list[str] = []
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    if tls is not None:
+        if tls.ca_file is not None:
+            path = resolve_path(tls.ca_file, base_dir)
+            try:
+                ctx.load_verify_locations(cafile=path)
+            except OSError as exc:
+                errors.append(f"{where}.ca_file: cannot read {path}: {exc.strerror or exc}")
+            except ssl.SSLError:
+                errors.append(f"{where}.ca_file: {path} holds no PEM CA certificate")
+        if not tls.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if (tls.client_cert is None) != (tls.client_key is None):
+            errors.append(f"{where}.client_key: client_cert and client_key go together")
+        elif tls.client_cert is not None:
+            cert = resolve_path(tls.client_cert, base_dir)
+            key = resolve_path(tls.client_key, base_dir)
+            try:
+                ctx.load_cert_chain(cert, key)
+            except OSError as exc:
+                if isinstance(exc, ssl.SSLError):
+                    errors.append(f"{where}.client_key: {cert} and {key} are not a matching "
+                                  f"PEM certificate and key ({exc.reason or exc})")
+                else:
+                    errors.append(f"{where}.client_cert: cannot read {exc.filename or cert}: "
+                                  f"{exc.strerror or exc}")
+    if errors:
+        raise ValueError(*errors)
+    return ctx
+
+
 def front_context(current_store) -> ssl.SSLContext:
     """The TLS listener's context: ``current_store()`` gives the live CertificateStore (or
     None); its SNI callback hands each handshake the context of the certificate asked for."""

@@ -17,6 +17,7 @@ response body down, both ways with flow control, and decides what a failure mean
 """
 from __future__ import annotations
 
+import ssl
 from urllib.parse import urlsplit
 
 from gateway.errors import BackendTimeout, BackendUnavailable
@@ -43,23 +44,29 @@ class HttpBackend(Handler):
     Attribute types: gateway/backends/http.pxd.
     """
 
-    def __init__(self, runtime, url, method, timeout_ms, retries, host_header, prefix):
+    def __init__(self, runtime, url, method, timeout_ms, retries, host_header, prefix,
+                 tls_context=None, server_name=None):
         self.runtime = runtime
         self.pool = runtime.pool if runtime is not None else None   # typed: C calls per request
         parts = urlsplit(url)
-        if parts.scheme != "http":
-            raise BackendConfigError(f"backend url {url!r}: only http:// backends are supported")
+        if parts.scheme not in ("http", "https"):
+            raise BackendConfigError(f"backend url {url!r}: expected http:// or https://")
+        if (parts.scheme == "https") != (tls_context is not None):
+            raise BackendConfigError(f"backend url {url!r}: TLS settings apply to https:// only")
         if not parts.hostname:
             raise BackendConfigError(f"backend url {url!r}: no host")
         try:
-            port = parts.port or 80
+            port = parts.port or (443 if tls_context is not None else 80)
         except ValueError as exc:
             raise BackendConfigError(f"backend url {url!r}: {exc}") from None
         if parts.username or parts.password:
             raise BackendConfigError(f"backend url {url!r}: credentials in the url are not allowed")
         if parts.fragment:
             raise BackendConfigError(f"backend url {url!r}: a fragment is not allowed")
-        self.key = (parts.hostname, port)
+        # the pool's key: where, and how (an https backend's context and the name it checks:
+        # connections of other TLS settings are never shared)
+        self.key = (parts.hostname, port, tls_context,
+                    (server_name or parts.hostname) if tls_context is not None else None)
         # the pool's list of idle connections to this backend, looked up once
         self.idle = runtime.pool.slot(self.key) if runtime is not None else None
         self.authority = parts.netloc
@@ -185,6 +192,8 @@ class ProxyCall(UpstreamOwner):
     # -- sending ----------------------------------------------------------------------------
     def dispatch(self, fresh):
         backend = self.backend
+        # the upstream time runs from here: a new connection's connect and TLS handshake count
+        self.ex.upstream_started = monotonic()
         conn = None if fresh else backend.pool.take(backend.idle)
         if conn is not None:
             self.attach(conn)
@@ -204,7 +213,8 @@ class ProxyCall(UpstreamOwner):
             except (OSError, TimeoutError) as exc:
                 if self.finished or self.ex.done:
                     return
-                if self.retries_left > 0:
+                # (a certificate the gateway refuses is refused again: no retry)
+                if self.retries_left > 0 and not isinstance(exc, ssl.SSLError):
                     self.retries_left -= 1
                     continue
                 self.connecting = False
@@ -221,7 +231,6 @@ class ProxyCall(UpstreamOwner):
     def attach(self, conn):
         self.upstream = conn
         ex = self.ex
-        self.ex.upstream_started = monotonic()
         queued = self.queued
         if queued is None:
             data = self.head

@@ -68,6 +68,10 @@ def warnings(doc: Document) -> list[str]:
         if not api.environments:
             found.append(f"apis[{i}].environments: API '{api.name}' is published in no environment, "
                          "so it answers no request (add RELEASE: {{}} to serve it)")
+        b = api.backend
+        if (b.tls is not None and b.url is not None and not b.url.startswith("https://")
+                and b.tls != type(b.tls)()):
+            found.append(f"apis[{i}].backend.tls: not used: the backend url is not https://")
     return found
 
 
@@ -475,6 +479,8 @@ class _Validator:
         allowed = set(template_params) | backend_path_params
         if b.url is not None:
             self.check_backend_url(f"{p}.url", b.url, api, group, allowed)
+        if b.tls is not None and (b.tls.client_cert is None) != (b.tls.client_key is None):
+            self.error(f"{p}.tls", "client_cert and client_key go together")
         if b.path is not None:
             self.check_variables(f"{p}.path", b.path, api, group)
             self.check_path_refs(f"{p}.path", b.path, allowed)
@@ -744,10 +750,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
             refuse(f"{p}.backend.channel", "load balance channels")
         if b.params:
             refuse(f"{p}.backend.params", "backend parameters")
-        if b.url is not None and b.url.startswith("https://"):
-            refuse(f"{p}.backend.url", "https backends")
-        if b.tls is not None:
-            refuse(f"{p}.backend.tls", "TLS settings of https backends")
         if b.authorizer is not None:
             refuse(f"{p}.backend.authorizer", "backend authorizers")
         if b.websocket_idle_timeout_ms is not None:

@@ -334,10 +334,15 @@ class UpstreamPool:
                 pass
 
     async def connect(self, key):
-        host, port = key
-        _transport, conn = await asyncio.wait_for(
-            self.loop.create_connection(lambda: UpstreamConnection(self, key), host, port),
-            self.limits.upstream_connect_timeout_s)
+        host, port, tls_context, server_name = key
+        if tls_context is None:
+            connecting = self.loop.create_connection(lambda: UpstreamConnection(self, key),
+                                                     host, port)
+        else:   # the handshake is bounded by the same connect timeout
+            connecting = self.loop.create_connection(
+                lambda: UpstreamConnection(self, key), host, port, ssl=tls_context,
+                server_hostname=server_name, ssl_handshake_timeout=self.limits.upstream_connect_timeout_s)
+        _transport, conn = await asyncio.wait_for(connecting, self.limits.upstream_connect_timeout_s)
         return conn
 
     def sweep(self, now):

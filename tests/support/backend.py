@@ -168,8 +168,9 @@ class _Conn(asyncio.Protocol):
 class Backend:
     """Start with ``Backend().start()``; stop with ``.stop()``."""
 
-    def __init__(self, idle_close_s: float | None = None):
+    def __init__(self, idle_close_s: float | None = None, ssl_context=None):
         self.idle_close_s = idle_close_s
+        self.ssl_context = ssl_context      # serve https with it
         self.requests: list[dict] = []
         self.connections = 0
         self.open: set = set()      # transports of the connections open now
@@ -187,7 +188,7 @@ class Backend:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
             self._server = self._loop.run_until_complete(
-                self._loop.create_server(lambda: _Conn(self), sock=sock))
+                self._loop.create_server(lambda: _Conn(self), sock=sock, ssl=self.ssl_context))
             ready.set()
             self._loop.run_forever()
             self._server.close()

@@ -206,11 +206,12 @@ def test_channel_backend_needs_path_and_url_backend_has_none():
         ["apis[0].backend.path: path is only used with channel; put the path in url"]
 
 
-def test_backend_url_must_be_http():
+def test_backend_url_must_be_http_or_https():
     assert check(apis=[http_api("ftp://h/x", path="/h")]) == \
         ["apis[0].backend.url: expected a url starting with http:// (or https://)"]
-    assert check(apis=[http_api("https://h/x", path="/h")]) == \
-        ["apis[0].backend.url: https backends are not supported in this version"]
+    assert check(apis=[http_api("https://h/x", path="/h")]) == []
+    assert check(apis=[http_api("https://h/x", path="/h2", tls={"client_cert": "c.pem"})]) == \
+        ["apis[0].backend.tls: client_cert and client_key go together"]
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -413,7 +414,6 @@ def test_definitions_of_unused_kinds_are_accepted():
     ({"app_quotas": [{"name": "q", "limit": 5}], "apps": [{"name": "x", "quota": "q"}]},
      "apps[0].quota"),
     ({"apis": [mock_api(app_api_key=True)]}, "apis[0].app_api_key"),
-    ({"apis": [http_api("http://h/x", tls={"verify": False})]}, "apis[0].backend.tls"),
     ({"apis": [http_api("http://h/x", authorizer="b")],
       "authorizers": [{"name": "b", "type": "backend", "url": "http://h/auth"}]},
      "apis[0].backend.authorizer"),
