@@ -8,6 +8,10 @@ TLS 1.2 suites, and proxy to the same upstream nginx with keep-alive, 1 worker e
 * **handshakes**: the same with ``Connection: close``: a new connection, so a full TLS
   handshake, per request (wrk does not resume sessions).
 
+Then **https backend**: Tollgate (plain HTTP from wrk) in front of an https upstream (nginx with
+the same certificate, verified with it as the CA) against the same Tollgate in front of the plain
+upstream, interleaved: what TLS to a pooled backend costs (target >= 0.8x).
+
 Writes the ``tls`` section of RESULTS.md (``--no-write`` to print only).  Target: keep-alive
 req/s >= 0.75x nginx's.  Needs nginx (with its SSL module: Debian's nginx-light has it) and wrk.
 """
@@ -32,6 +36,7 @@ from benchmarks.results import command_line, write_section
 
 SCENARIOS = {"keep-alive": (), "handshakes": ("Connection: close",)}
 TARGET_KEEPALIVE = 0.75
+TARGET_HTTPS_BACKEND = 0.8
 
 
 def make_certificate(workdir: Path) -> tuple[Path, Path]:
@@ -83,6 +88,36 @@ def start_tollgate_tls(workdir, upstream, args, cert, key) -> harness.Target:
     return harness.Target("tollgate", svc, svc.url + harness.PATH)
 
 
+def start_upstream_tls(workdir, cert, key) -> tuple[harness.Service, str]:
+    port = harness.free_port()
+    conf = harness.render(harness.HERE / "nginx" / "upstream-tls.conf", workdir / "upstream-tls.conf",
+                          WORKDIR=workdir, PORT=port, CERT=cert, KEY=key, BODY=harness.BODY)
+    svc = harness.Service("upstream-tls", [harness.NGINX, "-p", str(workdir), "-c", str(conf),
+                                           "-g", "daemon off;"], workdir, f"https://127.0.0.1:{port}")
+    svc.start()
+    svc.wait_ready(lambda: _https_ok(port))
+    return svc, f"127.0.0.1:{port}"
+
+
+def start_tollgate_to(workdir, name, url, tls_lines, args) -> harness.Target:
+    """Tollgate serving plain HTTP, its one API's backend at ``url``."""
+    port, status_port = harness.free_port(), harness.free_port()
+    conf = workdir / f"{name}.yaml"
+    conf.write_text(
+        "version: 1\ngroups: [{name: bench}]\napis:\n  - name: all\n    group: bench\n"
+        "    method: ANY\n    path: /\n    match_mode: prefix\n"
+        f"    backend: {{type: http, url: \"{url}\", timeout_ms: 5000{tls_lines}}}\n"
+        "    environments: {RELEASE: {}}\n", encoding="utf-8")
+    argv = harness.tollgate_command() + [
+        "gateway", "--config", str(conf), "--listen", f"127.0.0.1:{port}",
+        "--status-listen", f"127.0.0.1:{status_port}", "--workers", str(args.workers)]
+    svc = harness.Service(name, argv, workdir, f"http://127.0.0.1:{port}",
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    svc.start()
+    svc.wait_ready(lambda: harness.http_get(svc.url + harness.PATH) == (200, harness.BODY.encode()))
+    return harness.Target(name, svc, svc.url + harness.PATH)
+
+
 def _https_ok(port) -> bool:
     import http.client
     import ssl
@@ -129,9 +164,24 @@ def main(argv=None) -> int:
                     r = harness.measure(target, upstream, upstream_status, rep, args)
                     runs[scenario].append(r)
                     harness.log(f"  {r.wrk.rps:,.0f} req/s, CPU {r.cpu_us:.1f} us/req")
+        for t in targets:
+            t.service.stop()     # (one pair at a time on 2 CPUs)
+        _upstream_tls, tls_addr = start_upstream_tls(workdir, cert, key)
+        backends = [start_tollgate_to(workdir, "plain-backend", f"http://{upstream_addr}/", "", args),
+                    start_tollgate_to(workdir, "https-backend", f"https://{tls_addr}/",
+                                      f", tls: {{ca_file: {cert}, server_name: bench.test}}", args)]
+        for t in backends:
+            harness.run_wrk(t.url, harness.WARMUP_SECONDS, args.threads, args.connections)
+        backend_runs = []
+        for rep in range(1, args.reps + 1):
+            for t in (backends if rep % 2 else backends[::-1]):
+                harness.log(f"rep {rep}/{args.reps}: {t.name} for {args.duration}s")
+                r = harness.measure(t, upstream, upstream_status, rep, args)
+                backend_runs.append(r)
+                harness.log(f"  {r.wrk.rps:,.0f} req/s, CPU {r.cpu_us:.1f} us/req")
     finally:
         harness.stop_all()
-    text = report(args, runs)
+    text = report(args, runs) + backend_report(backend_runs)
     print(text)
     if not args.no_write:
         write_section("tls", text)
@@ -163,6 +213,26 @@ def report(args, runs) -> str:
         problems = [p for r in rs for p in r.problems]
         if problems:
             lines += ["", f"Problems ({scenario}): " + "; ".join(sorted(set(problems)))]
+    return "\n".join(lines) + "\n"
+
+
+def backend_report(runs) -> str:
+    by = {n: [r for r in runs if r.target == n] for n in ("plain-backend", "https-backend")}
+    rps = {n: statistics.median(r.wrk.rps for r in v) for n, v in by.items()}
+    cpu = {n: statistics.median(r.cpu_us for r in v) for n, v in by.items()}
+    ratio = rps["https-backend"] / rps["plain-backend"] if rps["plain-backend"] else 0.0
+    per_rep = [h.wrk.rps / p.wrk.rps for p, h in zip(by["plain-backend"], by["https-backend"])]
+    lines = ["", "Tollgate in front of an https backend (pooled, verified) against the same in front "
+             "of a plain one (clients over plain HTTP):", "",
+             "| Tollgate to | req/s | CPU us/req | ratio to plain | per-rep ratios | target | verdict |",
+             "|---|---:|---:|---:|---|---:|---|",
+             f"| http:// backend | {rps['plain-backend']:,.0f} | {cpu['plain-backend']:.1f} | | | | |",
+             f"| https:// backend | {rps['https-backend']:,.0f} | {cpu['https-backend']:.1f} | "
+             f"{ratio:.2f}x | {', '.join(f'{x:.2f}' for x in per_rep)} | >= {TARGET_HTTPS_BACKEND:.2f} | "
+             f"{'PASS' if ratio >= TARGET_HTTPS_BACKEND else 'FAIL'} |"]
+    problems = sorted({p for r in runs for p in r.problems})
+    if problems:
+        lines += ["", "Problems: " + "; ".join(problems)]
     return "\n".join(lines) + "\n"
 
 
