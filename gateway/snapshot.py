@@ -19,20 +19,21 @@ from .backends.http import BackendConfigError, HttpBackend
 from .exchange import CompiledApi
 from .backends.mock import MockBackend
 from .config import ConfigError, Document
-from .tls import backend_context, load_certificates
+from .tls import backend_context, certificate_files, load_certificates, resolve_path
 
 _VARIABLE = re.compile(r"#([A-Za-z][A-Za-z0-9_-]{2,31})#")
 
 
 class Snapshot:
-    __slots__ = ("router", "apis", "version", "document", "certificates")
+    __slots__ = ("router", "apis", "version", "document", "certificates", "files")
 
-    def __init__(self, router, apis, version, document, certificates=None):
+    def __init__(self, router, apis, version, document, certificates=None, files=()):
         self.router = router
         self.apis = apis          # {(api name, env): CompiledApi}
         self.version = version    # content hash of the document: which config is live
         self.document = document
         self.certificates = certificates    # gateway.tls.CertificateStore, or None
+        self.files = files        # the TLS files it read: a SIGHUP reloads when one changed
 
 
 def document_version(doc: Document) -> str:
@@ -46,7 +47,11 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
     Raises ConfigError naming the path of every problem found.
     """
     errors = []
-    tls_contexts = {}       # https backends with the same settings share one client context
+    # https backends with the same settings and files share one client context, kept by the
+    # worker across reloads while they stay the same (so are its pooled connections)
+    tls_contexts = runtime.tls_contexts if runtime is not None else {}
+    used_contexts = set()
+    tls_files = {}          # path -> digest of the backend TLS files read
     certificates = None
     if doc.certificates:
         try:
@@ -67,7 +72,7 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
         for env in api.environments:
             try:
                 handler = _backend(api, env, group, runtime, base_dir, tls_contexts,
-                                   f"{where}.backend")
+                                   f"{where}.backend", used_contexts, tls_files)
             except BackendConfigError as exc:
                 errors.append(f"{where}.backend: {exc} (environment {env})")
                 continue
@@ -91,13 +96,40 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
     if errors:
         raise ConfigError(errors)
     router.freeze()
+    for key in [k for k in tls_contexts if k not in used_contexts]:
+        del tls_contexts[key]       # (contexts of settings no longer used)
     version = document_version(doc)
-    if certificates is not None:    # the same document with renewed certificates is new
-        version = hashlib.sha256(version.encode() + certificates.digest).hexdigest()[:12]
-    return Snapshot(router, apis, version, doc, certificates)
+    if certificates is not None or tls_files:   # the same document with renewed files is new
+        digest = hashlib.sha256(version.encode())
+        if certificates is not None:
+            digest.update(certificates.digest)
+        for path in sorted(tls_files):
+            digest.update(tls_files[path])
+        version = digest.hexdigest()[:12]
+    files = tuple(certificate_files(doc.certificates, base_dir)) + tuple(sorted(tls_files))
+    return Snapshot(router, apis, version, doc, certificates, files)
 
 
-def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="backend"):
+def _digests(base_dir, seen, *values) -> bytes:
+    """A digest of the files ``values`` name (None: no file), recorded in ``seen``."""
+    out = hashlib.sha256()
+    for value in values:
+        if value is None:
+            continue
+        path = resolve_path(value, base_dir)
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).digest()
+        except OSError:
+            digest = b"unreadable"      # (backend_context reports it, naming the field)
+        if seen is not None:
+            seen[path] = digest
+        out.update(digest)
+    return out.digest()
+
+
+def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="backend",
+             used_contexts=None, tls_files=None):
     backend = api.backend
     if backend.type == "mock":
         mock = backend.mock
@@ -121,11 +153,15 @@ def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="b
         if url.startswith("https://"):
             tls = backend.tls
             settings = (None if tls is None else
-                        (tls.verify, tls.ca_file, tls.client_cert, tls.client_key))
+                        (tls.verify, tls.ca_file, tls.client_cert, tls.client_key,
+                         _digests(base_dir, tls_files, tls.ca_file, tls.client_cert,
+                                  tls.client_key)))
             cache = tls_contexts if tls_contexts is not None else {}
             tls_context = cache.get(settings)
             if tls_context is None:
                 tls_context = cache[settings] = backend_context(tls, base_dir, f"{where}.tls")
+            if used_contexts is not None:
+                used_contexts.add(settings)
         return HttpBackend(runtime, url, method, backend.timeout_ms, backend.retries,
                            backend.host_header, prefix=api.match_mode == "prefix",
                            tls_context=tls_context,

@@ -14,7 +14,6 @@ an error naming the field, found when the document is loaded, never at the first
 """
 from __future__ import annotations
 
-import asyncio
 import datetime
 import hashlib
 import os
@@ -37,6 +36,10 @@ def _base_context() -> ssl.SSLContext:
     ctx.set_ciphers(_TLS12_CIPHERS)
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # No session resumption: a session (or ticket) made for one name would resume under
+    # another, and outlive a reload that replaced a certificate; every handshake is full.
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
     return ctx
 
 
@@ -93,8 +96,10 @@ class CertificateStore:
                 self.default = cert.context
 
     def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
-        if server_name:
-            name = server_name.lower().rstrip(".")
+        if server_name and not server_name.startswith("*"):
+            name = server_name.lower()
+            if name.endswith("."):
+                name = name[:-1]        # (one trailing dot: the root)
             ctx = self.exact.get(name)
             if ctx is not None:
                 return ctx
@@ -259,12 +264,6 @@ def failure_reason(exc: BaseException) -> str:
         if reason in _KNOWN_REASONS:
             return _KNOWN_REASONS[reason]
         return "other"
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout"
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-        return "reset"
-    if isinstance(exc, ConnectionError):
-        return "closed"
     return "other"
 
 
@@ -283,8 +282,10 @@ _KNOWN_REASONS = {
     "certificate_verify_failed": "client_certificate",
     "callback_failed": "unknown_server_name",
     "tlsv1_unrecognized_name": "unknown_server_name",
-    "unexpected_eof_while_reading": "closed",
     "no_application_protocol": "alpn",
 }
-FAILURE_REASONS = tuple(sorted(set(_KNOWN_REASONS.values()) |
-                               {"timeout", "reset", "closed", "other"}))
+# the labels the metric has: what OpenSSL refuses (handshakes the peer abandons, or that time
+# out, are the ones begun that neither completed nor failed), and a server name that is not
+# ASCII (refused by Python's ssl before any callback)
+FAILURE_REASONS = tuple(sorted(set(_KNOWN_REASONS.values()) - {"closed"} |
+                               {"bad_server_name", "other"}))

@@ -37,7 +37,7 @@ from .http.upstream import UpstreamPool
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline
 from .snapshot import compile_snapshot
-from .tls import certificate_files, front_context
+from .tls import front_context
 
 log = logging.getLogger("tollgate.gateway")
 
@@ -83,7 +83,8 @@ class Worker:
         self.tls_handshakes_begun = 0
         self.tls_handshakes = 0             # completed (ClientConnection.connection_made)
         self.tls_failures: dict = {}        # reason -> failed handshakes
-        self._certificate_files: dict = {}  # path -> (mtime, size, inode) when loaded
+        self._certificate_files: dict = {}  # TLS file path -> (mtime, size, inode) when loaded
+        self.tls_contexts: dict = {}        # https backends' client contexts (see snapshot)
         self._stopped = loop.create_future()
 
     # -- services for connections and handlers ------------------------------------------------
@@ -131,8 +132,7 @@ class Worker:
         self.snapshot = snapshot          # the atomic swap: one reference
         self.pipeline.router = snapshot.router
         self.config_bytes = data
-        self._certificate_files = {p: _file_state(p)
-                                   for p in certificate_files(doc.certificates, base_dir)}
+        self._certificate_files = {p: _file_state(p) for p in snapshot.files}
         if snapshot.certificates is not None and self.settings.index == 0:
             for warning in snapshot.certificates.warnings:
                 log.warning("%s: %s", path, warning)

@@ -150,6 +150,10 @@ class ClientConnection(Connection):
         pooled) and this connection are closed at once."""
         if self.lingering:
             return False
+        if self.tls:
+            # TLS has no half-close the transport keeps: it closes after this whatever we
+            # answer, and connection_lost aborts what is in flight
+            return False
         self.peer_eof = True
         ex = self.current
         if ex is not None and not ex.done:

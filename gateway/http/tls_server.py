@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 
 from ..tls import failure_reason
 from .server import ClientConnection
@@ -43,9 +44,32 @@ def counting_sslobject_class(worker):
     return CountedSSLObject
 
 
+#: how long a closing TLS connection waits for the peer's close_notify (uvloop's default, 30 s,
+#: would hold a socket that long for every client that never answers it)
+SHUTDOWN_TIMEOUT_S = 2.0
+
+
 async def serve_tls(worker, sock):
     """The TLS listener's server: ClientConnections over TLS on ``sock``."""
     worker.tls_context.sslobject_class = counting_sslobject_class(worker)
+    _quiet_bad_server_names(worker)
     return await worker.loop.create_server(
         lambda: ClientConnection(worker, True), sock=sock, backlog=4096, ssl=worker.tls_context,
-        ssl_handshake_timeout=worker.limits.head_timeout_s)
+        ssl_handshake_timeout=worker.limits.head_timeout_s,
+        ssl_shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+
+
+def _quiet_bad_server_names(worker):
+    """A server name that is not ASCII (SNI carries A-labels only) makes Python's ssl refuse the
+    handshake before the SNI callback runs, reporting the decode error as an "unraisable"
+    exception with a traceback: counted (``bad_server_name``) instead of logged, per handshake."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if (isinstance(unraisable.exc_value, UnicodeDecodeError)
+                and isinstance(unraisable.object, bytes)):
+            worker.count_tls_failure("bad_server_name")
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook

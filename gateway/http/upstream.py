@@ -39,6 +39,7 @@ _E_NEED_DATA, _E_HEAD, _E_BODY, _E_END = NEED_DATA, HEAD, BODY, END
 
 #: seconds a backend that sent unasked bytes gets no reused connection
 DISTRUST_S = 60.0
+_TLS_SHUTDOWN_TIMEOUT_S = 2.0    # a closing TLS connection to a backend waits this long at most
 
 
 class UpstreamOwner:
@@ -341,7 +342,8 @@ class UpstreamPool:
         else:   # the handshake is bounded by the same connect timeout
             connecting = self.loop.create_connection(
                 lambda: UpstreamConnection(self, key), host, port, ssl=tls_context,
-                server_hostname=server_name, ssl_handshake_timeout=self.limits.upstream_connect_timeout_s)
+                server_hostname=server_name, ssl_handshake_timeout=self.limits.upstream_connect_timeout_s,
+                ssl_shutdown_timeout=_TLS_SHUTDOWN_TIMEOUT_S)
         _transport, conn = await asyncio.wait_for(connecting, self.limits.upstream_connect_timeout_s)
         return conn
 

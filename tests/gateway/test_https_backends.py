@@ -145,3 +145,37 @@ def test_bad_backend_tls_files_are_refused_at_load_with_the_field(tmp_path, ca):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "apis[0].backend.tls.client_key:" in done.stdout, done.stdout
+
+
+def test_a_renewed_ca_file_is_read_again_on_sighup_and_pooling_survives_reloads(make_gateway, ca,
+                                                                                tmp_path):
+    import shutil
+    import signal
+    import time
+    backend = tls_backend(ca)
+    other = TestCA(tmp_path / "other", name="Other CA")
+    ca_file = tmp_path / "backend-ca.pem"
+    shutil.copy(other.path, ca_file)             # the wrong CA first
+    try:
+        doc = https_config(backend, {"ca_file": str(ca_file), "server_name": "backend.test"})
+        gw = make_gateway(doc)
+        assert get(gw).status == 502
+        shutil.copy(ca.path, ca_file)            # renewed in place
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while get(gw).status != 200:
+            assert time.monotonic() < deadline, "the renewed CA file was not read again"
+            time.sleep(0.2)
+        # reloads that change nothing of the backend's TLS keep its pooled connection
+        opened = backend.connections
+        for i in range(3):
+            doc["apis"][1]["backend"]["mock"]["body"] = f'{{"mock":{i}}}'
+            gw.write_config(doc)
+            deadline = time.monotonic() + 10
+            while get(gw, "/mock").body != f'{{"mock":{i}}}'.encode():
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert get(gw).status == 200
+        assert backend.connections == opened
+    finally:
+        stop(backend)

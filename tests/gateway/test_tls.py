@@ -332,3 +332,82 @@ def test_plain_listener_can_be_off(tmp_path, backend, ca):
             socket.create_connection(("127.0.0.1", gw.port), timeout=2).close()
     finally:
         gw.stop()
+
+
+# -- closing, resumption, odd names ------------------------------------------------------------
+
+def worker_fds(gw) -> int:
+    import os
+    pid = json.loads(gw.status("/readyz")[1])["workers"][0]["pid"]
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_tls_connection_the_gateway_closes_is_released_in_seconds(tmp_path, backend, ca):
+    """After answering a bad request the gateway closes; a client that never sends its
+    close_notify must not hold the socket for long (the TLS shutdown wait is bounded)."""
+    gw = start_tls_gateway(tmp_path, tls_config(backend.address, two_domains(ca)))
+    held = []
+    try:
+        ctx = client_context(ca)
+        before = worker_fds(gw)
+        for _ in range(5):
+            raw = socket.create_connection(("127.0.0.1", gw.tls_port), timeout=10)
+            sock = ctx.wrap_socket(raw, server_hostname="a.test")
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: -1\r\n\r\n")
+            assert b" 400 " in sock.recv(65536)
+            held.append(sock)           # open, and never answering the close_notify
+        deadline = time.monotonic() + 8
+        while worker_fds(gw) > before + 1:
+            assert time.monotonic() < deadline, "closed TLS connections held their sockets"
+            time.sleep(0.2)
+    finally:
+        for sock in held:
+            sock.close()
+        gw.stop()
+
+
+def test_a_half_close_over_tls_ends_the_connection_without_a_log_line(tmp_path, backend, ca):
+    gw = start_tls_gateway(tmp_path, tls_config(backend.address, two_domains(ca)))
+    try:
+        raw = socket.create_connection(("127.0.0.1", gw.tls_port), timeout=10)
+        sock = client_context(ca).wrap_socket(raw, server_hostname="a.test")
+        sock.sendall(b"GET /mock HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert b"200 OK" in sock.recv(65536)
+        sock.shutdown(socket.SHUT_WR)   # a FIN under TLS (no close_notify)
+        sock.close()
+        time.sleep(0.5)
+        assert "eof_received" not in gw.log()
+    finally:
+        gw.stop()
+
+
+def test_sessions_are_not_resumed_across_names(tmp_path, backend, ca):
+    gw = start_tls_gateway(tmp_path, tls_config(backend.address, two_domains(ca)))
+    try:
+        ctx = client_context(ca, check_hostname=False)
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            ctx.maximum_version = version
+            with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="a.test") as first:
+                    first.sendall(b"GET /mock HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                    first.recv(65536)           # (TLS 1.3 tickets come after the handshake)
+                    session = first.session
+            with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="x.b.test", session=session) as again:
+                    assert not again.session_reused
+                    assert dict(x[0] for x in again.getpeercert()["subject"])["commonName"] == "*.b.test"
+    finally:
+        gw.stop()
+
+
+def test_a_non_ascii_server_name_is_refused_and_counted_not_logged(tmp_path, backend, ca):
+    gw = start_tls_gateway(tmp_path, tls_config(backend.address, two_domains(ca)))
+    try:
+        for _ in range(3):
+            subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{gw.tls_port}",
+                            "-servername", "b\xfccher.test", "-brief"], input=b"",
+                           capture_output=True, timeout=30)
+        gw.wait_metric("tollgate_tls_handshake_failures_total", 3.0, reason="bad_server_name")
+        assert "Traceback" not in gw.log() and "UnicodeDecodeError" not in gw.log()
+    finally:
+        gw.stop()
