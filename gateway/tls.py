@@ -147,13 +147,19 @@ def load_certificates(certificates, base_dir: str, now: float | None = None) -> 
             errors.append(f"{where}.key: cannot be used: {exc}")
             continue
         leaf = chain[0]
-        if _public_bytes(leaf.public_key()) != _public_bytes(key.public_key()):
-            errors.append(f"{where}.key: does not match the certificate of {where}.cert")
+        key_bytes = _public_bytes(key.public_key())
+        if _public_bytes(leaf.public_key()) != key_bytes:
+            if any(_public_bytes(c.public_key()) == key_bytes for c in chain[1:]):
+                errors.append(f"{where}.cert: the certificate of the key must come first, then "
+                              "its intermediates (the chain is out of order)")
+            else:
+                errors.append(f"{where}.key: does not match the certificate of {where}.cert")
             continue
         try:
             context = _context_from(cert_pem, key_pem)
         except ssl.SSLError as exc:
-            errors.append(f"{where}: OpenSSL refused the certificate or key: {exc.reason or exc}")
+            errors.append(f"{where}.cert: OpenSSL cannot read the certificate chain or key "
+                          f"({exc.reason or exc}); PEM lines must not be indented")
             continue
         not_after = leaf.not_valid_after_utc.timestamp()
         if not_after <= now:

@@ -251,6 +251,8 @@ def test_bad_certificates_are_refused_at_load_with_the_field(tmp_path, ca):
     _, other_key = ca.issue("other", ["other.test"])
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    reversed_chain = tmp_path / "reversed.pem"
+    reversed_chain.write_bytes(ca.path.read_bytes() + a_cert.read_bytes())
     cases = {
         "mismatch": ({"cert": str(a_cert), "key": str(other_key)},
                      "certificates[0].key: does not match the certificate"),
@@ -260,6 +262,8 @@ def test_bad_certificates_are_refused_at_load_with_the_field(tmp_path, ca):
                       "certificates[0].cert: not a PEM certificate"),
         "key-is-a-cert": ({"cert": str(a_cert), "key": str(a_cert)},
                           "certificates[0].key: not a PEM private key"),
+        "chain-out-of-order": ({"cert": str(reversed_chain), "key": str(a_key)},
+                               "certificates[0].cert: the certificate of the key must come first"),
     }
     for name, (files, message) in cases.items():
         path = write_doc(tmp_path, [{"name": "a", "domains": ["a.test"], **files}])
