@@ -85,6 +85,9 @@ class CertificateStore:
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wildcard: dict[str, ssl.SSLContext] = {}    # "example.com" serves *.example.com
         self.default: ssl.SSLContext | None = None
+        # any certificate verifying clients makes every handshake ask for a client certificate
+        # (OpenSSL takes the verify mode from the listener's context, before the SNI switch)
+        self.client_auth = any(c.context.tollgate_client_ca for c in certificates)
         for cert in certificates:
             for domain in cert.domains:
                 name = domain.lower().rstrip(".")
@@ -157,6 +160,22 @@ def load_certificates(certificates, base_dir: str, now: float | None = None) -> 
             continue
         try:
             context = _context_from(cert_pem, key_pem)
+            context.tollgate_client_ca = False      # (read after the handshake, see below)
+            if cert.client_ca is not None:
+                ca_pem = _read_pem(cert.client_ca, base_dir, f"{where}.client_ca", errors)
+                if ca_pem is None:
+                    continue
+                try:
+                    x509.load_pem_x509_certificates(ca_pem)
+                except ValueError:
+                    errors.append(f"{where}.client_ca: not a PEM CA certificate")
+                    continue
+                digest.update(ca_pem)
+                # verification after the SNI switch uses this context's store: this CA only
+                # (optional at the handshake; a client without one is refused right after it)
+                context.load_verify_locations(cadata=ca_pem.decode("ascii", "replace"))
+                context.verify_mode = ssl.CERT_OPTIONAL
+                context.tollgate_client_ca = True
         except ssl.SSLError as exc:
             errors.append(f"{where}.cert: OpenSSL cannot read the certificate chain or key "
                           f"({exc.reason or exc}); PEM lines must not be indented")
@@ -239,7 +258,7 @@ def front_context(current_store) -> ssl.SSLContext:
     None); its SNI callback hands each handshake the context of the certificate asked for."""
     ctx = _base_context()
 
-    def choose(sslobj, server_name, _ctx):
+    def choose(sslobj, server_name, _ctx):    # (store.client_auth: see verify_clients)
         store = current_store()
         chosen = store.context_for(server_name) if store is not None else None
         if chosen is None:
@@ -249,6 +268,28 @@ def front_context(current_store) -> ssl.SSLContext:
 
     ctx.sni_callback = choose
     return ctx
+
+
+def verify_clients(front: ssl.SSLContext, store) -> None:
+    """Ask every client of the listener for a certificate (optional at the handshake) when a
+    certificate of ``store`` verifies clients; the gateway then refuses, after the handshake, a
+    client of such a certificate that sent none (client_certificate_required)."""
+    front.verify_mode = (ssl.CERT_OPTIONAL if store is not None and store.client_auth
+                         else ssl.CERT_NONE)
+
+
+def client_identity(ssl_object) -> tuple[bool, str | None]:
+    """After a handshake: (allowed, the verified client's subject or None).  A client of a
+    certificate that verifies clients must have presented one (OpenSSL has verified it against
+    that certificate's client_ca)."""
+    context = ssl_object.context
+    if not getattr(context, "tollgate_client_ca", False):
+        return True, None
+    peer = ssl_object.getpeercert()
+    if not peer:
+        return False, None
+    subject = ",".join(f"{k}={v}" for rdn in peer.get("subject", ()) for k, v in rdn)
+    return True, subject
 
 
 def certificate_files(certificates, base_dir: str) -> list[str]:
@@ -284,6 +325,7 @@ _KNOWN_REASONS = {
     "sslv3_alert_bad_certificate": "client_rejected_certificate",
     "sslv3_alert_certificate_unknown": "client_rejected_certificate",
     "tlsv13_alert_certificate_required": "client_certificate",
+    "client_certificate_required": "client_certificate",
     "peer_did_not_return_a_certificate": "client_certificate",
     "certificate_verify_failed": "client_certificate",
     "callback_failed": "unknown_server_name",

@@ -37,7 +37,7 @@ from .http.upstream import UpstreamPool
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline
 from .snapshot import compile_snapshot
-from .tls import front_context
+from .tls import front_context, verify_clients
 
 log = logging.getLogger("tollgate.gateway")
 
@@ -133,6 +133,7 @@ class Worker:
         self.pipeline.router = snapshot.router
         self.config_bytes = data
         self._certificate_files = {p: _file_state(p) for p in snapshot.files}
+        verify_clients(self.tls_context, snapshot.certificates)
         if snapshot.certificates is not None and self.settings.index == 0:
             for warning in snapshot.certificates.warnings:
                 log.warning("%s: %s", path, warning)

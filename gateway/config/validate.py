@@ -721,9 +721,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
         refuse("redis", "shared limits and quotas through Redis")
     if doc.trusted_proxies:
         refuse("trusted_proxies", "reading the client address from X-Forwarded-For")
-    for i, cert in enumerate(doc.certificates):
-        if cert.client_ca is not None:
-            refuse(f"certificates[{i}].client_ca", "client certificate verification (mTLS)")
     for i, app in enumerate(doc.apps):
         if app.quota is not None:
             refuse(f"apps[{i}].quota", "app quotas")

@@ -18,6 +18,7 @@ cdef class ClientConnection(Connection):
     cdef public object access_log
     cdef public object transport
     cdef object send_bytes
+    cdef public object tls_client
     cdef bytes last_host
     cdef str last_host_str
     cdef public RequestParser parser

@@ -24,6 +24,7 @@ import fastpath
 from fastpath.http1_rules import BODY, END, HEAD, NEED_DATA
 from gateway.errors import FramingError, GatewayError, TooLarge, error_body, reason
 from gateway.exchange import Connection, Exchange, monotonic
+from gateway.tls import client_identity
 
 # What a Host (or an absolute-form authority) may hold (RFC 3986 §3.2.2-3: a reg-name, an IPv4
 # address or an IP literal in brackets, then ':' and a port): anything else (a space, '/', '@',
@@ -59,6 +60,7 @@ class ClientConnection(Connection):
     def __init__(self, worker, tls=False):
         self.worker = worker
         self.tls = tls               # a TLS connection (X-Forwarded-Proto: https)
+        self.tls_client = None       # its verified client certificate's subject (mTLS)
         self.clock = worker.clock
         limits = self.limits = worker.limits
         self.max_body = limits.max_body_bytes
@@ -100,8 +102,14 @@ class ClientConnection(Connection):
     def connection_made(self, transport):
         self.transport = transport
         self.send_bytes = transport.write
-        if self.tls:
-            self.worker.tls_handshakes += 1     # (uvloop calls this once the handshake is done)
+        if self.tls:    # (uvloop calls this once the handshake is done)
+            allowed, self.tls_client = client_identity(transport.get_extra_info("ssl_object"))
+            if not allowed:
+                self.worker.count_tls_failure("client_certificate")
+                transport.abort()               # no certificate where one is required
+                self.closed = True
+                return
+            self.worker.tls_handshakes += 1
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         self.client_ip_bytes = self.client_ip.encode()

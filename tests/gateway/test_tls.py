@@ -316,12 +316,13 @@ def test_a_broken_certificate_in_a_reload_keeps_the_old_one_serving(tmp_path, ba
         gw.stop()
 
 
-def test_client_certificates_are_refused_as_not_supported(tmp_path, ca):
+def test_a_bad_client_ca_is_refused_at_load(tmp_path, ca):
     a_cert, a_key = ca.issue("a", ["a.test"])
-    done = validate(write_doc(tmp_path, [{"name": "a", "cert": str(a_cert), "key": str(a_key),
-                                          "domains": ["a.test"], "client_ca": str(ca.path)}]))
-    assert done.returncode == 1
-    assert "certificates[0].client_ca: client certificate verification (mTLS) is not supported" in done.stdout
+    for value, message in ((str(tmp_path / "missing-ca.pem"), "certificates[0].client_ca: cannot read"),
+                           (str(a_key), "certificates[0].client_ca: not a PEM CA certificate")):
+        done = validate(write_doc(tmp_path, [{"name": "a", "cert": str(a_cert), "key": str(a_key),
+                                              "domains": ["a.test"], "client_ca": value}]))
+        assert done.returncode == 1 and message in done.stdout, done.stdout
 
 
 def test_plain_listener_can_be_off(tmp_path, backend, ca):
@@ -413,5 +414,41 @@ def test_a_non_ascii_server_name_is_refused_and_counted_not_logged(tmp_path, bac
                            capture_output=True, timeout=30)
         gw.wait_metric("tollgate_tls_handshake_failures_total", 3.0, reason="bad_server_name")
         assert "Traceback" not in gw.log() and "UnicodeDecodeError" not in gw.log()
+    finally:
+        gw.stop()
+
+
+# -- client certificates (mTLS) ---------------------------------------------------------------
+
+def mtls_setup(tmp_path, ca):
+    clients = TestCA(tmp_path / "clients", name="Client CA")
+    strangers = TestCA(tmp_path / "strangers", name="Stranger CA")
+    certs = two_domains(ca)
+    certs[0]["client_ca"] = str(clients.path)      # a.test verifies clients; *.b.test does not
+    return certs, clients, strangers
+
+
+def with_client_cert(ctx, issuer, stem):
+    cert, key = issuer.issue(stem, [f"{stem}.client.test"])
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def test_mtls_a_client_certificate_of_the_domains_ca_is_required_and_accepted(tmp_path, backend, ca):
+    certs, clients, strangers = mtls_setup(tmp_path, ca)
+    gw = start_tls_gateway(tmp_path, tls_config(backend.address, certs))
+    try:
+        good = with_client_cert(client_context(ca), clients, "alice")
+        assert tls_request(gw.tls_port, "a.test", good)[0] == 200
+        # no certificate: refused right after the handshake, nothing answered
+        with pytest.raises((ssl.SSLError, ConnectionError, ValueError, IndexError)):
+            tls_request(gw.tls_port, "a.test", client_context(ca))
+        # a certificate of another CA: refused at the handshake
+        bad = with_client_cert(client_context(ca), strangers, "mallory")
+        with pytest.raises((ssl.SSLError, ConnectionError, ValueError, IndexError)):
+            tls_request(gw.tls_port, "a.test", bad)
+        # the domain without client_ca serves clients without a certificate
+        assert tls_request(gw.tls_port, "x.b.test", client_context(ca))[0] == 200
+        gw.wait_metric("tollgate_tls_handshake_failures_total", 2.0, reason="client_certificate")
     finally:
         gw.stop()

@@ -409,8 +409,6 @@ def test_definitions_of_unused_kinds_are_accepted():
 @pytest.mark.parametrize(("sections", "path"), [
     ({"redis": {"url": "redis://127.0.0.1:6379/0"}}, "redis"),
     ({"trusted_proxies": ["10.0.0.0/8"]}, "trusted_proxies"),
-    ({"certificates": [{"name": "c", "cert": "c.pem", "key": "k.pem", "domains": ["a.test"],
-                        "client_ca": "ca.pem"}]}, "certificates[0].client_ca"),
     ({"app_quotas": [{"name": "q", "limit": 5}], "apps": [{"name": "x", "quota": "q"}]},
      "apps[0].quota"),
     ({"apis": [mock_api(app_api_key=True)]}, "apis[0].app_api_key"),
