@@ -190,6 +190,7 @@ cdef class _Parser:
     cdef int _execute(self) except -1
     cdef _refuse(self, llhttp_errno_t err)
     cdef int _fail(self, int status, str message, str detail) except -1
+    cdef int _refuse_both(self, tuple rule) except -1
     cdef int _too_large(self, str what, Py_ssize_t size) noexcept
     cdef int _head_done(self) except -1
     cdef _finish_raw(self)

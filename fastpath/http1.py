@@ -19,6 +19,7 @@ from collections import deque
 import httptools
 
 from fastpath.http1_rules import (
+    BAD_RESPONSE, TE_NOT_CHUNKED, TE_TWICE, TRAILERS_TOO_LARGE, refusal,
     BODY, END, ERROR, FIRST_DROPPED, HEAD, K_CONNECTION, K_CONTENT_LENGTH, K_DATE, K_EXPECT,
     K_FORWARDED_FOR, K_HOST, K_OTHER, K_STAGE, K_TRANSFER_ENCODING, NEED_DATA, PLAIN_CONNECTION,
     MAX_CONTENT_LENGTH, REQUEST_KINDS, RESPONSE_KINDS, connection_tokens, content_length_error,
@@ -288,9 +289,10 @@ class _Parser:
                     exc, httptools.HttpParserInvalidMethodError), data)
                 self._refuse(status, message, f"parser: {exc}")
             else:
-                self._refuse(502, "Backend returned an invalid response", f"invalid response: {exc}")
+                self._refuse(502, BAD_RESPONSE, f"invalid response: {exc}")
         finally:
-            self._carry = (self._carry + data)[-3:]
+            # (only the tail: joining the whole read would copy it on every feed)
+            self._carry = data[-3:] if len(data) >= 3 else (self._carry + data)[-3:]
         return None
 
     def _refuse(self, status, message, detail):
@@ -299,15 +301,12 @@ class _Parser:
             self._events.append((ERROR, None))
 
     def _too_large(self, what, size):
-        if self.is_request:
-            return (494, "Request header too large" if what == "header" else
-                    "Request headers too large", f"{what}: {size} bytes")
-        return 502, "Backend returned an invalid response", "response head too large"
+        return refusal(self.is_request, 494, "Request header too large" if what == "header" else
+                       "Request headers too large", f"{what}: {size} bytes",
+                       "response head too large")
 
     def _trailer_error(self):
-        if self.is_request:
-            return 494, "Request trailer fields too large", "trailer fields"
-        return 502, "Backend returned an invalid response", "response trailer fields too large"
+        return refusal(self.is_request, *TRAILERS_TOO_LARGE)
 
     # -- httptools' callbacks -----------------------------------------------------------------------
     def on_message_begin(self):
@@ -365,10 +364,7 @@ class _Parser:
             head._host = index
         elif kind == K_TRANSFER_ENCODING:
             if head._te >= 0:
-                if self.is_request:
-                    raise _Refused(400, "Repeated Transfer-Encoding header", "Transfer-Encoding twice")
-                raise _Refused(502, "Backend returned an invalid response",
-                               "Transfer-Encoding twice from a backend")
+                raise _Refused(*refusal(self.is_request, *TE_TWICE))
             head._te = index
         elif kind == K_STAGE:
             if head._stage < 0:
@@ -420,11 +416,7 @@ class _Parser:
         if head._te >= 0:
             head.chunked = True
             if not is_chunked(head._values[head._te]):
-                if self.is_request:
-                    raise _Refused(400, "Transfer-Encoding other than chunked is not supported",
-                                   "Transfer-Encoding")
-                raise _Refused(502, "Backend returned an invalid response",
-                               "Transfer-Encoding other than chunked from a backend")
+                raise _Refused(*refusal(self.is_request, *TE_NOT_CHUNKED))
             if self.is_request and major == 1 and minor == 0:
                 raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request", "HTTP/1.0 chunked")
         else:
@@ -436,7 +428,7 @@ class _Parser:
                 raise _Refused(*content_length_error(self.is_request, head.content_length))
         if not self.is_request and interim_with_body(head.status, head.chunked,
                                                       head.content_length):
-            raise _Refused(502, "Backend returned an invalid response", "interim response with a body")
+            raise _Refused(502, BAD_RESPONSE, "interim response with a body")
         self._chunked = head.chunked
         self._stall = 0
         if self.is_request and head.upgrade and (head.chunked or head.content_length > 0):

@@ -34,6 +34,7 @@ from libc.string cimport memcpy
 from fastpath.http1_rules import (
     NEED_DATA as _P_NEED_DATA, HEAD as _P_HEAD, BODY as _P_BODY, END as _P_END,
     ERROR as _P_ERROR, request_error, version_error, connection_tokens, content_length_error,
+    response_line_error, refusal, BAD_RESPONSE, TE_TWICE, TE_NOT_CHUNKED, TRAILERS_TOO_LARGE,
     MAX_CONTENT_LENGTH,
 )
 from fastpath import http1_rules as _rules
@@ -626,7 +627,7 @@ cdef class _Parser:
             status, message = request_error(reason, err == HPE_INVALID_METHOD, seen)
             self._fail(status, message, f"parser: {reason}")
         else:
-            self._fail(502, "Backend returned an invalid response", f"invalid response: {reason}")
+            self._fail(502, BAD_RESPONSE, f"invalid response: {reason}")
 
     cdef int _fail(self, int status, str message, str detail) except -1:
         if self.error_status == 0:
@@ -646,11 +647,7 @@ cdef class _Parser:
             if which == S_FIELD or which == S_VALUE:
                 self.trailer_bytes += length
                 if self.trailer_bytes > self.max_header:
-                    if self.is_request:
-                        self._fail(494, "Request trailer fields too large", "trailer fields")
-                    else:
-                        self._fail(502, "Backend returned an invalid response",
-                                   "response trailer fields too large")
+                    self._refuse_both(TRAILERS_TOO_LARGE)
                     return HPE_USER
             return 0
         if not self.head_started:
@@ -688,12 +685,17 @@ cdef class _Parser:
                 return HPE_USER
         return 0
 
+    cdef int _refuse_both(self, tuple rule) except -1:
+        """Fail with a refusal of both sides (http1_rules: TE_TWICE...), as this side says it."""
+        refused = refusal(self.is_request, *rule)
+        return self._fail(refused[0], refused[1], refused[2])
+
     cdef int _too_large(self, str what, Py_ssize_t size) noexcept:
         if self.is_request:
             self._fail(494, "Request header too large" if what == "header" else
                        "Request headers too large", f"{what}: {size} bytes")
         else:
-            self._fail(502, "Backend returned an invalid response", "response head too large")
+            self._fail(502, BAD_RESPONSE, "response head too large")
         return HPE_USER
 
     cdef int _field_done(self) noexcept:
@@ -755,11 +757,7 @@ cdef class _Parser:
             head.host_index = head.count - 1
         elif kind == K_TRANSFER_ENCODING:
             if head.te_index >= 0:
-                if self.is_request:
-                    self._fail(400, "Repeated Transfer-Encoding header", "Transfer-Encoding twice")
-                else:
-                    self._fail(502, "Backend returned an invalid response",
-                               "Transfer-Encoding twice from a backend")
+                self._refuse_both(TE_TWICE)
                 return HPE_USER
             head.te_index = head.count - 1
         elif kind == K_STAGE:
@@ -834,9 +832,8 @@ cdef class _Parser:
         else:
             head.status = p.status_code
             if p.http_major != 1 or p.status_code > 599:
-                # (http1_rules.response_line_error)
-                self._fail(502, "Backend returned an invalid response",
-                           f"HTTP/{p.http_major}.{p.http_minor} {p.status_code} from a backend")
+                refused = response_line_error(p.http_major, p.http_minor, p.status_code)
+                self._fail(refused[0], refused[1], refused[2])
                 return 1
         if head.te_index >= 0:
             te = self._span_ptr(head.fields[head.te_index].value_at,
@@ -845,12 +842,7 @@ cdef class _Parser:
                 raise MemoryError()
             # (and llhttp must agree: a body it would not read as chunked is never forwarded)
             if not _value_is_chunked(te, head.fields[head.te_index].value_len) or not head.chunked:
-                if self.is_request:
-                    self._fail(400, "Transfer-Encoding other than chunked is not supported",
-                               "Transfer-Encoding")
-                else:
-                    self._fail(502, "Backend returned an invalid response",
-                               "Transfer-Encoding other than chunked from a backend")
+                self._refuse_both(TE_NOT_CHUNKED)
                 return 1
             if self.is_request and head.http_major == 1 and head.http_minor == 0:
                 # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client
@@ -858,7 +850,7 @@ cdef class _Parser:
                 return 1
         if (not self.is_request and 100 <= head.status < 200 and head.status != 101
                 and (head.chunked or head.content_length > 0)):    # (http1_rules.interim_with_body)
-            self._fail(502, "Backend returned an invalid response", "interim response with a body")
+            self._fail(502, BAD_RESPONSE, "interim response with a body")
             return 1
         return 0
 

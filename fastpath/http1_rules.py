@@ -96,6 +96,27 @@ def is_chunked(value: bytes) -> bool:
 
 # -- refused messages ------------------------------------------------------------------------------
 
+# What a client is told of a backend's response the gateway refuses (the reason is for the log)
+BAD_RESPONSE = "Backend returned an invalid response"
+
+# Refusals that exist on both sides: (request status, request message, request detail,
+# response detail); see refusal()
+TE_TWICE = (400, "Repeated Transfer-Encoding header", "Transfer-Encoding twice",
+            "Transfer-Encoding twice from a backend")
+TE_NOT_CHUNKED = (400, "Transfer-Encoding other than chunked is not supported", "Transfer-Encoding",
+                  "Transfer-Encoding other than chunked from a backend")
+TRAILERS_TOO_LARGE = (494, "Request trailer fields too large", "trailer fields",
+                      "response trailer fields too large")
+
+
+def refusal(request: bool, status: int, message: str, detail: str,
+            backend_detail: str) -> tuple[int, str, str]:
+    """(status, message, detail) of a refused message: a request's own, or for a backend's
+    response always 502 BAD_RESPONSE, ``backend_detail`` for the log."""
+    if request:
+        return status, message, detail
+    return 502, BAD_RESPONSE, backend_detail
+
 # A request line with a method token (RFC 9110 §9.1) llhttp does not know: 501, not 400 (the
 # request is well-formed; the method is what the gateway does not implement).  llhttp says only
 # that the method is unknown, so the bytes of the refused message (from its start, empty lines
@@ -130,9 +151,8 @@ MAX_CONTENT_LENGTH = (1 << 63) - 1
 
 def content_length_error(request: bool, length: int) -> tuple[int, str, str]:
     """(status, message, detail) for a Content-Length over MAX_CONTENT_LENGTH."""
-    if request:
-        return 413, "Request body too large", f"Content-Length {length}"
-    return 502, "Backend returned an invalid response", f"Content-Length {length} from a backend"
+    return refusal(request, 413, "Request body too large", f"Content-Length {length}",
+                   f"Content-Length {length} from a backend")
 
 
 def response_line_error(major: int, minor: int, status: int) -> tuple[int, str, str] | None:
@@ -140,7 +160,7 @@ def response_line_error(major: int, minor: int, status: int) -> tuple[int, str, 
     HTTP/1.1 to backends), or a status over 599 (RFC 9110 §15: 100-599).  (Below 100 llhttp
     refuses.)"""
     if major != 1 or status > 599:
-        return 502, "Backend returned an invalid response", f"HTTP/{major}.{minor} {status} from a backend"
+        return 502, BAD_RESPONSE, f"HTTP/{major}.{minor} {status} from a backend"
     return None
 
 

@@ -165,9 +165,9 @@ class ClusterCollector:
             acc["dropped_headers"][reason] = acc["dropped_headers"].get(reason, 0) + n
         acc["truncated"] += export["truncated"]
         acc["desyncs"] += export["desyncs"]
-        acc["tls_handshakes"] += export.get("tls_handshakes", 0)
-        acc["tls_handshakes_begun"] += export.get("tls_handshakes_begun", 0)
-        for reason, n in export.get("tls_failures", {}).items():
+        acc["tls_handshakes"] += export["tls_handshakes"]
+        acc["tls_handshakes_begun"] += export["tls_handshakes_begun"]
+        for reason, n in export["tls_failures"].items():
             acc["tls_failures"][reason] = acc["tls_failures"].get(reason, 0) + n
 
     def collect(self):
@@ -190,7 +190,7 @@ class ClusterCollector:
             pool_open += export["pool_open"]
             pool_idle += export["pool_idle"]
             implementations.add(export["implementation"])
-            certificates.update(export.get("certificates", ()))
+            certificates.update(export["certificates"])
 
         requests = CounterMetricFamily("tollgate_requests", "Requests answered, by API, environment "
                                        "and status class (aborted: the connection was cut)",
