@@ -110,6 +110,7 @@ cdef class Head:
     cdef readonly bint chunked
     cdef readonly bint keep_alive
     cdef readonly bint upgrade
+    cdef readonly bint websocket
     cdef readonly bint dated
     cdef readonly bint connection_tokens
     cdef uint32_t target_at
@@ -179,12 +180,16 @@ cdef class _Parser:
     cdef int max_count
     cdef Py_ssize_t head_guard
     cdef int user_error
+    cdef readonly bint switch_expected
+    cdef bint stopped
 
     cdef _init(self)
     cpdef feed(self, bytes data)
     cpdef int next(self) except -1
     cpdef bint has_pending(self)
     cpdef bint leftover(self)
+    cpdef bytes detach(self)
+    cdef int _head_ready(self) except -1
     cdef int _deliver(self, int event) except -1
     cdef _carry(self)
     cdef int _execute(self) except -1
@@ -205,6 +210,7 @@ cdef class RequestParser(_Parser):
 
 cdef class ResponseParser(_Parser):
     cpdef expect_no_body(self, bint skip)
+    cpdef expect_switch(self, bint expected)
 
 
 cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, bytes client_ip,

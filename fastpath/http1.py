@@ -23,8 +23,8 @@ from fastpath.http1_rules import (
     BODY, END, ERROR, FIRST_DROPPED, HEAD, K_CONNECTION, K_CONTENT_LENGTH, K_DATE, K_EXPECT,
     K_FORWARDED_FOR, K_HOST, K_OTHER, K_STAGE, K_TRANSFER_ENCODING, NEED_DATA, PLAIN_CONNECTION,
     MAX_CONTENT_LENGTH, REQUEST_KINDS, RESPONSE_KINDS, connection_tokens, content_length_error,
-    interim_with_body, is_chunked, keep_alive_of, request_error, response_line_error, says_close,
-    underscore_alias, version_error,
+    interim_with_body, is_chunked, keep_alive_of, lists_websocket, request_error,
+    response_line_error, says_close, underscore_alias, version_error, websocket_error,
 )
 
 __all__ = ["NEED_DATA", "HEAD", "BODY", "END", "ERROR", "Head", "RequestParser",
@@ -39,7 +39,8 @@ class Head:
     """A request or response head (see the compiled form)."""
 
     __slots__ = ("method", "status", "http_major", "http_minor", "content_length", "chunked",
-                 "keep_alive", "upgrade", "dated", "connection_tokens", "_names", "_values",
+                 "keep_alive", "upgrade", "websocket", "dated", "connection_tokens", "_names",
+                 "_values",
                  "_kinds", "_target", "_host", "_stage", "_expect", "_te")
 
     def __init__(self):
@@ -47,7 +48,7 @@ class Head:
         self.status = 0
         self.http_major = self.http_minor = 0
         self.content_length = -1
-        self.chunked = self.keep_alive = self.upgrade = self.dated = False
+        self.chunked = self.keep_alive = self.upgrade = self.websocket = self.dated = False
         self.connection_tokens = False
         self._names: list[bytes] = []
         self._values: list[bytes] = []
@@ -118,6 +119,11 @@ class _Stop(Exception):
     """Raised from a parser callback: parse no further (what follows is a leftover)."""
 
 
+class _Switch(Exception):
+    """Raised from a parser callback: the response switched protocols; what follows its head is
+    the other protocol's (kept raw)."""
+
+
 class _Refused(Exception):
     """Raised from a parser callback: the message is refused with this answer."""
 
@@ -157,6 +163,9 @@ class _Parser:
         self._stall = 0
         self._chunked = False
         self._upgrade_body = None   # framing of an upgrade request's body (see _run)
+        self.switch_expected = False    # a 101 to the next response opens a tunnel
+        self._stopped = False       # after a protocol switch: nothing more is parsed
+        self._raw = b""             # ... and what was read after it
         self._framing_only = False  # parsing the stand-in head of that body (see _run)
         self._message_head = None   # the head of the message being read (its events may wait)
         self._chunk = b""           # what _run_once feeds (see _after_skipped_head)
@@ -175,6 +184,9 @@ class _Parser:
         if data is None:
             raise TypeError("feed() takes bytes, not None")
         if self.error_status:
+            return
+        if self._stopped:
+            self._raw += data       # (bounded by the caller, who pauses reading meanwhile)
             return
         if self._buffer is not None:
             data = self._collect(data)
@@ -212,7 +224,13 @@ class _Parser:
         return ERROR if self.error_status else NEED_DATA
 
     def has_pending(self):
-        return bool(self._events)
+        return bool(self._events) or bool(self._raw)
+
+    def detach(self):
+        """After a protocol switch (see the compiled form): what was read after the message."""
+        raw = bytes(self._raw)
+        self._raw = b""
+        return raw
 
     def leftover(self):
         return bool(self._events)
@@ -269,6 +287,9 @@ class _Parser:
             offset = upgrade.args[0] if upgrade.args else len(data)
             self._parser = self._make()
             rest = data[offset:]
+            if self._stopped:       # a WebSocket upgrade: what follows is the tunnel's
+                self._raw = rest
+                return None
             framing = self._upgrade_body
             if framing is not None:
                 self._upgrade_body = None
@@ -278,6 +299,10 @@ class _Parser:
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Stop):
+                return None
+            if isinstance(cause, _Switch):
+                buf, pos = self._head_end()
+                self._raw = buf[pos:]
                 return None
             if isinstance(cause, _Refused):
                 self._refuse(cause.status, cause.message, cause.detail)
@@ -431,10 +456,21 @@ class _Parser:
             raise _Refused(502, BAD_RESPONSE, "interim response with a body")
         self._chunked = head.chunked
         self._stall = 0
+        if self.is_request and head.upgrade and lists_websocket(
+                [v for n, v in zip(head._names, head._values) if n.lower() == b"upgrade"]):
+            refused = websocket_error(head.method, minor, head.chunked, head.content_length)
+            if refused is not None:
+                raise _Refused(*refused)
+            head.websocket = True
+            self._stopped = True    # (httptools' upgrade exception follows the message's end)
         if self.is_request and head.upgrade and (head.chunked or head.content_length > 0):
             self._upgrade_body = (b"Transfer-Encoding: chunked\r\n" if head.chunked else
                                   b"Content-Length: %d\r\n" % head.content_length)
         self._events.append((HEAD, head))
+        if self.switch_expected and head.status == 101:
+            self._stopped = True
+            self.in_message = False
+            raise _Switch()
         if self.skip_body and head.status >= 200:
             # complete at its head, so llhttp's "read until close" does not apply to it
             head.keep_alive = keep_alive_of(head.http_major, head.http_minor, [
@@ -453,6 +489,13 @@ class _Parser:
         byte is a leftover (a body, a chunk line, another response).  httptools does not say
         where in the read it is, so the head's end is found by counting the heads it completed
         in this read (interim 1xx heads before it; none has a body) to as many blank lines."""
+        buf, pos = self._head_end()
+        if buf[pos:].strip(b"\r\n"):
+            self._events.append((_LEFTOVER, None))
+        raise _Stop()
+
+    def _head_end(self):
+        """(bytes, offset of the end of the last head completed in them)."""
         buf = (self._carry + self._chunk) if self._carried_head else self._chunk
         pos = 0
         try:
@@ -460,9 +503,7 @@ class _Parser:
                 pos = buf.index(_TERMINATOR, pos) + 4
         except ValueError:      # (cannot happen with llhttp's strict line ends; distrust it)
             pos = len(buf) - 1
-        if buf[pos:].strip(b"\r\n"):
-            self._events.append((_LEFTOVER, None))
-        raise _Stop()
+        return buf, pos
 
     def on_body(self, body):
         self._progress = True
@@ -486,6 +527,10 @@ class RequestParser(_Parser):
 
 class ResponseParser(_Parser):
     is_request = False
+
+    def expect_switch(self, expected):
+        """The next response answers a WebSocket upgrade (see the compiled form)."""
+        self.switch_expected = expected
 
     def expect_no_body(self, skip):
         """The next response answers a HEAD request (see the compiled form)."""

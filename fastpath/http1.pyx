@@ -35,7 +35,7 @@ from fastpath.http1_rules import (
     NEED_DATA as _P_NEED_DATA, HEAD as _P_HEAD, BODY as _P_BODY, END as _P_END,
     ERROR as _P_ERROR, request_error, version_error, connection_tokens, content_length_error,
     response_line_error, refusal, BAD_RESPONSE, TE_TWICE, TE_NOT_CHUNKED, TRAILERS_TOO_LARGE,
-    MAX_CONTENT_LENGTH,
+    MAX_CONTENT_LENGTH, lists_websocket, websocket_error,
 )
 from fastpath import http1_rules as _rules
 import sys
@@ -249,7 +249,7 @@ cdef class Head:
         self.count = 0
         self.host_index = self.stage_index = self.expect_index = self.te_index = -1
         self.content_length = -1
-        self.chunked = self.keep_alive = self.upgrade = self.dated = False
+        self.chunked = self.keep_alive = self.upgrade = self.websocket = self.dated = False
         self.connection_tokens = False
         self.target_at = self.target_len = 0
         self.buffer = None
@@ -455,6 +455,8 @@ cdef int _on_message_complete(llhttp_t* p) noexcept:
     cdef Head head = self.head
     if head is not None and head.keep_alive and not llhttp_should_keep_alive(p):
         head.keep_alive = False         # 'Connection: close' in the trailer fields
+    if head is not None and head.websocket:
+        self.stopped = True             # what follows a WebSocket upgrade request is not HTTP
     self.in_message = False
     self.in_trailers = False
     self.pause_event = E_END
@@ -525,6 +527,14 @@ cdef class _Parser:
         """Bytes of the current read are not parsed yet (or an event is waiting)."""
         return self.pos < self.size or self.queued != 0
 
+    cpdef bytes detach(self):
+        """After a protocol switch (a WebSocket upgrade request, or the 101 answering one when
+        ``expect_switch`` was set), nothing more is parsed: the bytes read after the message,
+        for the tunnel.  Later reads fed to a stopped parser are kept with them."""
+        cdef bytes rest = self.data[self.pos:self.size]
+        self.pos = self.size
+        return rest
+
     cpdef bint leftover(self):
         """After END: the current read goes on with something other than empty lines."""
         cdef Py_ssize_t i
@@ -542,6 +552,8 @@ cdef class _Parser:
             return self._deliver(event)
         if self.error_status:
             return E_ERROR
+        if self.stopped:
+            return E_NEED_DATA      # a protocol switch: what follows is not HTTP
         while True:
             if self.pos >= self.size and not self.resumed:
                 event = E_NEED_DATA
@@ -605,6 +617,9 @@ cdef class _Parser:
             self.resumed = True
             if self.pause_event == E_HEAD and self.building is not None:
                 self._finish_raw()
+                if (self.building.upgrade or self.switch_expected) and self._head_ready() != 0:
+                    self.pos = self.size
+                    return E_ERROR
             return self.pause_event
         if err == HPE_PAUSED_UPGRADE:
             # an upgrade or CONNECT request, answered as a plain one: what follows it is the
@@ -617,6 +632,23 @@ cdef class _Parser:
             self._refuse(err)
         self.pos = self.size
         return E_ERROR
+
+    cdef int _head_ready(self) except -1:
+        """A complete head that may switch protocols (see http1_rules: WebSocket upgrades):
+        1 when refused."""
+        cdef Head head = self.building
+        if self.is_request:
+            if head.upgrade and lists_websocket(head.get_all(b"upgrade")):
+                refused = websocket_error(head.method, head.http_minor, head.chunked,
+                                          head.content_length)
+                if refused is not None:
+                    self._fail(refused[0], refused[1], refused[2])
+                    return 1
+                head.websocket = True       # the parser stops at the end of this request
+        elif self.switch_expected and head.status == 101:
+            self.stopped = True             # the rest is the tunnel's
+            self.in_message = False
+        return 0
 
     cdef _refuse(self, llhttp_errno_t err):
         reason = (llhttp_get_error_reason(&self.parser) or b"").decode("latin-1", "replace")
@@ -898,6 +930,11 @@ cdef class ResponseParser(_Parser):
     cpdef expect_no_body(self, bint skip):
         """The next response answers a HEAD request: it has no body whatever its head says."""
         self.skip_body = skip
+
+    cpdef expect_switch(self, bint expected):
+        """The next response answers a WebSocket upgrade request: a 101 ends the HTTP
+        conversation at its head (``detach`` gives the bytes after it)."""
+        self.switch_expected = expected
 
 
 # -- forwarding heads ----------------------------------------------------------------------------

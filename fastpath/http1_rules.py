@@ -177,3 +177,32 @@ def version_error(major: int, minor: int) -> tuple[int, str, str] | None:
     if major != 1:
         return 505, "HTTP version not supported", f"HTTP/{major}.{minor}"
     return None
+
+
+# -- WebSocket upgrades ---------------------------------------------------------------------------
+# A request that asks to switch to WebSocket (RFC 6455 §4.1: llhttp's upgrade flag -- an Upgrade
+# field and 'upgrade' in Connection -- with 'websocket' among the Upgrade protocols) ends the
+# HTTP conversation on its connection: both parsers stop at its end and keep what follows as raw
+# bytes (the tunnel's first bytes, or nothing to read when the backend refuses).  Other upgrades
+# (h2c, ...) are plain requests: Upgrade is hop-by-hop and never forwarded.
+
+def lists_websocket(upgrade_values) -> bool:
+    """Whether Upgrade field values name the ``websocket`` protocol (any case, any version
+    suffix refused: RFC 6455 names it without one)."""
+    for value in upgrade_values:
+        for token in value.split(b","):
+            if token.strip(b" \t").lower() == b"websocket":
+                return True
+    return False
+
+
+def websocket_error(method: str, minor: int, chunked: bool, content_length: int):
+    """(status, message, detail) for a WebSocket upgrade request that cannot open a tunnel
+    (RFC 6455 §4.1: a GET of HTTP/1.1 or later, no body), else None."""
+    if method != "GET":
+        return 400, "WebSocket upgrade must be a GET request", f"{method} with Upgrade: websocket"
+    if minor < 1:
+        return 400, "WebSocket upgrade needs HTTP/1.1", "HTTP/1.0 with Upgrade: websocket"
+    if chunked or content_length > 0:
+        return 400, "WebSocket upgrade request with a body", "Upgrade: websocket with a body"
+    return None

@@ -17,6 +17,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from gateway.exchange import monotonic
+from gateway.http.tunnel import CLOSE_REASONS
 from gateway.tls import FAILURE_REASONS
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -114,6 +115,7 @@ class WorkerMetrics:
             "certificates": (worker.snapshot.certificates.expiries()
                              if worker.snapshot is not None
                              and worker.snapshot.certificates is not None else []),
+            "tunnels": worker.tunnel_stats.export(),
             "in_flight": in_flight,
             "connections": len(worker.connections),
             "pool_open": worker.pool.opened,
@@ -136,7 +138,7 @@ class ClusterCollector:
         self.latest: dict[int, dict] = {}     # worker pid -> its latest export
         self.retired: dict = {"apis": {}, "errors": {}, "dropped_headers": {}, "truncated": 0,
                               "desyncs": 0, "tls_handshakes": 0, "tls_handshakes_begun": 0,
-                              "tls_failures": {}}
+                              "tls_failures": {}, "tunnels": _no_tunnels()}
 
     def update(self, pid, export):
         self.latest[pid] = export
@@ -169,6 +171,11 @@ class ClusterCollector:
         acc["tls_handshakes_begun"] += export["tls_handshakes_begun"]
         for reason, n in export["tls_failures"].items():
             acc["tls_failures"][reason] = acc["tls_failures"].get(reason, 0) + n
+        tunnels, add = acc["tunnels"], export["tunnels"]
+        for key in ("opened", "to_backend", "to_client"):
+            tunnels[key] += add[key]
+        for reason, n in add["closed"].items():
+            tunnels["closed"][reason] = tunnels["closed"].get(reason, 0) + n
 
     def collect(self):
         acc = {"apis": {k: [list(v[0]), list(v[1]), v[2], list(v[3]), v[4]]
@@ -179,13 +186,15 @@ class ClusterCollector:
                "desyncs": self.retired["desyncs"],
                "tls_handshakes": self.retired["tls_handshakes"],
                "tls_handshakes_begun": self.retired["tls_handshakes_begun"],
-               "tls_failures": dict(self.retired["tls_failures"])}
+               "tls_failures": dict(self.retired["tls_failures"]),
+               "tunnels": _copy_tunnels(self.retired["tunnels"])}
         certificates = {}
-        in_flight = connections = pool_open = pool_idle = 0
+        in_flight = connections = pool_open = pool_idle = tunnels_open = 0
         implementations = set()
         for export in self.latest.values():
             self._fold(acc, export)
             in_flight += export["in_flight"]
+            tunnels_open += export["tunnels"]["open"]
             connections += export["connections"]
             pool_open += export["pool_open"]
             pool_idle += export["pool_idle"]
@@ -248,6 +257,23 @@ class ClusterCollector:
         yield expiry
         yield GaugeMetricFamily("tollgate_in_flight_requests", "Requests being answered now",
                                 value=in_flight)
+        tunnels = acc["tunnels"]
+        yield GaugeMetricFamily("tollgate_websocket_tunnels_open", "WebSocket tunnels open now",
+                                value=tunnels_open)
+        yield CounterMetricFamily("tollgate_websocket_tunnels", "WebSocket tunnels opened (a "
+                                  "backend's 101 to an upgrade)", value=tunnels["opened"])
+        closed = CounterMetricFamily("tollgate_websocket_tunnels_closed", "WebSocket tunnels "
+                                     "closed, by what ended them (client, backend: that side "
+                                     "closed or reset; idle: the API's idle timeout; drain: "
+                                     "shutdown grace over)", labels=["reason"])
+        for reason in CLOSE_REASONS:
+            closed.add_metric([reason], tunnels["closed"].get(reason, 0))
+        yield closed
+        moved = CounterMetricFamily("tollgate_websocket_bytes", "Bytes carried by WebSocket "
+                                    "tunnels, by direction", labels=["direction"])
+        moved.add_metric(["to_backend"], tunnels["to_backend"])
+        moved.add_metric(["to_client"], tunnels["to_client"])
+        yield moved
         yield GaugeMetricFamily("tollgate_client_connections", "Open client connections",
                                 value=connections)
         pool = GaugeMetricFamily("tollgate_upstream_pool_connections",
@@ -272,6 +298,14 @@ class ClusterCollector:
         for name in sorted(implementations or {master.implementation}):
             impl.add_metric([name], 1)
         yield impl
+
+
+def _no_tunnels():
+    return {"opened": 0, "to_backend": 0, "to_client": 0, "closed": {}}
+
+
+def _copy_tunnels(t):
+    return {**t, "closed": dict(t["closed"])}
 
 
 def _buckets(counts):

@@ -165,5 +165,6 @@ def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="b
         return HttpBackend(runtime, url, method, backend.timeout_ms, backend.retries,
                            backend.host_header, prefix=api.match_mode == "prefix",
                            tls_context=tls_context,
-                           server_name=backend.tls.server_name if backend.tls else None)
+                           server_name=backend.tls.server_name if backend.tls else None,
+                           websocket_idle_ms=backend.websocket_idle_timeout_ms)
     raise BackendConfigError(f"backend type {backend.type!r} is not supported in this version")

@@ -33,6 +33,7 @@ from .exchange import Clock, RequestIds
 from .http.limits import Limits
 from .http.server import ClientConnection
 from .http.tls_server import serve_tls
+from .http.tunnel import TunnelStats
 from .http.upstream import UpstreamPool
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline
@@ -66,7 +67,8 @@ class Worker:
         self.limits = settings.limits
         self.log = log
         self.clock = Clock(loop.time())
-        self.connections: set = set()
+        self.connections: set = set()      # client connections and WebSocket tunnels
+        self.tunnel_stats = TunnelStats()
         self.draining = False
         self.pool = UpstreamPool(loop, self.limits)
         self.metrics = WorkerMetrics(fastpath.IMPLEMENTATION)

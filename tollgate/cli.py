@@ -30,7 +30,12 @@ def _gateway(args) -> int:
     from gateway.master import GatewaySettings, run_gateway
     from gateway.worker import WorkerSettings
 
+    if args.websocket_drain_grace < 0:
+        print("tollgate: --websocket-drain-grace must be 0 or more", file=sys.stderr)
+        return 2
     limits = Limits(max_body_bytes=args.max_body_bytes, drain_timeout_s=args.drain_timeout,
+                    # (a tunnel's grace ends within the drain: the worker exits then)
+                    tunnel_drain_grace_s=min(args.websocket_drain_grace, args.drain_timeout),
                     upstream_idle_timeout_s=args.upstream_idle_timeout,
                     underscores_in_headers=args.underscores_in_headers)
     if not args.listen[1] and not args.tls_listen[1]:
@@ -94,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-body-bytes", type=int, default=12 * 1024 * 1024)
     g.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds SIGTERM waits for in-flight requests")
+    g.add_argument("--websocket-drain-grace", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds an open WebSocket tunnel may go on after SIGTERM before it "
+                        "is closed (at most --drain-timeout)")
     g.add_argument("--upstream-idle-timeout", type=float, default=10.0,
                    help="seconds a pooled backend connection may stay idle")
     g.add_argument("--watch-interval", type=float, default=1.0,

@@ -26,6 +26,7 @@ cdef class HttpBackend(Handler):
     cdef public int retries
     cdef public bint prefix
     cdef public Py_ssize_t replay_limit
+    cdef public double websocket_idle_s
 
     # ``call`` typed: ProxyCall's methods are C calls, not Python method lookups
     @cython.locals(call=ProxyCall)
@@ -72,3 +73,4 @@ cdef class ProxyCall(UpstreamOwner):
     cpdef upstream_done(self, UpstreamConnection conn, bint reusable)
     cpdef upstream_bad_response(self, UpstreamConnection conn, str detail)
     cpdef upstream_lost(self, UpstreamConnection conn, object exc)
+    cpdef upstream_switched(self, UpstreamConnection conn, Head head, bytes rest)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from gateway.errors import BackendTimeout, BackendUnavailable
 from gateway.exchange import Handler, monotonic
 from gateway.http.server import UPSTREAM
+from gateway.http.tunnel import open_tunnel
 from gateway.http.upstream import CHUNKED, LENGTH, UNTIL_CLOSE, UpstreamOwner
 from fastpath import request_head
 
@@ -30,6 +31,9 @@ IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")}
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _CHUNK_END = b"0\r\n\r\n"
+_UPGRADE = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+#: a WebSocket tunnel's idle timeout when the API sets none
+DEFAULT_WEBSOCKET_IDLE_MS = 300000
 _QUEUE_PAUSE_BYTES = 256 * 1024
 _MAX_STALE_REPLAYS = 2
 
@@ -45,7 +49,7 @@ class HttpBackend(Handler):
     """
 
     def __init__(self, runtime, url, method, timeout_ms, retries, host_header, prefix,
-                 tls_context=None, server_name=None):
+                 tls_context=None, server_name=None, websocket_idle_ms=None):
         self.runtime = runtime
         self.pool = runtime.pool if runtime is not None else None   # typed: C calls per request
         parts = urlsplit(url)
@@ -79,6 +83,7 @@ class HttpBackend(Handler):
         self.timeout_s = timeout_ms / 1000.0
         self.retries = retries
         self.prefix = prefix
+        self.websocket_idle_s = (websocket_idle_ms or DEFAULT_WEBSOCKET_IDLE_MS) / 1000.0
 
     # -- handler interface (called by the client connection) --------------------------------
     def on_head(self, ex):
@@ -140,6 +145,8 @@ class HttpBackend(Handler):
             framing = b"Content-Length: %d\r\n" % ex.content_length
         else:
             framing = b""
+        if ex.head.websocket:
+            framing = _UPGRADE      # (hop-by-hop: the client's are not copied; it has no body)
         # the client's end-to-end fields are copied from its head, the gateway's own added
         return request_head(ex.head, method, target, self.host_header, ex.conn.client_ip_bytes,
                             ex.host_bytes, ex.rid, framing, ex.conn.tls)
@@ -241,7 +248,7 @@ class ProxyCall(UpstreamOwner):
                 self._remember(part)
             queued.insert(0, self.head)
             data = b"".join(queued)
-        conn.send(self, data, ex.head_request)
+        conn.send(self, data, ex.head_request, ex.head.websocket)
         if ex.conn.reading_paused and not ex.request_complete:
             ex.conn.body_backpressure(False)
 
@@ -319,6 +326,13 @@ class ProxyCall(UpstreamOwner):
         self.finished = True
         self.ex.fail(BackendUnavailable("Backend returned an invalid response",
                                         f"{self.backend.authority}: {detail}"))
+
+    def upstream_switched(self, conn, head, rest):
+        self.upstream = None
+        self.finished = True
+        ex = self.ex
+        ex.upstream_elapsed = monotonic() - ex.upstream_started
+        open_tunnel(ex, conn.transport, head, rest, self.backend.websocket_idle_s)
 
     def upstream_lost(self, conn, exc):
         self.upstream = None

@@ -749,8 +749,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
             refuse(f"{p}.backend.params", "backend parameters")
         if b.authorizer is not None:
             refuse(f"{p}.backend.authorizer", "backend authorizers")
-        if b.websocket_idle_timeout_ms is not None:
-            refuse(f"{p}.backend.websocket_idle_timeout_ms", "WebSocket proxying")
         for env, binding in api.environments.items():
             bp = f"{p}.environments{_key(env)}"
             if binding.throttle is not None:

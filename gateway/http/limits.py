@@ -24,6 +24,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     upstream_idle_timeout_s: float = 10.0       # pooled upstream connection idle before closed
     upstream_max_idle_per_backend: int = 1024   # sized to the client concurrency, not below
     drain_timeout_s: float = 30.0               # SIGTERM: longest wait for in-flight requests
+    tunnel_drain_grace_s: float = 10.0          # SIGTERM: what an open WebSocket tunnel gets
     linger_timeout_s: float = 2.0               # after an error answer: read and discard this long
     linger_max_bytes: int = 4 * 1024 * 1024     # ... or until this much was discarded
     tick_s: float = 0.05                        # timeout sweep period (precision of all timeouts)

@@ -54,6 +54,7 @@ cdef class ClientConnection(Connection):
     cdef _start(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)
     cpdef abort_exchange(self, Exchange ex)
+    cpdef tuple switch_protocols(self, Exchange ex)
     cdef _account(self, Exchange ex, bint aborted)
     cpdef reject(self, object error)
     cdef _write_error(self, object error)

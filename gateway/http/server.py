@@ -241,6 +241,10 @@ class ClientConnection(Connection):
         ex.setup(self, head.method, head, version, head.keep_alive and not self.draining,
                  monotonic())
         ex.rid = self.request_ids.next()
+        if head.websocket:
+            # the parser stops after this request: if it is not switched to a tunnel, nothing
+            # more can be read on this connection
+            ex.keep_alive = False
         stage = head.stage_value()
         if stage is not None:
             ex.stage = stage
@@ -377,6 +381,21 @@ class ClientConnection(Connection):
             return
         if not self.running:
             self._run()         # a pipelined request may be waiting, unparsed
+
+    def switch_protocols(self, ex):
+        """The exchange is answered by a protocol switch (a WebSocket tunnel takes this
+        connection's transport over): account for it and let go.  Returns what the client sent
+        after its request (the tunnel's first bytes to the backend) and whether the client's
+        transport holds more than it should (then the tunnel does not read the backend yet)."""
+        self.uncork()
+        ex.done = True
+        self._account(ex, False)
+        ex.handler_state = None
+        if self.current is ex:
+            self.current = None
+        self.closed = True
+        self.worker.connections.discard(self)
+        return self.parser.detach(), self.writing_paused, self.peer_eof
 
     def abort_exchange(self, ex):
         """The exchange cannot be answered properly any more: cut the connection.

@@ -17,6 +17,7 @@ cdef class UpstreamOwner:
     cpdef upstream_done(self, UpstreamConnection conn, bint reusable)
     cpdef upstream_bad_response(self, UpstreamConnection conn, str detail)
     cpdef upstream_lost(self, UpstreamConnection conn, object exc)
+    cpdef upstream_switched(self, UpstreamConnection conn, Head head, bytes rest)
 
 cdef class UpstreamPool
 
@@ -34,12 +35,13 @@ cdef class UpstreamConnection:
     cdef public bint closed
     cdef public bint interim
     cdef public bint skip_body
+    cdef public bint upgrading
     cdef public bint eof_body
     cdef public bint reading_paused
     cdef public Head waiting
 
     cpdef close(self)
-    cpdef send(self, UpstreamOwner owner, bytes data, bint skip_body)
+    cpdef send(self, UpstreamOwner owner, bytes data, bint skip_body, bint upgrading)
     cpdef write(self, bytes data)
     cpdef pause_reading(self, bint paused)
     @cython.locals(parser=ResponseParser, event=int, head=Head, status=int, leftover=bint)
@@ -47,6 +49,7 @@ cdef class UpstreamConnection:
     @cython.locals(framing=int)
     cdef _head(self, UpstreamOwner owner, Head head, bytes body)
     cdef _bad(self, UpstreamOwner owner, str detail)
+    cdef _switch(self, UpstreamOwner owner, Head head)
 
 
 cdef class UpstreamPool:

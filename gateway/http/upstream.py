@@ -25,7 +25,7 @@ import logging
 import socket
 
 import fastpath
-from fastpath.http1_rules import BODY, END, HEAD, NEED_DATA
+from fastpath.http1_rules import BODY, END, HEAD, NEED_DATA, lists_websocket
 from gateway.exchange import Connection
 
 log = logging.getLogger("tollgate.gateway")
@@ -70,6 +70,11 @@ class UpstreamOwner:
     def upstream_lost(self, conn, exc):
         raise NotImplementedError
 
+    def upstream_switched(self, conn, head, rest):
+        """The backend switched protocols (101 to a WebSocket upgrade): ``conn`` has left the
+        pool and its transport is the caller's; ``rest``: what came after the head."""
+        raise NotImplementedError
+
 
 class UpstreamConnection:
     """A connection to a backend (an asyncio protocol; attribute types in upstream.pxd).
@@ -98,6 +103,7 @@ class UpstreamConnection:
         self.closed = False
         self.interim = False         # the response being parsed is a 1xx
         self.skip_body = False       # the current request was HEAD: the response has no body
+        self.upgrading = False       # the current request asks for a WebSocket tunnel
         self.eof_body = False        # the current response's body ends when the backend closes
         self.reading_paused = False
         self.waiting = None          # a head held back until its body (all in this read) follows
@@ -153,9 +159,13 @@ class UpstreamConnection:
             self.transport.close()
 
     # -- sending ------------------------------------------------------------------------------
-    def send(self, owner, data, skip_body):
-        """Start a request on this connection for ``owner``; ``data`` is the head (and body)."""
+    def send(self, owner, data, skip_body, upgrading):
+        """Start a request on this connection for ``owner``; ``data`` is the head (and body);
+        ``upgrading``: it asks for a WebSocket tunnel (a 101 answers it)."""
         self.owner = owner
+        if upgrading != self.upgrading:
+            self.upgrading = upgrading
+            self.parser.expect_switch(upgrading)
         self.uses += 1
         self.got_bytes = False
         self.interim = False
@@ -218,8 +228,7 @@ class UpstreamConnection:
                         self._bad(owner, f"status {status} is not an HTTP status")
                         return
                     if status == 101:
-                        # the gateway never forwards an upgrade request: a switch is unasked for
-                        self._bad(owner, "protocol switch (101) to a request that asked for none")
+                        self._switch(owner, head)
                         return
                     self.interim = True     # 100 Continue, 103 Early Hints: not forwarded
                 elif head.content_length > 0 and not self.skip_body:
@@ -245,6 +254,20 @@ class UpstreamConnection:
                 return
             if self.owner is not owner:
                 return          # the exchange failed or the connection closed under us
+
+    def _switch(self, owner, head):
+        if not self.upgrading:
+            self._bad(owner, "protocol switch (101) to a request that asked for none")
+        elif not lists_websocket(head.get_all(b"upgrade")):
+            self._bad(owner, "101 to a WebSocket upgrade switches to another protocol")
+        else:
+            # the connection leaves the pool's accounting: a tunnel owns its transport now
+            rest = self.parser.detach()
+            self.owner = None
+            self.closed = True
+            self.pool.opened -= 1
+            self.pool.forget(self)
+            owner.upstream_switched(self, head, rest)
 
     def _head(self, owner, head, body):
         framing = owner.upstream_head(self, head.status, head, body)

@@ -431,13 +431,71 @@ def test_head_stays_valid_after_its_read_is_consumed(http1_mod, body_size):
     assert body_of(feed.events) == body + b"xyz"
 
 
-def test_upgrade_request_without_body_is_answered_as_a_plain_one(http1_mod):
-    # the gateway does not switch protocols: what follows is the next request
+def test_other_upgrade_request_is_answered_as_a_plain_one(http1_mod):
+    # the gateway switches to no protocol but WebSocket: what follows an h2c upgrade is the
+    # next request
     feed = requests(http1_mod)
-    up = message(b"GET /ws HTTP/1.1", b"Host: h", b"Connection: Upgrade", b"Upgrade: websocket")
+    up = message(b"GET /h2 HTTP/1.1", b"Host: h", b"Connection: Upgrade, HTTP2-Settings",
+                 b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABkAAQAAP__")
     assert feed(up + message(b"GET /next HTTP/1.1")) == [HEAD, END, HEAD, END, NEED]
-    assert feed.heads[0].upgrade is True
+    assert feed.heads[0].upgrade is True and feed.heads[0].websocket is False
     assert feed.heads[1].target() == b"/next"
+
+
+def test_upgrade_field_without_connection_upgrade_is_no_upgrade(http1_mod):
+    feed = requests(http1_mod)
+    up = message(b"GET /ws HTTP/1.1", b"Host: h", b"Upgrade: websocket")
+    assert feed(up + message(b"GET /next HTTP/1.1")) == [HEAD, END, HEAD, END, NEED]
+    assert feed.heads[0].websocket is False
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_websocket_upgrade_stops_the_parser_and_keeps_the_rest_raw(http1_mod, split):
+    # what follows a WebSocket upgrade request is the tunnel's (or nothing, if the backend
+    # refuses): never parsed as HTTP, handed over whole by detach()
+    feed = requests(http1_mod)
+    up = message(b"GET /ws HTTP/1.1", b"Host: h", b"Connection: keep-alive, Upgrade",
+                 b"Upgrade: WebSocket", b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+    after = b"\x81\x85abcd" + message(b"GET /smuggled HTTP/1.1", b"Host: h")
+    reads = byte_by_byte(up + after) if split else [up + after]
+    events = feed(*reads)
+    assert without_body(events) == [HEAD, END]
+    assert feed.heads[0].websocket is True and len(feed.heads) == 1
+    parser = feed.parser
+    assert parser.has_pending() is True
+    assert parser.detach() == after
+    assert parser.has_pending() is False
+    parser.feed(b"later")
+    assert parser.next() == http1_mod.NEED_DATA
+    assert parser.detach() == b"later"
+
+
+@pytest.mark.parametrize("start_line, fields, body, status", [
+    (b"POST /ws HTTP/1.1", (), b"", 400),                       # not a GET
+    (b"GET /ws HTTP/1.0", (), b"", 400),                        # not HTTP/1.1
+    (b"GET /ws HTTP/1.1", (b"Content-Length: 2",), b"ab", 400),  # a body
+    (b"GET /ws HTTP/1.1", (b"Transfer-Encoding: chunked",), chunked(b"ab"), 400),
+])
+def test_websocket_upgrade_that_cannot_open_a_tunnel_is_refused(http1_mod, start_line, fields,
+                                                                 body, status):
+    feed = requests(http1_mod)
+    data = message(start_line, b"Host: h", b"Connection: Upgrade", b"Upgrade: websocket",
+                   *fields, body=body)
+    assert feed(data) == [ERROR(status)]
+    assert "WebSocket" in feed.parser.error_message
+
+
+def test_switching_response_stops_the_parser_when_expected(http1_mod):
+    feed = responses(http1_mod)
+    feed.parser.expect_switch(True)
+    switch = message(b"HTTP/1.1 101 Switching Protocols", b"Upgrade: websocket",
+                     b"Connection: Upgrade", b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    after = b"\x81\x02hi" + message(b"HTTP/1.1 200 OK", b"Content-Length: 0")
+    got = feed(message(b"HTTP/1.1 100 Continue") + switch + after)
+    assert got == [HEAD, END, HEAD, NEED]
+    assert [h.status for h in feed.heads] == [100, 101]
+    assert feed.heads[1].get(b"sec-websocket-accept") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert feed.parser.detach() == after
 
 
 def test_upgrade_request_body_is_never_parsed_as_a_request(http1_mod):

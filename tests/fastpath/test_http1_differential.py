@@ -460,11 +460,13 @@ def request_messages(draw, underscores=False):
         add(draw(_UNDERSCORED), b"v")
 
     framing = draw(_FRAMINGS)
-    upgrade = draw(_ROLL) < 2       # (the gateway switches no protocol: a plain request to it)
+    # (an upgrade to anything but WebSocket is a plain request to the gateway; a WebSocket one
+    # ends the stream and has tests of its own)
+    upgrade = draw(_ROLL) < 2
     if upgrade:
         connections.append(draw(_UPGRADES))
         add(casing(draw, "connection"), connections[-1])
-        add(casing(draw, "upgrade"), b"websocket")
+        add(casing(draw, "upgrade"), draw(st.sampled_from([b"h2c", b"TLS/1.2, h2c"])))
     body = raw_body = b""
     content_length = -1
     if framing == "length":
@@ -1086,7 +1088,11 @@ def test_valid_requests_give_what_was_sent(http1_forms, data):
         # an unknown method: 501, or 400 when its line is split (known difference 4)
         failed = len(expected) // 2
         line = (starts[failed], starts[failed] + messages[failed].line_end)
-        if any(line[0] < cut < line[1] for cut in cuts):
+        read_start = max([0] + [cut for cut in cuts if cut <= line[0]])
+        if (any(line[0] < cut < line[1] for cut in cuts)
+                # the interpreted form judges the line at the start of its read (a pinned bug,
+                # test_bug_unknown_method_judged_by_the_first_request_of_the_read)
+                or stream[read_start:line[0]].strip(b"\r\n")):
             expected[-1] = ("ERROR", BAD_METHOD | {MALFORMED})
     limits = DEFAULT_LIMITS + (underscores,)
     traces = [drive_requests(mod, pieces, limits) for mod in http1_forms]
@@ -1428,7 +1434,8 @@ def test_http_1_0_close_with_keep_alive_is_not_kept_alive(form):
     assert parser.next() == HEAD and not parser.head.keep_alive
 
 
-_UPGRADE = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+_UPGRADE = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+_WEBSOCKET = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -1443,3 +1450,14 @@ def test_refusal_after_an_upgrade_request_in_the_same_read(form, stream, events)
     parser = load_form("http1", form).RequestParser()
     parser.feed(stream)
     assert events_of(parser) == events
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("rest", [b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                                  _WEBSOCKET * 1999, b"\x88\x80\x00\x00\x00\x00"],
+                         ids=["refusable", "upgrades", "frame"])
+def test_nothing_after_a_websocket_upgrade_is_parsed(form, rest):
+    parser = load_form("http1", form).RequestParser()
+    parser.feed(_WEBSOCKET + rest)
+    assert events_of(parser) == [HEAD, END]
+    assert parser.detach() == rest

@@ -1,0 +1,223 @@
+"""WebSocket tunnels: after a backend's 101, bytes go both ways unchanged.
+
+A request with ``Upgrade: websocket`` runs the API's stages like any other and is forwarded with
+its upgrade fields; both HTTP parsers stop at the switch (fastpath.http1: what they read past it
+is kept raw).  When the backend answers 101, a :class:`Tunnel` takes over both transports: their
+protocol objects are replaced by its two ends, the client gets the 101 and then whatever the
+backend sent after it, the backend whatever the client sent after its request.  Frames are not
+parsed: the gateway's policies apply at the upgrade, and the bytes are the two peers' business.
+
+Flow control is end to end: when one side's transport holds more than its high-water mark of
+unsent bytes (a slow reader), the other side is not read until it drains, so a tunnel holds at
+most one transport buffer and one read in each direction whatever the peers do.
+
+Every tunnel has an idle timeout (``backend.websocket_idle_timeout_ms`` of its API; no byte in
+either direction for that long closes it), also when flow control stopped it.  A half-close is
+passed on over plain TCP; TLS has none, so an end of either side closes the tunnel.  When the
+worker drains (SIGTERM), tunnels get ``tunnel_drain_grace_s`` more, then are closed.  A reload
+does not touch open tunnels: they keep the settings they were opened with.
+"""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("tollgate.gateway")
+
+#: what a tunnel's close is counted as (tollgate_websocket_tunnels_closed_total{reason})
+CLOSE_REASONS = ("client", "backend", "idle", "drain", "error")
+
+
+class TunnelStats:
+    """A worker's tunnel totals, for the metrics."""
+
+    def __init__(self):
+        self.opened = 0
+        self.open = 0
+        self.to_backend = 0          # bytes sent to backends through tunnels
+        self.to_client = 0           # bytes sent to clients through tunnels
+        self.closed = dict.fromkeys(CLOSE_REASONS, 0)
+
+    def export(self):
+        return {"opened": self.opened, "open": self.open, "to_backend": self.to_backend,
+                "to_client": self.to_client, "closed": dict(self.closed)}
+
+
+class _End:
+    """The protocol of one side of a tunnel (replaces the HTTP protocol on its transport)."""
+
+    __slots__ = ("tunnel", "from_client")
+
+    def __init__(self, tunnel, from_client):
+        self.tunnel = tunnel
+        self.from_client = from_client
+
+    def connection_made(self, transport):   # (never called: the transport exists already)
+        pass
+
+    def data_received(self, data):
+        self.tunnel.forward(self.from_client, data)
+
+    def eof_received(self):
+        return self.tunnel.peer_eof(self.from_client)
+
+    def connection_lost(self, exc):
+        self.tunnel.lost(self.from_client, exc)
+
+    def pause_writing(self):
+        # this side reads slower than the other sends: stop reading the other side
+        self.tunnel.hold(not self.from_client, True)
+
+    def resume_writing(self):
+        self.tunnel.hold(not self.from_client, False)
+
+
+class Tunnel:
+    """One open WebSocket tunnel; lives in the worker's ``connections`` (its sweep checks the
+    deadline, its drain calls ``start_drain``)."""
+
+    current = None                  # (no exchange in flight: a connection's field)
+
+    def __init__(self, worker, client, backend, idle_s, name):
+        self.worker = worker
+        self.stats = worker.tunnel_stats
+        self.clock = worker.clock
+        self.client = client        # transports
+        self.backend = backend
+        self.idle_s = idle_s
+        self.name = name            # "api@env", for the log
+        self.deadline = self.clock.now + idle_s
+        self.draining_until = 0.0
+        self.eof_from = [False, False]    # [backend, client] half-closed toward the other
+        self.closed = False
+
+    def start(self, to_client, to_backend, client_paused, client_eof):
+        """Take over both transports; send what each side is owed first."""
+        self.client.set_protocol(_End(self, True))
+        self.backend.set_protocol(_End(self, False))
+        self.worker.connections.add(self)
+        self.stats.opened += 1
+        self.stats.open += 1
+        # (either transport may have been paused by the HTTP side: both are read from now on,
+        # but the backend's not while the client is not reading; writing more than a
+        # transport's high-water mark below pauses the other side through the ends)
+        self.client.resume_reading()
+        if client_paused:
+            self.backend.pause_reading()
+        else:
+            self.backend.resume_reading()
+        self.client.write(to_client)
+        self.stats.to_client += len(to_client)
+        if to_backend:
+            self.backend.write(to_backend)
+            self.stats.to_backend += len(to_backend)
+        if client_eof:      # the client half-closed while the backend answered
+            self.peer_eof(True)
+        if self.worker.draining:
+            self.start_drain()
+
+    # -- from the ends ---------------------------------------------------------------------------
+    def forward(self, from_client, data):
+        if self.closed:
+            return
+        if from_client:
+            self.backend.write(data)
+            self.stats.to_backend += len(data)
+        else:
+            self.client.write(data)
+            self.stats.to_client += len(data)
+        if not self.draining_until:
+            self.deadline = self.clock.now + self.idle_s
+
+    def peer_eof(self, from_client):
+        """One side half-closed: pass the FIN on where the other side can carry one."""
+        if self.closed:
+            return False
+        other = self.backend if from_client else self.client
+        self.eof_from[from_client] = True
+        if other.can_write_eof():
+            other.write_eof()
+            if self.eof_from[not from_client]:
+                self.close("client" if from_client else "backend")
+                return False
+            return True         # keep reading the other direction
+        self.close("client" if from_client else "backend")
+        return False
+
+    def lost(self, from_client, exc):
+        if self.closed:
+            return
+        if exc is not None:     # a reset or an error: the other side must not take it for an end
+            self.abort("client" if from_client else "backend")
+        else:
+            self.close("client" if from_client else "backend")
+
+    def hold(self, side_is_client, paused):
+        """Flow control: stop (or go on) reading ``side_is_client``'s side."""
+        if self.closed:
+            return
+        transport = self.client if side_is_client else self.backend
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    # -- ending ------------------------------------------------------------------------------------
+    def close(self, reason):
+        """Both sides end after what is buffered for them is sent."""
+        if self._finish(reason):
+            self.client.close()
+            self.backend.close()
+
+    def abort(self, reason):
+        """Both sides end now (a timeout: what is buffered may never be read)."""
+        if self._finish(reason):
+            self.client.abort()
+            self.backend.abort()
+
+    hard_close = abort
+
+    def _finish(self, reason):
+        if self.closed:
+            return False
+        self.closed = True
+        self.worker.connections.discard(self)
+        self.stats.open -= 1
+        self.stats.closed[reason] += 1
+        return True
+
+    def check_deadline(self, now):
+        if not self.closed and now >= self.deadline:
+            if self.draining_until:
+                self.abort("drain")
+            else:
+                log.info("websocket tunnel of %s idle for %.0f s: closed", self.name, self.idle_s)
+                self.abort("idle")
+
+    def start_drain(self):
+        """The worker drains: a bounded grace, then a close."""
+        grace = self.worker.limits.tunnel_drain_grace_s
+        self.draining_until = self.clock.now + grace
+        self.deadline = min(self.deadline, self.draining_until)
+
+
+def open_tunnel(ex, upstream, head, rest, idle_s):
+    """A backend answered ``ex``'s upgrade with 101 (``head``; ``rest``: what it sent after the
+    head) on ``upstream`` (handed over by the pool): answer the client and splice."""
+    conn = ex.conn
+    worker = conn.worker
+    if conn.closed or ex.done:
+        upstream.abort()     # the client went away while the backend answered
+        return
+    from fastpath import response_head
+    first = response_head(b"HTTP/1.1 101 Switching Protocols\r\n", head, _SWITCH_LINES,
+                          ex.rid, b"", -1, b"", b"")
+    ex.status = 101
+    ex.response_started = True
+    api = ex.api
+    name = f"{api.name}@{api.env}" if api is not None else "?"
+    client_rest, client_paused, client_eof = conn.switch_protocols(ex)
+    Tunnel(worker, conn.transport, upstream, idle_s, name).start(first + rest, client_rest,
+                                                                   client_paused, client_eof)
+
+
+_SWITCH_LINES = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
