@@ -209,8 +209,9 @@ setup(
         "cryptography>=41",     # certificates: expiry, key/certificate match, errors by field
     ],
     extras_require={
+        # websockets: the WebSocket client and backend of the tunnel tests
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "Cython>=3.0",
-                 "locust>=2.20"],
+                 "locust>=2.20", "websockets>=13"],
         "load": ["locust>=2.20"],
     },
     entry_points={"console_scripts": ["tollgate = tollgate.cli:main"]},

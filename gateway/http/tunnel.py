@@ -174,7 +174,9 @@ class Tunnel:
             self.client.abort()
             self.backend.abort()
 
-    hard_close = abort
+    def hard_close(self):
+        """(The worker's sweep, when checking this tunnel failed.)"""
+        self.abort("error")
 
     def _finish(self, reason):
         if self.closed:

@@ -360,26 +360,28 @@ def test_many_keep_alive_requests_on_one_client_connection(gw):
         c.close()
 
 
-def test_upgrade_request_is_answered_as_a_plain_request(gw, backend_m):
-    # Upgrades are not proxied: the request is answered as an ordinary one, without Upgrade,
-    # and what follows it on the connection is the next request.
+def test_an_upgrade_to_another_protocol_is_answered_as_a_plain_request(gw, backend_m):
+    # Only WebSocket upgrades are proxied (tests/gateway/test_websocket.py): another one is
+    # answered as an ordinary request, without Upgrade and the fields Connection names, and
+    # what follows it on the connection is the next request.
     responses, closed = exchange(
-        gw.port, b"GET /echo/upg HTTP/1.1\r\nHost: gw.test\r\nConnection: Upgrade\r\n"
-                 b"Upgrade: websocket\r\n\r\n"
+        gw.port, b"GET /echo/upg HTTP/1.1\r\nHost: gw.test\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                 b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
                  b"GET /mock HTTP/1.1\r\nHost: gw.test\r\n\r\n", expect=2)
-    assert [r.status for r in responses] == [200, 200], responses
+    assert [r.status for r in responses] == [200, 200] and not closed, responses
     assert responses[0].header("Upgrade") is None
     rec = responses[0].json()
     names = {k.lower() for k, _ in rec["headers"]}
-    assert "upgrade" not in names and "connection" not in names
+    assert not names & {"upgrade", "connection", "http2-settings"}
     assert responses[1].body == b'{"mock":true}'
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_upgrade_request_body_is_read_as_a_body_not_as_a_request(gw, backend_m, framing):
-    # An upgrade request with a body is a plain request too: its body (here, bytes that read as
-    # a request) goes to the backend as the body, and is never answered as a request of its own
-    # (parsers that switch to "the other protocol" after the head would skip the body).
+    # An upgrade request (not to WebSocket) with a body is a plain request too: its body (here,
+    # bytes that read as a request) goes to the backend as the body, and is never answered as a
+    # request of its own (parsers that switch to "the other protocol" after the head would skip
+    # the body).  (A WebSocket upgrade with a body is refused: test_websocket.py.)
     inner = b"GET /mock HTTP/1.1\r\nHost: gw.test\r\n\r\n"
     if framing == "chunked":
         body_part = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
@@ -387,7 +389,7 @@ def test_upgrade_request_body_is_read_as_a_body_not_as_a_request(gw, backend_m, 
         body_part = b"Content-Length: %d\r\n\r\n%s" % (len(inner), inner)
     responses, closed = exchange(
         gw.port, b"POST /echo/upgrade-body HTTP/1.1\r\nHost: gw.test\r\nConnection: Upgrade\r\n"
-                 b"Upgrade: websocket\r\n" + body_part, expect=2, timeout=1.5)
+                 b"Upgrade: h2c\r\n" + body_part, expect=2, timeout=1.5)
     assert len(responses) == 1, responses
     rec = responses[0].json()
     assert responses[0].status == 200 and rec["method"] == "POST"

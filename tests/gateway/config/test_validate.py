@@ -415,8 +415,6 @@ def test_definitions_of_unused_kinds_are_accepted():
     ({"apis": [http_api("http://h/x", authorizer="b")],
       "authorizers": [{"name": "b", "type": "backend", "url": "http://h/auth"}]},
      "apis[0].backend.authorizer"),
-    ({"apis": [http_api("http://h/x", websocket_idle_timeout_ms=60000)]},
-     "apis[0].backend.websocket_idle_timeout_ms"),
     ({"apis": [mock_api(conditional_backends=[{
         "name": "canary", "conditions": [{"source": "source_ip", "op": "cidr", "value": "10.0.0.0/8"}],
         "backend": {"type": "mock", "mock": {"body": "canary"}}}])]}, "apis[0].conditional_backends"),

@@ -1,0 +1,469 @@
+"""WebSocket proxying through the real gateway process.
+
+The ``websockets`` library is the client and the backend (tests.support.ws_backend) where a
+well-behaved peer is wanted; raw sockets play the peers that misbehave (a backend switching to
+another protocol, one that never reads, a client that never reads, bytes sent right behind a
+handshake).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from tests.conftest import proxy_config
+from tests.support.client import exchange, request
+from tests.support.gateway import GatewayProcess, free_port
+from tests.support.raw_backend import RawBackend
+from tests.support.ws_backend import WebSocketBackend
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+ACCEPT = base64.b64encode(hashlib.sha1(KEY + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+HANDSHAKE = (b"GET %s HTTP/1.1\r\nHost: gw.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+          b"Sec-WebSocket-Accept: " + ACCEPT + b"\r\n\r\n")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def frame(payload: bytes, opcode: int = 2, masked: bool = True) -> bytes:
+    """One final WebSocket frame (masked, as a client sends them)."""
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def read_head(sock, timeout=5.0) -> tuple[bytes, bytes]:
+    """(response head, bytes read after it)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"closed before a response head: {data!r}")
+        data += chunk
+    end = data.index(b"\r\n\r\n") + 4
+    return data[:end], data[end:]
+
+
+def read_exactly(sock, n, have=b"", timeout=5.0) -> bytes:
+    sock.settimeout(timeout)
+    while len(have) < n:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"closed after {len(have)} of {n} bytes")
+        have += chunk
+    return have
+
+
+def closed_within(sock, timeout) -> bool:
+    """Whether the peer ends the connection (FIN or reset) within ``timeout``, reading on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def ws_url(gw, path):
+    return f"ws://127.0.0.1:{gw.port}{path}"
+
+
+def tunnel_metric(gw, name, **labels):
+    return gw.metric(f"tollgate_websocket_{name}", **labels)
+
+
+def wait_tunnel_metric_above(gw, name, floor, timeout=5.0, **labels):
+    """Wait until a metric (pushed by workers every half second) exceeds ``floor``."""
+    deadline = time.monotonic() + timeout
+    while tunnel_metric(gw, name, **labels) <= floor:
+        assert time.monotonic() < deadline, (name, labels, tunnel_metric(gw, name, **labels))
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def ws_backend():
+    b = WebSocketBackend().start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def raw():
+    started = []
+
+    def start(script):
+        b = RawBackend(script).start()
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+def ws_config(address, **backend_options):
+    return proxy_config(address, **backend_options)
+
+
+# -- a tunnel ---------------------------------------------------------------------------------------
+
+def test_text_and_binary_messages_of_several_megabytes_are_echoed(make_gateway, ws_backend):
+    gw = make_gateway(ws_config(ws_backend.address))
+    text = "é-" * 1_500_000                  # 4.5 MB of UTF-8
+    binary = os.urandom(6_000_000)
+    with connect(ws_url(gw, "/echo"), max_size=None, open_timeout=5) as ws:
+        for message in ("hi", b"\x00\x01", text, binary, "", b""):
+            ws.send(message)
+            got = ws.recv(timeout=20)
+            assert type(got) is type(message) and got == message
+    gw.wait_metric("tollgate_websocket_tunnels_total", 1)
+    for direction in ("to_backend", "to_client"):
+        wait_tunnel_metric_above(gw, "bytes_total", len(binary) + 4_500_000, direction=direction)
+
+
+def test_the_upgrade_is_forwarded_with_its_fields_and_the_gateways_own(make_gateway, ws_backend):
+    gw = make_gateway(ws_config(ws_backend.address))
+    with connect(ws_url(gw, "/echo?room=1"), open_timeout=5,
+                 additional_headers={"X-Custom": "kept", "Sec-WebSocket-Protocol": "chat"}) as ws:
+        ws.send("x")
+        assert ws.recv(timeout=5) == "x"
+    path, headers = ws_backend.requests[-1]
+    assert path == "/echo?room=1"
+    assert headers["upgrade"] == "websocket" and headers["connection"] == "Upgrade"
+    assert headers["sec-websocket-key"] and headers["sec-websocket-version"] == "13"
+    assert headers["x-custom"] == "kept" and headers["sec-websocket-protocol"] == "chat"
+    assert headers["x-forwarded-for"] == "127.0.0.1" and headers["x-forwarded-proto"] == "http"
+    assert len(headers["x-request-id"]) == 32
+
+
+def test_the_101_is_forwarded_with_the_backends_fields_and_bytes_behind_it(make_gateway, ws_backend):
+    # /hello sends a message at once: it can reach the gateway in the same read as the 101
+    gw = make_gateway(ws_config(ws_backend.address))
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(HANDSHAKE % b"/hello")
+        head, rest = read_head(sock)
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"HTTP/1.1 101 Switching Protocols"
+        fields = {line.split(b":", 1)[0].lower(): line.split(b":", 1)[1].strip()
+                  for line in lines[1:] if line}
+        assert fields[b"sec-websocket-accept"] == ACCEPT
+        assert fields[b"upgrade"].lower() == b"websocket"
+        assert b"upgrade" in fields[b"connection"].lower()
+        assert b"content-length" not in fields and b"transfer-encoding" not in fields
+        assert read_exactly(sock, 7, rest) == frame(b"hello", opcode=1, masked=False)
+
+
+def test_bytes_a_client_sends_right_behind_its_handshake_reach_the_backend(make_gateway, ws_backend):
+    gw = make_gateway(ws_config(ws_backend.address))
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        # handshake and first message in one write (the gateway reads them in one read)
+        sock.sendall(HANDSHAKE % b"/echo" + frame(b"early", opcode=1))
+        head, rest = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert read_exactly(sock, 7, rest) == frame(b"early", opcode=1, masked=False)
+
+
+def test_the_close_handshake_passes_both_ways(make_gateway, ws_backend):
+    gw = make_gateway(ws_config(ws_backend.address))
+    with connect(ws_url(gw, "/echo"), open_timeout=5) as ws:
+        ws.send("x")
+        ws.recv(timeout=5)
+        ws.close(4001, "done")
+    deadline = time.monotonic() + 5
+    while 4001 not in ws_backend.close_codes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert 4001 in ws_backend.close_codes
+    with connect(ws_url(gw, "/close"), open_timeout=5) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd.code == 4002 and closed.value.rcvd.reason == "bye"
+    gw.wait_metric("tollgate_websocket_tunnels_closed_total", 2, reason="client")
+    gw.wait_metric("tollgate_websocket_tunnels_open", 0)
+
+
+# -- refusals ----------------------------------------------------------------------------------------
+
+def test_a_backend_that_refuses_the_upgrade_has_its_answer_forwarded(make_gateway, ws_backend):
+    gw = make_gateway(ws_config(ws_backend.address))
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(gw, "/refuse"), open_timeout=5)
+    assert refused.value.response.status_code == 403
+    assert refused.value.response.body == b"no tunnel for you\n"
+    # on the wire: the answer, then the connection ends (nothing after an upgrade request
+    # is read as HTTP)
+    responses, closed = exchange(gw.port, HANDSHAKE % b"/refuse" + b"GET /mock HTTP/1.1\r\n"
+                                 b"Host: gw.test\r\n\r\n", expect=2, timeout=3)
+    assert [r.status for r in responses] == [403] and closed
+    assert responses[0].header("connection") == "close"
+    time.sleep(0.6)                     # (one metrics push)
+    assert tunnel_metric(gw, "tunnels_total") == 0
+
+
+@pytest.mark.parametrize("request_, status", [
+    (b"POST /echo HTTP/1.1\r\nHost: gw.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+     b"Content-Length: 2\r\n\r\nab", 400),
+    (b"GET /echo HTTP/1.0\r\nHost: gw.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+     400),
+    (b"GET /echo HTTP/1.1\r\nHost: gw.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+], ids=["post", "http-1.0", "with-a-body"])
+def test_an_upgrade_that_cannot_open_a_tunnel_is_refused(make_gateway, ws_backend, request_, status):
+    gw = make_gateway(ws_config(ws_backend.address))
+    responses, closed = exchange(gw.port, request_, timeout=3)
+    assert [r.status for r in responses] == [status] and closed
+    assert b"WebSocket" in responses[0].body
+    assert ws_backend.requests == []
+
+
+def test_a_101_switching_to_another_protocol_is_502(make_gateway, raw):
+    def script(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+        conn.wait_closed()
+    backend = raw(script)
+    gw = make_gateway(proxy_config(backend.address))
+    responses, closed = exchange(gw.port, HANDSHAKE % b"/ws", timeout=5)
+    assert [r.status for r in responses] == [502] and closed
+    assert backend.connections[0].wait_closed()
+
+
+def test_a_client_gone_before_the_101_leaves_no_tunnel(make_gateway, raw):
+    answered = threading.Event()
+
+    def script(conn):
+        conn.read_request()
+        time.sleep(0.5)                 # the client leaves meanwhile
+        conn.send(SWITCH)
+        answered.set()
+        conn.wait_closed()
+    backend = raw(script)
+    gw = make_gateway(proxy_config(backend.address))
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(HANDSHAKE % b"/ws")
+    assert answered.wait(5)
+    assert backend.connections[0].wait_closed(5), "the backend's side was kept open"
+    time.sleep(0.6)
+    assert tunnel_metric(gw, "tunnels_open") == 0
+
+
+# -- bounds ---------------------------------------------------------------------------------------------
+
+def test_an_idle_tunnel_is_closed_after_the_apis_idle_timeout(make_gateway, ws_backend):
+    gw = make_gateway(ws_config(ws_backend.address, websocket_idle_timeout_ms=1000))
+    with connect(ws_url(gw, "/echo"), open_timeout=5) as ws:
+        for _ in range(5):              # traffic every 0.4 s keeps it open past 1 s
+            ws.send("ping")
+            assert ws.recv(timeout=5) == "ping"
+            time.sleep(0.4)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)         # then silence: closed by the gateway
+    gw.wait_metric("tollgate_websocket_tunnels_closed_total", 1, reason="idle")
+    assert "idle" in gw.log()
+
+
+def test_a_client_that_does_not_read_holds_the_backend_back(make_gateway, ws_backend):
+    gw = make_gateway(ws_config(ws_backend.address))
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(HANDSHAKE % b"/flood?mb=300")
+        read_head(sock)
+        time.sleep(2.0)                 # reads nothing: what can the backend push meanwhile?
+        first = ws_backend.flood_sent
+        time.sleep(1.0)
+        stalled = ws_backend.flood_sent
+        # socket buffers on the way (a few MB each) and the gateway's bounded buffers: far
+        # less than the 300 MB the backend would send to a gateway that buffered without bound
+        assert stalled < 40 * 1024 * 1024, stalled
+        assert stalled == first, "the backend was still sending to a client that reads nothing"
+        # the worker is not blocked meanwhile
+        assert request(gw.port, "GET", "/mock").status == 200
+        # and the tunnel resumes when the client reads
+        sock.settimeout(5)
+        got = 0
+        while got < stalled + 8 * 1024 * 1024:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "closed while reading the flood"
+            got += len(chunk)
+    assert ws_backend.flood_sent > stalled
+
+
+def test_a_backend_that_does_not_read_holds_the_client_back(make_gateway, raw):
+    done = threading.Event()
+
+    def script(conn):
+        conn.read_request()
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        conn.send(SWITCH)
+        done.wait(30)                   # never reads
+    backend = raw(script)
+    gw = make_gateway(proxy_config(backend.address))
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(HANDSHAKE % b"/ws")
+            head, _ = read_head(sock)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            sock.setblocking(False)
+            block = frame(b"m" * 65536)
+            sent = 0
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < 1.5 and sent < 400 * 1024 * 1024:
+                try:
+                    sent += sock.send(block)
+                    quiet_since = time.monotonic()
+                except BlockingIOError:
+                    time.sleep(0.01)
+            assert sent < 40 * 1024 * 1024, sent
+            assert request(gw.port, "GET", "/mock").status == 200
+    finally:
+        done.set()
+
+
+# -- ends of a tunnel ---------------------------------------------------------------------------------
+
+def test_a_backend_reset_ends_the_clients_connection(make_gateway, raw):
+    def script(conn):
+        conn.read_request()
+        conn.send(SWITCH + frame(b"bye soon", opcode=1, masked=False))
+        time.sleep(0.3)
+        conn.reset()
+    backend = raw(script)
+    gw = make_gateway(proxy_config(backend.address))
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(HANDSHAKE % b"/ws")
+        _, rest = read_head(sock)
+        assert read_exactly(sock, 10, rest) == frame(b"bye soon", opcode=1, masked=False)
+        assert closed_within(sock, 5)
+    gw.wait_metric("tollgate_websocket_tunnels_closed_total", 1, reason="backend")
+
+
+def test_a_client_half_close_is_passed_on_to_the_backend(make_gateway, raw):
+    backend_saw_eof = threading.Event()
+
+    def script(conn):
+        conn.read_request()
+        conn.send(SWITCH)
+        conn.sock.settimeout(5)
+        data = b""
+        while True:
+            chunk = conn.sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        backend_saw_eof.set()
+        conn.send(b"after-eof")         # the other direction still flows
+        conn.sock.shutdown(socket.SHUT_WR)
+    backend = raw(script)
+    gw = make_gateway(proxy_config(backend.address))
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(HANDSHAKE % b"/ws")
+        _, rest = read_head(sock)
+        sock.shutdown(socket.SHUT_WR)
+        assert backend_saw_eof.wait(5)
+        assert read_exactly(sock, 9, rest) == b"after-eof"
+        assert closed_within(sock, 5)
+
+
+# -- reload, drain -----------------------------------------------------------------------------------
+
+def test_a_tunnel_survives_a_reload(make_gateway, ws_backend):
+    config = ws_config(ws_backend.address)
+    gw = make_gateway(config)
+    with connect(ws_url(gw, "/echo"), open_timeout=5) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=5) == "before"
+        changed = ws_config(ws_backend.address)
+        changed["apis"][1]["backend"]["mock"]["body"] = '{"mock":"reloaded"}'
+        gw.write_config(changed)
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while request(gw.port, "GET", "/mock").body != b'{"mock":"reloaded"}':
+            assert time.monotonic() < deadline, "the reload did not take effect"
+            time.sleep(0.1)
+        ws.send("after")
+        assert ws.recv(timeout=5) == "after"
+    assert "Traceback" not in gw.log()
+
+
+def test_sigterm_gives_open_tunnels_a_grace_then_closes_them(tmp_path, ws_backend):
+    gw = GatewayProcess(ws_config(ws_backend.address), tmp_path,
+                        extra_args=["--websocket-drain-grace", "1.5"]).start()
+    try:
+        with connect(ws_url(gw, "/echo"), open_timeout=5) as ws:
+            ws.send("x")
+            assert ws.recv(timeout=5) == "x"
+            started = time.monotonic()
+            gw.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            ws.send("still")             # within the grace, the tunnel still carries
+            assert ws.recv(timeout=5) == "still"
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=20)
+            ended = time.monotonic() - started
+        assert gw.proc.wait(20) == 0
+        # closed by the grace (1.5 s), not by the drain timeout (30 s)
+        assert ended < 15, ended
+    finally:
+        gw.stop()
+
+
+# -- TLS ---------------------------------------------------------------------------------------------
+
+def test_wss_through_the_tls_listener_to_a_wss_backend(tmp_path):
+    import ssl
+
+    from tests.support.certs import TestCA
+    ca = TestCA(tmp_path / "pki")
+    cert, key = ca.issue("backend", ["backend.test"])
+    backend_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    backend_ctx.load_cert_chain(cert, key)
+    backend = WebSocketBackend(ssl_context=backend_ctx).start()
+    front_cert, front_key = ca.issue("front", ["gw.test"])
+    config = proxy_config(backend.address)
+    config["apis"][0]["backend"]["url"] = "https://#backend#/"
+    config["apis"][0]["backend"]["tls"] = {"ca_file": str(ca.path), "server_name": "backend.test"}
+    config["certificates"] = [{"name": "front", "cert": str(front_cert), "key": str(front_key),
+                               "domains": ["gw.test"], "default": True}]
+    tls_port = free_port()
+    gw = GatewayProcess(config, tmp_path, extra_args=["--tls-listen", f"127.0.0.1:{tls_port}"]).start()
+    try:
+        client_ctx = ssl.create_default_context(cafile=str(ca.path))
+        payload = os.urandom(3_000_000)
+        with connect(f"wss://gw.test:{tls_port}/echo", ssl=client_ctx, max_size=None,
+                     open_timeout=5,
+                     sock=socket.create_connection(("127.0.0.1", tls_port))) as ws:
+            ws.send(payload)
+            assert ws.recv(timeout=20) == payload
+            ws.send("text")
+            assert ws.recv(timeout=5) == "text"
+        _, headers = backend.requests[-1]
+        assert headers["x-forwarded-proto"] == "https"
+    finally:
+        gw.stop()
+        backend.stop()
