@@ -10,10 +10,11 @@ gateway's splice, not Python WebSocket libraries:
 * the echo server answers the handshake and returns each 1 KB frame as a server frame (the
   client masks with a zero key, legal and free to undo, so echoing is a header swap).
 
-Targets, interleaved ``--reps`` times: ``direct`` (client -> echo server) and ``tollgate``
-(client -> Tollgate, 1 worker -> echo server).  Reported: messages/s of each, the ratio, and the
-CPU time Tollgate spends per message (its whole process tree).  Writes the ``websocket`` section
-of RESULTS.md (``--no-write`` to print only).  Nothing to install beyond the project.
+Targets, interleaved ``--reps`` times: ``direct`` (client -> echo server), ``nginx`` (client ->
+nginx, 1 worker, proxying the upgrade -> echo server: the reference proxy) and ``tollgate``
+(client -> Tollgate, 1 worker -> echo server).  Reported: messages/s of each, the ratios, and the
+CPU time each proxy spends per message (its whole process tree).  Writes the ``websocket``
+section of RESULTS.md (``--no-write`` to print only).  Needs nginx.
 """
 from __future__ import annotations
 
@@ -173,6 +174,26 @@ def start_echo(workdir) -> tuple[harness.Service, int]:
     return svc, port
 
 
+def start_nginx(workdir, echo_port, args) -> tuple[harness.Service, int]:
+    port = harness.free_port()
+    conf = harness.render(harness.HERE / "nginx" / "websocket.conf", workdir / "websocket.conf",
+                          WORKERS=args.workers, WORKDIR=workdir, PORT=port, UPSTREAM_PORT=echo_port)
+    svc = harness.Service("nginx-ws", [harness.NGINX, "-p", str(workdir), "-c", str(conf),
+                                       "-g", "daemon off;"], workdir, f"http://127.0.0.1:{port}")
+    svc.start()
+    svc.wait_ready(lambda: _port_open(port))
+    return svc, port
+
+
+def _port_open(port) -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def start_tollgate(workdir, echo_port, args) -> tuple[harness.Service, int]:
     port, status_port = harness.free_port(), harness.free_port()
     conf = workdir / "tollgate-ws.yaml"
@@ -191,8 +212,8 @@ def start_tollgate(workdir, echo_port, args) -> tuple[harness.Service, int]:
     return svc, port
 
 
-def measure(port, args, tollgate: harness.Service | None) -> dict:
-    before = tollgate.cpu() if tollgate is not None else None
+def measure(port, proxy, args: harness.Service | None) -> dict:
+    before = proxy.cpu() if proxy is not None else None
     out = subprocess.run([sys.executable, "-m", "benchmarks.ws_bench", "--load", str(port),
                           "--connections", str(args.connections), "--duration",
                           str(args.duration)], capture_output=True, text=True,
@@ -200,12 +221,13 @@ def measure(port, args, tollgate: harness.Service | None) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    if tollgate is not None:
-        after = tollgate.cpu()
-        ticks = (after.user - before.user) + (after.system - before.system)
+    if proxy is not None:
+        after = proxy.cpu()
         # (CPU over the whole client run, warm-up and handshakes included: an upper bound)
         total = result["messages"] * (args.duration + 1.0) / result["seconds"]
-        result["cpu_us"] = ticks / harness.CLK_TCK / total * 1e6
+        per = 1e6 / harness.CLK_TCK / total
+        result["user_us"] = (after.user - before.user) * per
+        result["cpu_us"] = result["user_us"] + (after.system - before.system) * per
     return result
 
 
@@ -230,19 +252,20 @@ def main(argv=None) -> int:
         signal.signal(sig, harness._on_signal)
     workdir = harness.WORK_ROOT / f"ws-{int(time.time())}"
     (workdir / "tmp").mkdir(parents=True)
-    runs: dict[str, list] = {"direct": [], "tollgate": []}
+    runs: dict[str, list] = {"direct": [], "nginx": [], "tollgate": []}
     try:
         echo, echo_port = start_echo(workdir)
-        tollgate, gw_port = start_tollgate(workdir, echo_port, args)
+        targets = {"direct": (echo_port, None), "nginx": start_nginx(workdir, echo_port, args)[::-1],
+                   "tollgate": start_tollgate(workdir, echo_port, args)[::-1]}
+        names = list(targets)
         for rep in range(1, args.reps + 1):
-            order = ("direct", "tollgate") if rep % 2 else ("tollgate", "direct")
-            for name in order:
+            for name in (names if rep % 2 else names[::-1]):
                 harness.log(f"rep {rep}/{args.reps}: {name} for {args.duration:.0f}s")
-                r = (measure(echo_port, args, None) if name == "direct"
-                     else measure(gw_port, args, tollgate))
+                r = measure(*targets[name], args=args)
                 runs[name].append(r)
-                harness.log(f"  {r['rate']:,.0f} messages/s"
-                            + (f", Tollgate CPU {r['cpu_us']:.1f} us/message" if "cpu_us" in r else ""))
+                harness.log(f"  {r['rate']:,.0f} messages/s" + (
+                    f", proxy CPU {r['cpu_us']:.1f} us/message ({r['user_us']:.1f} user)"
+                    if "cpu_us" in r else ""))
     finally:
         harness.stop_all()
     text = report(args, runs)
@@ -254,21 +277,30 @@ def main(argv=None) -> int:
 
 
 def report(args, runs) -> str:
-    direct = statistics.median(r["rate"] for r in runs["direct"])
-    through = statistics.median(r["rate"] for r in runs["tollgate"])
-    per_rep = [t["rate"] / d["rate"] for d, t in zip(runs["direct"], runs["tollgate"])]
-    cpu = statistics.median(r["cpu_us"] for r in runs["tollgate"])
-    lines = ["## WebSocket: 1 KB echoes through Tollgate vs direct", "",
+    rate = {n: statistics.median(r["rate"] for r in rs) for n, rs in runs.items()}
+    cpu = {n: statistics.median(r["cpu_us"] for r in rs) for n, rs in runs.items() if n != "direct"}
+    user = {n: statistics.median(r["user_us"] for r in rs) for n, rs in runs.items() if n != "direct"}
+    per_rep = {n: [t["rate"] / d["rate"] for d, t in zip(runs["direct"], runs[n])]
+               for n in ("nginx", "tollgate")}
+    vs_nginx = [t["rate"] / n["rate"] for n, t in zip(runs["nginx"], runs["tollgate"])]
+    lines = ["## WebSocket: 1 KB echoes through Tollgate, through nginx, and direct", "",
              f"Command: `{command_line()}`", "", *harness.machine_info(), "",
              f"{args.connections} connections, one 1 KB binary message in flight on each, "
              f"{args.duration:.0f} s per run, {args.reps} interleaved reps (medians); the echo "
              f"server and the load client are this script's own lean uvloop programs, on the same "
-             f"machine; Tollgate with {args.workers} worker(s).", "",
-             "| path | messages/s | ratio to direct | per-rep ratios | Tollgate CPU us/message |",
-             "|---|---:|---:|---|---:|",
-             f"| direct to the echo server | {direct:,.0f} | | | |",
-             f"| through Tollgate | {through:,.0f} | {through / direct:.2f}x | "
-             f"{', '.join(f'{x:.2f}' for x in per_rep)} | {cpu:.1f} |"]
+             f"machine; nginx and Tollgate with {args.workers} worker(s) each.  CPU per message: "
+             f"the proxy's whole process tree over the client's run (a message crosses it twice: "
+             f"there and back).", "",
+             "| path | messages/s | ratio to direct | per-rep ratios | proxy CPU us/message | of which user |",
+             "|---|---:|---:|---|---:|---:|",
+             f"| direct to the echo server | {rate['direct']:,.0f} | | | | |"]
+    for name, label in (("nginx", "through nginx"), ("tollgate", "through Tollgate")):
+        lines.append(f"| {label} | {rate[name]:,.0f} | {rate[name] / rate['direct']:.2f}x | "
+                     f"{', '.join(f'{x:.2f}' for x in per_rep[name])} | {cpu[name]:.1f} | "
+                     f"{user[name]:.1f} |")
+    lines += ["", f"Tollgate against nginx: **{rate['tollgate'] / rate['nginx']:.2f}x** the "
+              f"messages/s (per rep: {', '.join(f'{x:.2f}' for x in vs_nginx)}), "
+              f"{cpu['tollgate'] / cpu['nginx']:.2f}x the CPU per message."]
     return "\n".join(lines) + "\n"
 
 

@@ -45,8 +45,6 @@ class TunnelStats:
 class _End:
     """The protocol of one side of a tunnel (replaces the HTTP protocol on its transport)."""
 
-    __slots__ = ("tunnel", "from_client")
-
     def __init__(self, tunnel, from_client):
         self.tunnel = tunnel
         self.from_client = from_client
@@ -73,9 +71,11 @@ class _End:
 
 class Tunnel:
     """One open WebSocket tunnel; lives in the worker's ``connections`` (its sweep checks the
-    deadline, its drain calls ``start_drain``)."""
+    deadline, its drain calls ``start_drain``).  Attribute types: tunnel.pxd."""
 
-    current = None                  # (no exchange in flight: a connection's field)
+    @property
+    def current(self):
+        return None                 # (no exchange in flight: a connection's field)
 
     def __init__(self, worker, client, backend, idle_s, name):
         self.worker = worker
