@@ -7,6 +7,8 @@ where they run (llhttp, our compiled code, the interpreter's allocator and GIL, 
 
     python -m benchmarks.profile                         # this tree
     python -m benchmarks.profile --before ../old-tree    # and another checkout, side by side
+    python -m benchmarks.profile --https-backend         # this tree to a plain, then an https,
+                                                         # upstream (the same nginx over TLS)
 
 ``--before`` takes a checkout of an older commit, built in place (``python setup.py
 build_ext --inplace`` there); both are run in the same session, one after the other.  Needs
@@ -48,7 +50,9 @@ GROUPS = [
      or ("libc" in o and "pthread" in f)),
     ("interpreter: calls, attribute and dict lookups, other",
      lambda f, o: "libpython" in o),
-    ("uvloop + libuv (event loop, transports)", lambda f, o: "uvloop" in o),
+    ("uvloop + libuv (event loop, transports, its TLS layer)", lambda f, o: "uvloop" in o),
+    ("OpenSSL (libssl, libcrypto)", lambda f, o: "libssl" in o or "libcrypto" in o),
+    ("Python's ssl module (_ssl)", lambda f, o: "_ssl." in o),
     ("libc (memcpy, syscall wrappers...)", lambda f, o: "libc" in o),
     ("other", lambda f, o: True),
 ]
@@ -96,12 +100,11 @@ def breakdown(callgrind_out: Path) -> dict[str, int]:
     return dict(groups)
 
 
-def profile_tree(tree: Path, upstream: str, workdir: Path, seconds: int, connections: int,
+def profile_tree(tree: Path, conf: Path, workdir: Path, seconds: int, connections: int,
                  label: str) -> tuple[int, dict[str, int], Path]:
-    """Run a worker of ``tree`` under callgrind; return (requests, groups, callgrind file)."""
+    """Run a worker of ``tree`` serving ``conf`` under callgrind; return (requests, groups,
+    callgrind file)."""
     port = harness.free_port()
-    conf = harness.render(harness.HERE / "config" / "tollgate.yaml",
-                          workdir / f"{label}.yaml", UPSTREAM=upstream)
     out = workdir / f"{label}.callgrind"
     settings = json.dumps({"config": str(conf), "host": "127.0.0.1", "port": port})
     env = dict(os.environ, PYTHONPATH=str(tree))
@@ -153,6 +156,8 @@ def main(argv=None) -> int:
     parser.add_argument("--before", type=Path, help="an older checkout, built in place")
     parser.add_argument("--duration", type=int, default=10, help="seconds counted (default 10)")
     parser.add_argument("--connections", type=int, default=10, help="wrk -c (default 10)")
+    parser.add_argument("--https-backend", action="store_true",
+                        help="profile this tree to a plain and to an https upstream")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     workdir = harness.WORK_ROOT / f"profile-{int(time.time())}"
@@ -161,10 +166,23 @@ def main(argv=None) -> int:
     results = []
     try:
         upstream, upstream_addr, _status = harness.start_upstream(workdir)
-        for label, tree in trees:
+        plain = harness.render(harness.HERE / "config" / "tollgate.yaml", workdir / "plain.yaml",
+                               UPSTREAM=upstream_addr)
+        if args.https_backend:
+            from benchmarks import tls_bench
+            cert, key = tls_bench.make_certificate(workdir)
+            _svc, tls_addr = tls_bench.start_upstream_tls(workdir, cert, key)
+            https = workdir / "https.yaml"
+            https.write_text(plain.read_text().replace(
+                'url: "http://#upstream#/"',
+                f'url: "https://{tls_addr}/", tls: {{ca_file: {cert}, server_name: bench.test}}'))
+            runs = [("http backend", harness.REPO, plain), ("https backend", harness.REPO, https)]
+        else:
+            runs = [(label, tree, plain) for label, tree in trees]
+        for label, tree, conf in runs:
             harness.log(f"profiling {label}: {git_describe(tree)}")
-            requests, groups, dump = profile_tree(tree, upstream_addr, workdir, args.duration,
-                                                  args.connections, label)
+            requests, groups, dump = profile_tree(tree, conf, workdir, args.duration,
+                                                  args.connections, label.replace(" ", "-"))
             results.append((label, tree, requests, groups, dump))
     finally:
         harness.stop_all()
@@ -183,13 +201,17 @@ def main(argv=None) -> int:
                 f"{c:,.0f} | {100 * c / t:.0f}%" for c, t in zip(cells, totals)) + " |")
     lines.append("| **total** | " + " | ".join(f"**{t:,.0f}** | 100%" for t in totals) + " |")
     if len(totals) == 2:
-        lines += ["", f"Now / before: {totals[1] / totals[0]:.2f}x the instructions per request."]
+        ratio = "https / http backend" if args.https_backend else "Now / before"
+        lines += ["", f"{ratio}: {totals[1] / totals[0]:.2f}x the instructions per request."]
     lines += ["", "Instructions are user-space only (callgrind does not see the kernel); the "
               "CPU time per request that `benchmarks.run` measures adds the system time of the "
               "syscalls, about the same for Tollgate and nginx."]
     markdown = "\n".join(lines)
     print(markdown)
-    if not args.no_write:
+    if not args.no_write and args.https_backend:
+        write_section("profile-https", "## Profile of a request to an https backend (callgrind)"
+                      "\n\n" + markdown)
+    elif not args.no_write:
         write_section("profile", "## Profile of one proxied request (callgrind)\n\n" + markdown)
     return 0
 

@@ -10,7 +10,9 @@ TLS 1.2 suites, and proxy to the same upstream nginx with keep-alive, 1 worker e
 
 Then **https backend**: Tollgate (plain HTTP from wrk) in front of an https upstream (nginx with
 the same certificate, verified with it as the CA) against the same Tollgate in front of the plain
-upstream, interleaved: what TLS to a pooled backend costs (target >= 0.8x).
+upstream, interleaved: what TLS to a pooled backend costs (target >= 0.8x).  nginx as the proxy
+is measured the same way, in the same run, as the reference for what TLS to a backend costs a
+proxy using the same OpenSSL.
 
 Writes the ``tls`` section of RESULTS.md (``--no-write`` to print only).  Target: keep-alive
 req/s >= 0.75x nginx's.  Needs nginx (with its SSL module: Debian's nginx-light has it) and wrk.
@@ -118,6 +120,25 @@ def start_tollgate_to(workdir, name, url, tls_lines, args) -> harness.Target:
     return harness.Target(name, svc, svc.url + harness.PATH)
 
 
+def start_nginx_to(workdir, name, upstream_addr, args, ca=None) -> harness.Target:
+    """nginx as the proxy (plain HTTP from wrk) to the plain upstream, or with ``ca`` to the
+    https one (verified, kept alive)."""
+    port = harness.free_port()
+    template = "proxy-to-tls.conf" if ca is not None else "proxy.conf"
+    values = dict(WORKERS=args.workers, WORKDIR=workdir / name, PORT=port,
+                  UPSTREAM_PORT=upstream_addr.rsplit(":", 1)[1],
+                  UPSTREAM_KEEPALIVE=max(256, args.connections))
+    if ca is not None:
+        values["CA"] = ca
+    (workdir / name / "tmp").mkdir(parents=True, exist_ok=True)
+    conf = harness.render(harness.HERE / "nginx" / template, workdir / f"{name}.conf", **values)
+    svc = harness.Service(name, [harness.NGINX, "-p", str(workdir / name), "-c", str(conf),
+                                 "-g", "daemon off;"], workdir, f"http://127.0.0.1:{port}")
+    svc.start()
+    svc.wait_ready(lambda: harness.http_get(svc.url + harness.PATH) == (200, harness.BODY.encode()))
+    return harness.Target(name, svc, svc.url + harness.PATH)
+
+
 def _https_ok(port) -> bool:
     import http.client
     import ssl
@@ -169,7 +190,9 @@ def main(argv=None) -> int:
         _upstream_tls, tls_addr = start_upstream_tls(workdir, cert, key)
         backends = [start_tollgate_to(workdir, "plain-backend", f"http://{upstream_addr}/", "", args),
                     start_tollgate_to(workdir, "https-backend", f"https://{tls_addr}/",
-                                      f", tls: {{ca_file: {cert}, server_name: bench.test}}", args)]
+                                      f", tls: {{ca_file: {cert}, server_name: bench.test}}", args),
+                    start_nginx_to(workdir, "nginx-plain-backend", upstream_addr, args),
+                    start_nginx_to(workdir, "nginx-https-backend", tls_addr, args, ca=cert)]
         for t in backends:
             harness.run_wrk(t.url, harness.WARMUP_SECONDS, args.threads, args.connections)
         backend_runs = []
@@ -217,19 +240,31 @@ def report(args, runs) -> str:
 
 
 def backend_report(runs) -> str:
-    by = {n: [r for r in runs if r.target == n] for n in ("plain-backend", "https-backend")}
+    names = ("plain-backend", "https-backend", "nginx-plain-backend", "nginx-https-backend")
+    by = {n: [r for r in runs if r.target == n] for n in names}
     rps = {n: statistics.median(r.wrk.rps for r in v) for n, v in by.items()}
     cpu = {n: statistics.median(r.cpu_us for r in v) for n, v in by.items()}
     ratio = rps["https-backend"] / rps["plain-backend"] if rps["plain-backend"] else 0.0
     per_rep = [h.wrk.rps / p.wrk.rps for p, h in zip(by["plain-backend"], by["https-backend"])]
-    lines = ["", "Tollgate in front of an https backend (pooled, verified) against the same in front "
-             "of a plain one (clients over plain HTTP):", "",
-             "| Tollgate to | req/s | CPU us/req | ratio to plain | per-rep ratios | target | verdict |",
+    n_ratio = (rps["nginx-https-backend"] / rps["nginx-plain-backend"]
+               if rps["nginx-plain-backend"] else 0.0)
+    n_per_rep = [h.wrk.rps / p.wrk.rps for p, h in zip(by["nginx-plain-backend"],
+                                                        by["nginx-https-backend"])]
+    lines = ["", "A proxy in front of an https backend (pooled, verified) against the same proxy in "
+             "front of a plain one (clients over plain HTTP), Tollgate and nginx:", "",
+             "| proxy to | req/s | CPU us/req | ratio to plain | per-rep ratios | target | verdict |",
              "|---|---:|---:|---:|---|---:|---|",
-             f"| http:// backend | {rps['plain-backend']:,.0f} | {cpu['plain-backend']:.1f} | | | | |",
-             f"| https:// backend | {rps['https-backend']:,.0f} | {cpu['https-backend']:.1f} | "
+             f"| Tollgate, http:// backend | {rps['plain-backend']:,.0f} | {cpu['plain-backend']:.1f} | | | | |",
+             f"| Tollgate, https:// backend | {rps['https-backend']:,.0f} | {cpu['https-backend']:.1f} | "
              f"{ratio:.2f}x | {', '.join(f'{x:.2f}' for x in per_rep)} | >= {TARGET_HTTPS_BACKEND:.2f} | "
-             f"{'PASS' if ratio >= TARGET_HTTPS_BACKEND else 'FAIL'} |"]
+             f"{'PASS' if ratio >= TARGET_HTTPS_BACKEND else 'FAIL'} |",
+             f"| nginx, http:// backend | {rps['nginx-plain-backend']:,.0f} | "
+             f"{cpu['nginx-plain-backend']:.1f} | | | | |",
+             f"| nginx, https:// backend | {rps['nginx-https-backend']:,.0f} | "
+             f"{cpu['nginx-https-backend']:.1f} | {n_ratio:.2f}x | "
+             f"{', '.join(f'{x:.2f}' for x in n_per_rep)} | (reference) | |",
+             "", f"Tollgate to the https backend against nginx to it: "
+             f"{rps['https-backend'] / rps['nginx-https-backend']:.2f}x the req/s."]
     problems = sorted({p for r in runs for p in r.problems})
     if problems:
         lines += ["", "Problems: " + "; ".join(problems)]

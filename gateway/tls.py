@@ -30,6 +30,23 @@ EXPIRY_WARNING_S = 30 * 86400
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
+class DirectSSLObject(ssl.SSLObject):
+    """An SSLObject whose ``read``, ``write`` and ``pending`` are the ``_ssl`` module's own
+    methods, bound when it is made.  uvloop's TLS layer calls them once or more per record, and
+    ``ssl.SSLObject``'s are Python wrappers that only pass the call on: a Python frame each
+    (measured: ``python -m benchmarks.profile --https-backend``).  uvloop takes the methods
+    right after creating the object, so they are set in ``_create``."""
+
+    @classmethod
+    def _create(cls, *args, **kwargs):
+        self = super()._create(*args, **kwargs)
+        inner = self._sslobj
+        self.read = inner.read          # (same positional arguments: len[, buffer])
+        self.write = inner.write
+        self.pending = inner.pending
+        return self
+
+
 def _base_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -220,6 +237,7 @@ def backend_context(tls, base_dir: str, where: str) -> ssl.SSLContext:
     are the errors, each naming its field under ``where``."""
     errors: list[str] = []
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.sslobject_class = DirectSSLObject
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     if tls is not None:

@@ -15,7 +15,7 @@ import logging
 import ssl
 import sys
 
-from ..tls import failure_reason
+from ..tls import DirectSSLObject, failure_reason
 from .server import ClientConnection
 
 log = logging.getLogger("tollgate.gateway")
@@ -24,8 +24,7 @@ log = logging.getLogger("tollgate.gateway")
 def counting_sslobject_class(worker):
     """An SSLObject class counting the handshakes of ``worker``'s TLS listener."""
 
-    class CountedSSLObject(ssl.SSLObject):
-        __slots__ = ("_counted",)
+    class CountedSSLObject(DirectSSLObject):
 
         def do_handshake(self):
             try:
