@@ -233,7 +233,8 @@ class _Parser:
         return raw
 
     def leftover(self):
-        return bool(self._events)
+        # (after a protocol switch, the raw bytes kept count as the compiled form's unparsed ones)
+        return bool(self._events) or bool(self._raw.strip(b"\r\n"))
 
     # -- feeding httptools ------------------------------------------------------------------------
     def _collect(self, data):

@@ -79,7 +79,8 @@ def snapshot(mod, head, request: bool, parser):
         "method": head.method, "target": head.target(), "status": head.status,
         "version": head.version, "content_length": head.content_length,
         "chunked": bool(head.chunked), "keep_alive": bool(head.keep_alive),
-        "upgrade": bool(head.upgrade), "items": head.items(), "host": head.host_value(),
+        "upgrade": bool(head.upgrade), "websocket": bool(head.websocket),
+        "items": head.items(), "host": head.host_value(),
         "stage": head.stage_value(), "expect": head.expect_value(),
         "field_count": head.field_count, "dated": bool(head.dated),
         "connection_tokens": bool(head.connection_tokens), "forwarded": forwarded,
@@ -99,11 +100,12 @@ def drive_requests(mod, pieces, limits=()) -> Trace:
     events until NEED_DATA; after an END, go on only when has_pending() (the request is answered
     first; with nothing pending the next read comes before the next next()); stop at ERROR (the
     request is refused) and after the END of a request that does not keep the connection alive
-    (the connection is closed)."""
+    (the connection is closed).  After a WebSocket upgrade request, the rest of the reads are fed
+    and what detach() hands over is recorded (the tunnel's bytes): nothing of it is parsed."""
     parser = mod.RequestParser(*limits)
     trace = Trace()
     body, spans = [], []
-    for piece in pieces:
+    for index, piece in enumerate(pieces):
         try:
             parser.feed(piece)
         except Exception as exc:  # a crash is recorded, and assert_forms_agree fails on it
@@ -130,6 +132,11 @@ def drive_requests(mod, pieces, limits=()) -> Trace:
                                      parser.in_message, parser.leftover()))
                 trace.spans.append(tuple(spans))
                 body, spans = [], []
+                if parser.head.websocket:
+                    for later in pieces[index + 1:]:
+                        parser.feed(later)
+                    trace.events.append(("TUNNEL", parser.detach(), parser.next()))
+                    return trace
                 if not parser.head.keep_alive:
                     trace.events.append(("CLOSE",))
                     return trace
@@ -534,7 +541,19 @@ def request_streams(draw, underscores=False):
         stream += message.data
         if draw(_ROLL) < 2:
             stream += b"\r\n"       # RFC 9112 §2.2: empty lines before a request are skipped
+    if draw(_ROLL) < 2 and all(m.expect[0] == "HEAD" and m.expect[1]["keep_alive"]
+                               for m in messages):
+        # a WebSocket upgrade ends the stream: whatever follows (frames, a request, garbage)
+        # is the tunnel's, handed over raw
+        tail = draw(st.one_of(st.binary(max_size=64), st.just(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")))
+        starts.append(len(stream))
+        messages.append(Message(_WEBSOCKET_REQUEST + tail, ("TUNNEL", tail), True))
+        stream += _WEBSOCKET_REQUEST + tail
     return stream, messages, starts
+
+
+_WEBSOCKET_REQUEST = (b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n"
+                      b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 
 
 _INTERIM_STATUSES = st.sampled_from([100, 102, 103])
@@ -828,6 +847,11 @@ def expected_request_events(messages):
     for message in messages:
         if message.expect[0] == "ERROR":
             events.append(("ERROR", message.expect[1]))
+            return events
+        if message.expect[0] == "TUNNEL":
+            events += [("HEAD", {"method": "GET", "target": b"/ws", "upgrade": True,
+                                 "websocket": True}), ("END", b""),
+                       ("TUNNEL", message.expect[1], NEED_DATA)]
             return events
         _, head, body = message.expect
         dropped = (dropped[0] + head["dropped"][0], dropped[1] + head["dropped"][1])
