@@ -158,18 +158,21 @@ def drive_requests(mod, pieces, limits=()) -> Trace:
     return trace
 
 
-def drive_responses(mod, pieces, skips=(), limits=()) -> Trace:
+def drive_responses(mod, pieces, skips=(), limits=(), switches=()) -> Trace:
     """Feed ``pieces`` to a ResponseParser as gateway/http/upstream.py does: expect_no_body()
     before each request's response (``skips``: the numbers of the exchanges whose request was
     HEAD), 1xx responses passed over, leftover() at the END of a final response; stop at ERROR,
     at a status the gateway refuses (< 100, 101), and when the connection is not reused
-    (leftovers, or a response that does not keep it alive)."""
+    (leftovers, or a response that does not keep it alive).  ``switches``: the exchanges whose
+    request was a WebSocket upgrade (expect_switch()): their 101 ends the HTTP conversation, the
+    rest of the reads is fed and what detach() hands over recorded."""
     parser = mod.ResponseParser(*limits)
     trace = Trace()
     body, spans = [], []
     exchange, interim, skip = 0, False, 0 in skips
     parser.expect_no_body(skip)
-    for piece in pieces:
+    parser.expect_switch(0 in switches)
+    for index, piece in enumerate(pieces):
         try:
             parser.feed(piece)
         except Exception as exc:
@@ -186,6 +189,11 @@ def drive_responses(mod, pieces, skips=(), limits=()) -> Trace:
             if event == HEAD:
                 head = parser.head
                 trace.events.append(("HEAD", snapshot(mod, head, False, parser), skip))
+                if head.status == 101 and exchange in switches:
+                    for later in pieces[index + 1:]:
+                        parser.feed(later)
+                    trace.events.append(("SWITCH", parser.detach(), parser.next()))
+                    return trace
                 if head.status < 200:
                     if head.status < 100 or head.status == 101:
                         trace.events.append(("BAD", head.status))
@@ -211,6 +219,7 @@ def drive_responses(mod, pieces, skips=(), limits=()) -> Trace:
                 exchange += 1
                 skip = exchange in skips
                 parser.expect_no_body(skip)
+                parser.expect_switch(exchange in switches)
                 break       # (upstream._run returns at END: the rest of the read waits)
             elif event == ERROR:
                 trace.events.append(("ERROR", parser.error_status, parser.error_message,
@@ -657,7 +666,21 @@ def response_streams(draw):
         if draw(_ROLL) < 2:
             stream += b"\r\n"
         ends.append(len(stream))
+    else:
+        if draw(_ROLL) < 2:
+            # the last request was a WebSocket upgrade: its 101 ends the conversation, and what
+            # follows (frames, a response, garbage) is the tunnel's, handed over raw
+            tail = draw(st.one_of(st.binary(max_size=64),
+                                  st.just(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")))
+            interims = draw(_INTERIMS[False])
+            exchanges.append((False, interims + [Message(_SWITCH + tail, ("SWITCH", tail), True)]))
+            stream += b"".join(m.data for m in interims) + _SWITCH + tail
+            ends.append(len(stream))
     return stream, exchanges, ends
+
+
+_SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
 
 
 
@@ -871,6 +894,10 @@ def expected_response_events(exchanges):
         for message in messages:
             if message.expect[0] == "ERROR":
                 events.append(message.expect)
+                return events
+            if message.expect[0] == "SWITCH":
+                events += [("HEAD", {"status": 101}, False),
+                           ("SWITCH", message.expect[1], NEED_DATA)]
                 return events
             _, head, body, kind = message.expect
             events.append(("HEAD", head, skip))
@@ -1132,9 +1159,11 @@ def test_valid_responses_give_what_was_sent(http1_forms, data):
     stream, exchanges, ends = data.draw(response_streams())
     pieces = reads(stream, data.draw(chunkings(len(stream), ends)))
     skips = {i for i, (skip, _) in enumerate(exchanges) if skip}
+    switches = {i for i, (_, messages) in enumerate(exchanges)
+                if messages[-1].expect[0] == "SWITCH"}
     expected = expected_response_events(exchanges)
     limits = DEFAULT_LIMITS + (True,)
-    traces = [drive_responses(mod, pieces, skips, limits) for mod in http1_forms]
+    traces = [drive_responses(mod, pieces, skips, limits, switches) for mod in http1_forms]
     for trace in traces:
         assert semantic(trace.events, expected) == expected
     assert_forms_agree(traces, pieces, False, limits)
