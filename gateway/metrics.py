@@ -148,6 +148,9 @@ class ClusterCollector:
         export = self.latest.pop(pid, None)
         if export is None:
             return
+        # the tunnels it had open died with it (a crash): closed, as errors
+        closed = export["tunnels"]["closed"]
+        closed["error"] = closed.get("error", 0) + export["tunnels"]["open"]
         self._fold(self.retired, export)
 
     def _fold(self, acc, export):

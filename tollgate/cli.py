@@ -30,6 +30,9 @@ def _gateway(args) -> int:
     from gateway.master import GatewaySettings, run_gateway
     from gateway.worker import WorkerSettings
 
+    if args.send_timeout <= 0:
+        print("tollgate: --send-timeout must be more than 0", file=sys.stderr)
+        return 2
     if args.websocket_drain_grace < 0:
         print("tollgate: --websocket-drain-grace must be 0 or more", file=sys.stderr)
         return 2
@@ -37,6 +40,7 @@ def _gateway(args) -> int:
                     # (a tunnel's grace ends within the drain: the worker exits then)
                     tunnel_drain_grace_s=min(args.websocket_drain_grace, args.drain_timeout),
                     upstream_idle_timeout_s=args.upstream_idle_timeout,
+                    send_timeout_s=args.send_timeout,
                     underscores_in_headers=args.underscores_in_headers)
     if not args.listen[1] and not args.tls_listen[1]:
         print("tollgate: --listen and --tls-listen are both off: nothing to serve",
@@ -99,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-body-bytes", type=int, default=12 * 1024 * 1024)
     g.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds SIGTERM waits for in-flight requests")
+    g.add_argument("--send-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds a client (or a WebSocket peer) may go without reading what is "
+                        "sent to it before its connection is cut")
     g.add_argument("--websocket-drain-grace", type=float, default=10.0, metavar="SECONDS",
                    help="seconds an open WebSocket tunnel may go on after SIGTERM before it "
                         "is closed (at most --drain-timeout)")

@@ -7,7 +7,7 @@ from fastpath._compiled.http1 cimport Head, RequestParser
 
 cdef int _E_NEED_DATA, _E_HEAD, _E_BODY, _E_END
 cdef bint _valid_host(bytes host)
-cdef int _NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER
+cdef int _NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER, _FLUSH
 
 cdef class ClientConnection(Connection):
     cdef public object worker

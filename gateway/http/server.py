@@ -40,7 +40,7 @@ def _valid_host(host):
 
 # deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
 UPSTREAM = 4
-_NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER = range(8)   # C constants, compiled
+_NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER, _FLUSH = range(9)   # C constants
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_RESET = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a reset
@@ -354,7 +354,9 @@ class ClientConnection(Connection):
             ex.fail(error)
             return
         handler = ex.handler
-        if ex.expect_continue and not ex.request_complete:
+        if ex.expect_continue and not ex.request_complete and (ex.chunked or ex.content_length > 0):
+            # (a request without a body waits for nothing: RFC 9110 §10.1.1 lets a server
+            # omit the 100, and WebSocket clients do not expect one before the 101)
             self.write(_CONTINUE)
         if ex.chunked or ex.content_length > 0:
             self.set_deadline(_BODY, self.body_timeout)
@@ -500,8 +502,14 @@ class ClientConnection(Connection):
         if not self.closed:
             self.uncork()
             self.closed = True
-            self.worker.connections.discard(self)
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # the transport closes once what it holds is sent: a client that does not read
+                # must not keep the socket and the buffer for ever, so the sweep still watches
+                # this connection (connection_lost takes it out when the close completes)
+                self.set_deadline(_FLUSH, self.limits.send_timeout_s)
+            else:
+                self.worker.connections.discard(self)
 
     def hard_close(self):
         """Close without waiting to send what is buffered (a peer that does not read)."""
@@ -551,7 +559,13 @@ class ClientConnection(Connection):
 
     def check_deadline(self, now):
         """Called by the worker's sweep; acts when this connection's deadline has passed."""
-        if self.deadline == 0.0 or now < self.deadline or self.closed:
+        if self.deadline == 0.0 or now < self.deadline:
+            return
+        if self.closed:
+            if self.deadline_kind == _FLUSH:    # its close did not complete in time
+                self.deadline = 0.0
+                self.worker.connections.discard(self)
+                self.transport.abort()
             return
         kind = self.deadline_kind
         self.deadline_kind = _NONE

@@ -27,7 +27,10 @@ cdef class Tunnel:
     cdef public double deadline
     cdef public double draining_until
     cdef public list eof_from
+    cdef public list plain
+    cdef public list gone
     cdef public bint closed
+    cdef public bint flushing
 
     cpdef forward(self, bint from_client, bytes data)
     cpdef hold(self, bint side_is_client, bint paused)

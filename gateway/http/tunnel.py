@@ -20,11 +20,14 @@ does not touch open tunnels: they keep the settings they were opened with.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 
 log = logging.getLogger("tollgate.gateway")
 
 #: what a tunnel's close is counted as (tollgate_websocket_tunnels_closed_total{reason})
 CLOSE_REASONS = ("client", "backend", "idle", "drain", "error")
+_LINGER_RESET = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a reset
 
 
 class TunnelStats:
@@ -88,10 +91,17 @@ class Tunnel:
         self.deadline = self.clock.now + idle_s
         self.draining_until = 0.0
         self.eof_from = [False, False]    # [backend, client] half-closed toward the other
+        # [backend, client]: that side's transport is plain TCP (a half-close of it can be
+        # passed on; a TLS transport ends as a whole)
+        self.plain = [backend.get_extra_info("sslcontext") is None,
+                      client.get_extra_info("sslcontext") is None]
+        self.gone = [False, False]        # [backend, client]: that side's connection is lost
         self.closed = False
+        self.flushing = False             # closed, with bytes still to send (see close)
 
-    def start(self, to_client, to_backend, client_paused, client_eof):
-        """Take over both transports; send what each side is owed first."""
+    def start(self, head, to_client, to_backend, client_paused, client_eof):
+        """Take over both transports; send the client ``head`` (the 101) and what each side is
+        owed first."""
         self.client.set_protocol(_End(self, True))
         self.backend.set_protocol(_End(self, False))
         self.worker.connections.add(self)
@@ -105,8 +115,8 @@ class Tunnel:
             self.backend.pause_reading()
         else:
             self.backend.resume_reading()
-        self.client.write(to_client)
-        self.stats.to_client += len(to_client)
+        self.client.write(head + to_client)
+        self.stats.to_client += len(to_client)     # (the 101 head is not the tunnel's)
         if to_backend:
             self.backend.write(to_backend)
             self.stats.to_backend += len(to_backend)
@@ -134,7 +144,7 @@ class Tunnel:
             return False
         other = self.backend if from_client else self.client
         self.eof_from[from_client] = True
-        if other.can_write_eof():
+        if self.plain[from_client] and other.can_write_eof():
             other.write_eof()
             if self.eof_from[not from_client]:
                 self.close("client" if from_client else "backend")
@@ -144,9 +154,14 @@ class Tunnel:
         return False
 
     def lost(self, from_client, exc):
+        self.gone[from_client] = True
         if self.closed:
+            if self.flushing and self.gone[0] and self.gone[1]:
+                self.worker.connections.discard(self)   # flushed (or given up): all done
             return
-        if exc is not None:     # a reset or an error: the other side must not take it for an end
+        if exc is not None:
+            # a reset or an error: the other side must not take it for an orderly end
+            _reset_on_close(self.client if not from_client else self.backend)
             self.abort("client" if from_client else "backend")
         else:
             self.close("client" if from_client else "backend")
@@ -163,10 +178,17 @@ class Tunnel:
 
     # -- ending ------------------------------------------------------------------------------------
     def close(self, reason):
-        """Both sides end after what is buffered for them is sent."""
+        """Both sides end after what is buffered for them is sent: within the send timeout
+        (a peer that does not read must not hold its socket and the buffer for ever), so
+        until then the tunnel stays in the worker's connections, its deadline that bound."""
         if self._finish(reason):
             self.client.close()
             self.backend.close()
+            if not (self.gone[0] and self.gone[1]) and (
+                    self.client.get_write_buffer_size() or self.backend.get_write_buffer_size()):
+                self.flushing = True
+                self.deadline = self.clock.now + self.worker.limits.send_timeout_s
+                self.worker.connections.add(self)
 
     def abort(self, reason):
         """Both sides end now (a timeout: what is buffered may never be read)."""
@@ -176,7 +198,13 @@ class Tunnel:
 
     def hard_close(self):
         """(The worker's sweep, when checking this tunnel failed.)"""
-        self.abort("error")
+        if self.flushing:
+            self.flushing = False
+            self.worker.connections.discard(self)
+            self.client.abort()
+            self.backend.abort()
+        else:
+            self.abort("error")
 
     def _finish(self, reason):
         if self.closed:
@@ -188,6 +216,13 @@ class Tunnel:
         return True
 
     def check_deadline(self, now):
+        if self.flushing:
+            if now >= self.deadline:        # the peer did not read what was left: give up
+                self.flushing = False
+                self.worker.connections.discard(self)
+                self.client.abort()
+                self.backend.abort()
+            return
         if not self.closed and now >= self.deadline:
             if self.draining_until:
                 self.abort("drain")
@@ -197,6 +232,8 @@ class Tunnel:
 
     def start_drain(self):
         """The worker drains: a bounded grace, then a close."""
+        if self.closed:
+            return          # (flushing: bounded already)
         grace = self.worker.limits.tunnel_drain_grace_s
         self.draining_until = self.clock.now + grace
         self.deadline = min(self.deadline, self.draining_until)
@@ -211,15 +248,25 @@ def open_tunnel(ex, upstream, head, rest, idle_s):
         upstream.abort()     # the client went away while the backend answered
         return
     from fastpath import response_head
-    first = response_head(b"HTTP/1.1 101 Switching Protocols\r\n", head, _SWITCH_LINES,
-                          ex.rid, b"", -1, b"", b"")
+    switch = response_head(b"HTTP/1.1 101 Switching Protocols\r\n", head, _SWITCH_LINES,
+                           ex.rid, b"", -1, b"", b"")
     ex.status = 101
     ex.response_started = True
     api = ex.api
     name = f"{api.name}@{api.env}" if api is not None else "?"
     client_rest, client_paused, client_eof = conn.switch_protocols(ex)
-    Tunnel(worker, conn.transport, upstream, idle_s, name).start(first + rest, client_rest,
+    Tunnel(worker, conn.transport, upstream, idle_s, name).start(switch, rest, client_rest,
                                                                    client_paused, client_eof)
 
 
 _SWITCH_LINES = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+def _reset_on_close(transport):
+    """Make closing ``transport`` send a reset (RST), not a FIN."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass

@@ -8,13 +8,15 @@ that half-closes after complete requests still gets every answer, then the conne
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
 
 from tests.conftest import proxy_config
-from tests.support.client import exchange
-from tests.support.raw_backend import RawBackend
+from tests.support.client import exchange, gateway_side_state, wait_event_flag, wait_gateway_side
+from tests.support.gateway import GatewayProcess
+from tests.support.raw_backend import RawBackend, fill_send_queue
 
 
 def wait_peer_close(sock, timeout=10.0) -> bytes:
@@ -289,3 +291,42 @@ def test_connection_close_in_a_clients_trailer_closes_after_the_answer(make_gate
     responses, _ = exchange_parse(raw)
     assert [r.status for r in responses] == [200], raw
     assert responses[0].json()["body_length"] == 3
+
+
+def test_a_closing_connection_a_client_never_reads_from_is_cut_after_the_send_timeout(tmp_path):
+    # the answer (Connection: close) is complete, but its end still waits in the gateway's
+    # buffer (under the flow-control mark: no send deadline armed by it) for a client that
+    # reads nothing: the gateway closes once it is sent, and not later than the send timeout
+    # (before, such a connection was held as long as the client kept it open)
+    where = {}
+    ready = threading.Event()
+
+    def script(conn):
+        conn.read_request()
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert ready.wait(10)
+        fill_send_queue(conn, *where["ports"], chunked=True)
+        conn.send(b"%x\r\n%s\r\n0\r\n\r\n" % (40 * 1024, b"y" * 40 * 1024))
+        where["done"] = True
+        conn.wait_closed()
+    backend = RawBackend(script).start()
+    gw = GatewayProcess(proxy_config(backend.address), tmp_path,
+                        extra_args=["--send-timeout", "2"]).start()
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+        client_port = sock.getsockname()[1]
+        where["ports"] = (gw.port, client_port)
+        ready.set()
+        wait_event_flag(where, "done", 60, "the send queue never filled")
+        gw.wait_metric("tollgate_requests_total", 1, api="all", env="RELEASE", status="2xx")
+        assert gateway_side_state(gw.port, client_port) == "ESTABLISHED"   # still sending
+        wait_gateway_side(gw.port, client_port, lambda s: s != "ESTABLISHED", 8,
+                          "a client that reads nothing kept its connection")
+        sock.close()
+        gw.wait_metric("tollgate_client_connections", 0)
+    finally:
+        gw.stop()
+        backend.stop()

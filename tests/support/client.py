@@ -118,3 +118,42 @@ def assert_http_date(value):
 
     assert value and re.fullmatch(r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT", value), value
     assert abs(parsedate_to_datetime(value).timestamp() - time.time()) < 60, value
+
+
+_TCP_STATES = {"01": "ESTABLISHED", "04": "FIN_WAIT1", "05": "FIN_WAIT2", "06": "TIME_WAIT",
+               "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0B": "CLOSING"}
+
+
+def gateway_side(gw_port, client_port):
+    """(TCP state, bytes in the send queue) of the gateway's end of the connection from
+    ``client_port`` (Linux /proc/net/tcp), or (None, 0) when the kernel has forgotten it.
+    CLOSE_WAIT: the client closed its side and the gateway still holds the socket open."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if (int(local.split(":")[1], 16) == gw_port
+                    and int(remote.split(":")[1], 16) == client_port):
+                return _TCP_STATES.get(state, state), int(fields[4].split(":")[0], 16)
+    return None, 0
+
+
+def gateway_side_state(gw_port, client_port):
+    return gateway_side(gw_port, client_port)[0]
+
+
+def wait_gateway_side(gw_port, client_port, until, timeout, what):
+    """Wait (bounded) until ``until(state)`` holds for the gateway's end of the connection
+    from ``client_port`` (see gateway_side); fail with ``what`` and the state otherwise."""
+    deadline = time.monotonic() + timeout
+    while not until(gateway_side_state(gw_port, client_port)):
+        assert time.monotonic() < deadline, f"{what} (state {gateway_side_state(gw_port, client_port)})"
+        time.sleep(0.05)
+
+
+def wait_event_flag(flags, key, timeout, what):
+    """Wait (bounded) until a test's backend script sets ``flags[key]``."""
+    deadline = time.monotonic() + timeout
+    while key not in flags:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)

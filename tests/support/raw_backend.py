@@ -147,3 +147,19 @@ class RawBackend:
                 conn.sock.close()
             except OSError:
                 pass
+
+
+def fill_send_queue(conn: RawConnection, gw_port: int, client_port: int, limit: int = 4000,
+                    chunked: bool = False) -> None:
+    """Send through the gateway to a client that reads nothing until the gateway's kernel send
+    queue toward that client takes no more: the bytes of the last drip then wait in the
+    gateway's own buffer.  Drips are small, so that buffer stays far under the gateway's
+    flow-control mark (it goes on reading this backend).  ``chunked``: each drip is a chunk."""
+    from tests.support.client import gateway_side
+    for _ in range(limit):
+        before = gateway_side(gw_port, client_port)[1]
+        conn.send(b"2000\r\n" + b"x" * 8192 + b"\r\n" if chunked else b"x" * 8192)
+        time.sleep(0.02)
+        if before > 0 and gateway_side(gw_port, client_port)[1] == before:
+            return              # it took none of this drip: the kernel's side is full
+    raise AssertionError("the gateway's send queue never filled")
