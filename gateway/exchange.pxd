@@ -60,6 +60,7 @@ cdef class CompiledApi:
     cdef public Handler handler
     cdef public tuple stages
     cdef public object stats
+    cdef public str fingerprint
 
 
 cdef class RequestIds:

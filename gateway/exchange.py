@@ -145,13 +145,16 @@ class CompiledApi:
     """One API as served in one environment (built by gateway.snapshot; attribute types:
     gateway/exchange.pxd, so the hot path reads them as C fields)."""
 
-    def __init__(self, name, env, group, handler, stages, stats):
+    def __init__(self, name, env, group, handler, stages, stats, fingerprint=""):
         self.name = name
         self.env = env
         self.group = group
         self.handler = handler
         self.stages = stages      # tuple of callables stage(ex), run in order; may raise
         self.stats = stats        # the metrics of this (api, env), or None when only validating
+        # what the API is made of in this environment (see gateway.snapshot): a reload that
+        # changes it ends the WebSocket tunnels opened through the old one
+        self.fingerprint = fingerprint
 
     def __repr__(self):
         return f"<CompiledApi {self.name}@{self.env}>"

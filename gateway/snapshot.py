@@ -40,6 +40,23 @@ def document_version(doc: Document) -> str:
     return hashlib.sha256(msgspec.json.encode(doc)).hexdigest()[:12]
 
 
+def _fingerprint(api, group, env, tls_files, base_dir) -> str:
+    """What an API is made of in one environment: its definition, its group (variables,
+    domains), the environment and the contents of its backend's TLS files.  Open WebSocket
+    tunnels compare it across reloads: one opened through an API that a reload changed or
+    removed is closed after a grace.  (Policies bound to an API belong here as they come to be
+    served.)"""
+    digest = hashlib.sha256(msgspec.json.encode(api))
+    digest.update(msgspec.json.encode(group))
+    digest.update(env.encode())
+    tls = api.backend.tls
+    if tls is not None:
+        for value in (tls.ca_file, tls.client_cert, tls.client_key):
+            if value is not None:
+                digest.update(tls_files.get(resolve_path(value, base_dir), b""))
+    return digest.hexdigest()[:16]
+
+
 def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapshot:
     """Build the snapshot; ``runtime`` (the worker) is None when only validating; relative
     file paths in the document (certificates) are read from ``base_dir``.
@@ -80,7 +97,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 errors.extend(e for e in exc.args if e not in errors)
                 continue
             stats = runtime.metrics.api_stats(api.name, env) if runtime is not None else None
-            compiled = CompiledApi(api.name, env, api.group, handler, (), stats)
+            compiled = CompiledApi(api.name, env, api.group, handler, (), stats,
+                                   _fingerprint(api, group, env, tls_files, base_dir))
             try:
                 router.add(env, hosts, api.method, api.path, api.match_mode, compiled)
             except RouteConflict as exc:

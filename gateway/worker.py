@@ -33,7 +33,7 @@ from .exchange import Clock, RequestIds
 from .http.limits import Limits
 from .http.server import ClientConnection
 from .http.tls_server import serve_tls
-from .http.tunnel import TunnelStats
+from .http.tunnel import Tunnel, TunnelStats
 from .http.upstream import UpstreamPool
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline
@@ -141,8 +141,19 @@ class Worker:
                 log.warning("%s: %s", path, warning)
         if not initial:
             log.info("worker %d: configuration %s is live", self.settings.index, snapshot.version)
+            self._end_stale_tunnels(snapshot)
             self.send({"t": "reload", "ok": True, "version": snapshot.version})
         return True
+
+    def _end_stale_tunnels(self, snapshot):
+        """WebSocket tunnels opened through an API the reload changed or removed get the drain
+        grace, then are closed (the others are not touched)."""
+        stale = sum(1 for conn in list(self.connections)
+                    if isinstance(conn, Tunnel) and not conn.closed
+                    and not conn.check_api(snapshot.apis))
+        if stale:
+            log.info("worker %d: %d WebSocket tunnel(s) of changed or removed APIs close in "
+                     "%.0f s", self.settings.index, stale, self.limits.tunnel_drain_grace_s)
 
     def current_certificates(self):
         """The live snapshot's certificates (read by each TLS handshake)."""

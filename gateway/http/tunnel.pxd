@@ -24,6 +24,9 @@ cdef class Tunnel:
     cdef public object backend
     cdef public double idle_s
     cdef public str name
+    cdef public tuple api_key
+    cdef public str fingerprint
+    cdef public str drain_reason
     cdef public double deadline
     cdef public double draining_until
     cdef public list eof_from

@@ -15,7 +15,9 @@ Every tunnel has an idle timeout (``backend.websocket_idle_timeout_ms`` of its A
 either direction for that long closes it), also when flow control stopped it.  A half-close is
 passed on over plain TCP; TLS has none, so an end of either side closes the tunnel.  When the
 worker drains (SIGTERM), tunnels get ``tunnel_drain_grace_s`` more, then are closed.  A reload
-does not touch open tunnels: they keep the settings they were opened with.
+only touches the tunnels opened through an API it changed or removed (its fingerprint, see
+gateway.snapshot): they get the same grace, then are closed; the others keep running with the
+settings they were opened with.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import struct
 log = logging.getLogger("tollgate.gateway")
 
 #: what a tunnel's close is counted as (tollgate_websocket_tunnels_closed_total{reason})
-CLOSE_REASONS = ("client", "backend", "idle", "drain", "error")
+CLOSE_REASONS = ("client", "backend", "idle", "drain", "reload", "error")
 _LINGER_RESET = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a reset
 
 
@@ -80,14 +82,17 @@ class Tunnel:
     def current(self):
         return None                 # (no exchange in flight: a connection's field)
 
-    def __init__(self, worker, client, backend, idle_s, name):
+    def __init__(self, worker, client, backend, idle_s, api):
         self.worker = worker
         self.stats = worker.tunnel_stats
         self.clock = worker.clock
         self.client = client        # transports
         self.backend = backend
         self.idle_s = idle_s
-        self.name = name            # "api@env", for the log
+        self.name = f"{api.name}@{api.env}"           # for the log
+        self.api_key = (api.name, api.env)            # what a reload looks it up by
+        self.fingerprint = api.fingerprint            # ... and compares
+        self.drain_reason = "drain"
         self.deadline = self.clock.now + idle_s
         self.draining_until = 0.0
         self.eof_from = [False, False]    # [backend, client] half-closed toward the other
@@ -124,6 +129,9 @@ class Tunnel:
             self.peer_eof(True)
         if self.worker.draining:
             self.start_drain()
+        else:
+            # (a reload may have come between the upgrade request and this 101)
+            self.check_api(self.worker.snapshot.apis)
 
     # -- from the ends ---------------------------------------------------------------------------
     def forward(self, from_client, data):
@@ -225,15 +233,27 @@ class Tunnel:
             return
         if not self.closed and now >= self.deadline:
             if self.draining_until:
-                self.abort("drain")
+                self.abort(self.drain_reason)
             else:
                 log.info("websocket tunnel of %s idle for %.0f s: closed", self.name, self.idle_s)
                 self.abort("idle")
 
-    def start_drain(self):
-        """The worker drains: a bounded grace, then a close."""
-        if self.closed:
-            return          # (flushing: bounded already)
+    def check_api(self, apis):
+        """After a reload (``apis``: the new snapshot's): is the API this tunnel was opened
+        through still there, unchanged?  If not, a grace, then a close.  True if so."""
+        api = apis.get(self.api_key)
+        if api is not None and api.fingerprint == self.fingerprint:
+            return True
+        if not self.draining_until:
+            self.start_drain("reload")
+        return False
+
+    def start_drain(self, reason="drain"):
+        """The worker drains (or a reload changed this tunnel's API): a bounded grace, then a
+        close."""
+        if self.closed or self.draining_until:
+            return          # (flushing: bounded already; draining: the first grace holds)
+        self.drain_reason = reason
         grace = self.worker.limits.tunnel_drain_grace_s
         self.draining_until = self.clock.now + grace
         self.deadline = min(self.deadline, self.draining_until)
@@ -252,11 +272,9 @@ def open_tunnel(ex, upstream, head, rest, idle_s):
                            ex.rid, b"", -1, b"", b"")
     ex.status = 101
     ex.response_started = True
-    api = ex.api
-    name = f"{api.name}@{api.env}" if api is not None else "?"
     client_rest, client_paused, client_eof = conn.switch_protocols(ex)
-    Tunnel(worker, conn.transport, upstream, idle_s, name).start(switch, rest, client_rest,
-                                                                   client_paused, client_eof)
+    Tunnel(worker, conn.transport, upstream, idle_s, ex.api).start(switch, rest, client_rest,
+                                                                     client_paused, client_eof)
 
 
 _SWITCH_LINES = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"

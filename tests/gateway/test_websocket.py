@@ -517,6 +517,37 @@ def test_a_tunnel_survives_a_reload(make_gateway, ws_backend):
     assert "Traceback" not in gw.log()
 
 
+@pytest.mark.parametrize("change", ["changed", "removed"])
+def test_a_reload_that_changes_a_tunnels_api_gives_it_a_grace_then_closes_it(tmp_path, ws_backend,
+                                                                             change):
+    # (a tunnel must not go on for ever under an API its operator changed or withdrew)
+    gw = GatewayProcess(ws_config(ws_backend.address), tmp_path,
+                        extra_args=["--websocket-drain-grace", "1"]).start()
+    try:
+        with connect(ws_url(gw, "/echo"), open_timeout=5) as ws:
+            ws.send("before")
+            assert ws.recv(timeout=5) == "before"
+            changed = ws_config(ws_backend.address)
+            if change == "changed":
+                changed["apis"][0]["backend"]["timeout_ms"] = 12345
+            else:       # only the mock API is left
+                changed["apis"][0]["path"] = "/elsewhere"
+                changed["apis"][0]["name"] = "other"
+            gw.write_config(changed)
+            gw.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "tunnel(s) of changed or removed APIs" not in gw.log():
+                assert time.monotonic() < deadline, gw.log()
+                time.sleep(0.05)
+            ws.send("in the grace")
+            assert ws.recv(timeout=5) == "in the grace"
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+        gw.wait_metric("tollgate_websocket_tunnels_closed_total", 1, reason="reload")
+    finally:
+        gw.stop()
+
+
 def test_sigterm_gives_open_tunnels_a_grace_then_closes_them(tmp_path, ws_backend):
     gw = GatewayProcess(ws_config(ws_backend.address), tmp_path,
                         extra_args=["--websocket-drain-grace", "1.5"]).start()
