@@ -1089,6 +1089,10 @@ def known_bug(c, p, i, compiled: Trace, pure: Trace, request, limits):
                  or (not request and _detail(compiled) == "response head too large"
                      and _within_field_limits(pe[1], limits)))):
         return "test_bug_head_guard_is_not_applied_to_a_head_read_at_once"
+    if (request and ce[0] == "ERROR" and pe[0] == "EOF" and pe[2] and _in_head(c, i)
+            and i == len(c) - 1 == len(p) - 1 and (_detail(compiled) or "").startswith("head: ")):
+        # the same bug with the head still unfinished at the end: the interpreted form holds it
+        return "test_bug_head_guard_is_not_applied_to_a_head_read_at_once"
     if (request and ce[0] == pe[0] == "ERROR" and i == len(c) - 1 == len(p) - 1
             and {(ce[1], ce[2]), (pe[1], pe[2])} == BAD_METHOD | {MALFORMED}
             and _detail(compiled) == _detail(pure) in _INVALID_METHOD_DETAILS
