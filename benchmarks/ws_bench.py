@@ -46,6 +46,12 @@ def _accept(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
+def _split_head(buf: bytes):
+    """(handshake head, bytes after it), or None while the head is incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    return None if end < 0 else (buf[:end], buf[end + 4:])
+
+
 # -- the echo server -----------------------------------------------------------------------------
 
 class _Echo(asyncio.Protocol):
@@ -57,16 +63,16 @@ class _Echo(asyncio.Protocol):
     def data_received(self, data):
         buf = self.buf + data
         if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            split = _split_head(buf)
+            if split is None:
                 self.buf = buf
                 return
-            key = next(line.split(b":", 1)[1].strip() for line in buf[:end].split(b"\r\n")
+            head, buf = split
+            key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
                        if line.lower().startswith(b"sec-websocket-key:"))
             self.t.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + _accept(key) + b"\r\n\r\n")
             self.open = True
-            buf = buf[end + 4:]
         n = len(buf) // _IN
         if n:
             out = []
@@ -110,16 +116,15 @@ class _Client(asyncio.Protocol):
     def data_received(self, data):
         buf = self.buf + data
         if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            split = _split_head(buf)
+            if split is None:
                 self.buf = buf
                 return
-            head = buf[:end]
+            head, buf = split
             if not head.startswith(b"HTTP/1.1 101") or _accept(self.key) not in head:
                 self.opened.set_exception(RuntimeError(f"handshake refused: {head[:200]!r}"))
                 return
             self.open = True
-            buf = buf[end + 4:]
             self.opened.set_result(None)
         while len(buf) >= _OUT:
             buf = buf[_OUT:]

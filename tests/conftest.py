@@ -5,6 +5,7 @@ import pytest
 
 from tests.support.backend import Backend
 from tests.support.gateway import GatewayProcess
+from tests.support.raw_backend import RawBackend
 
 
 @pytest.fixture
@@ -20,6 +21,23 @@ def backend_m():
     b = Backend().start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def raw():
+    """Start raw-socket backends with ``raw(script)`` (tests.support.raw_backend); a script
+    that failed an assertion fails the test."""
+    started = []
+
+    def start(script):
+        b = RawBackend(script).start()
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+        assert not b.errors, b.errors
 
 
 @pytest.fixture

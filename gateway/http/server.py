@@ -17,13 +17,11 @@ and the connection closed (:meth:`ClientConnection.reject`).
 """
 from __future__ import annotations
 
-import socket
-import struct
-
 import fastpath
 from fastpath.http1_rules import BODY, END, HEAD, NEED_DATA
 from gateway.errors import FramingError, GatewayError, TooLarge, error_body, reason
 from gateway.exchange import Connection, Exchange, monotonic
+from gateway.http.sockets import reset_on_close
 from gateway.tls import client_identity
 
 # What a Host (or an absolute-form authority) may hold (RFC 3986 §3.2.2-3: a reg-name, an IPv4
@@ -43,7 +41,6 @@ UPSTREAM = 4
 _NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER, _FLUSH = range(9)   # C constants
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LINGER_RESET = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a reset
 # (the parser's event numbers, as C constants of the compiled form)
 _E_NEED_DATA, _E_HEAD, _E_BODY, _E_END = NEED_DATA, HEAD, BODY, END
 
@@ -524,12 +521,7 @@ class ClientConnection(Connection):
         """Close with a reset (RST), not a FIN: the one way to tell a client reading a body to
         the end of the connection that it is cut short."""
         if not self.closed:
-            sock = self.transport.get_extra_info("socket")
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                except OSError:
-                    pass
+            reset_on_close(self.transport)
             self.hard_close()
 
     def pause_reading(self):

@@ -38,3 +38,4 @@ cdef class Tunnel:
     cpdef forward(self, bint from_client, bytes data)
     cpdef hold(self, bint side_is_client, bint paused)
     cdef bint _finish(self, str reason) except -1
+    cdef _stop_flushing(self)

@@ -22,14 +22,16 @@ settings they were opened with.
 from __future__ import annotations
 
 import logging
-import socket
-import struct
+
+from fastpath import response_head
+from gateway.http.sockets import reset_on_close
 
 log = logging.getLogger("tollgate.gateway")
 
 #: what a tunnel's close is counted as (tollgate_websocket_tunnels_closed_total{reason})
 CLOSE_REASONS = ("client", "backend", "idle", "drain", "reload", "error")
-_LINGER_RESET = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a reset
+#: the close reason when a side ends the tunnel, by ``from_client``
+_SIDE = ("backend", "client")
 
 
 class TunnelStats:
@@ -155,10 +157,10 @@ class Tunnel:
         if self.plain[from_client] and other.can_write_eof():
             other.write_eof()
             if self.eof_from[not from_client]:
-                self.close("client" if from_client else "backend")
+                self.close(_SIDE[from_client])
                 return False
             return True         # keep reading the other direction
-        self.close("client" if from_client else "backend")
+        self.close(_SIDE[from_client])
         return False
 
     def lost(self, from_client, exc):
@@ -169,10 +171,10 @@ class Tunnel:
             return
         if exc is not None:
             # a reset or an error: the other side must not take it for an orderly end
-            _reset_on_close(self.client if not from_client else self.backend)
-            self.abort("client" if from_client else "backend")
+            reset_on_close(self.client if not from_client else self.backend)
+            self.abort(_SIDE[from_client])
         else:
-            self.close("client" if from_client else "backend")
+            self.close(_SIDE[from_client])
 
     def hold(self, side_is_client, paused):
         """Flow control: stop (or go on) reading ``side_is_client``'s side."""
@@ -207,12 +209,16 @@ class Tunnel:
     def hard_close(self):
         """(The worker's sweep, when checking this tunnel failed.)"""
         if self.flushing:
-            self.flushing = False
-            self.worker.connections.discard(self)
-            self.client.abort()
-            self.backend.abort()
+            self._stop_flushing()
         else:
             self.abort("error")
+
+    def _stop_flushing(self):
+        """A closed tunnel's peer did not read what was left in time: drop it."""
+        self.flushing = False
+        self.worker.connections.discard(self)
+        self.client.abort()
+        self.backend.abort()
 
     def _finish(self, reason):
         if self.closed:
@@ -225,11 +231,8 @@ class Tunnel:
 
     def check_deadline(self, now):
         if self.flushing:
-            if now >= self.deadline:        # the peer did not read what was left: give up
-                self.flushing = False
-                self.worker.connections.discard(self)
-                self.client.abort()
-                self.backend.abort()
+            if now >= self.deadline:
+                self._stop_flushing()
             return
         if not self.closed and now >= self.deadline:
             if self.draining_until:
@@ -267,7 +270,6 @@ def open_tunnel(ex, upstream, head, rest, idle_s):
     if conn.closed or ex.done:
         upstream.abort()     # the client went away while the backend answered
         return
-    from fastpath import response_head
     switch = response_head(b"HTTP/1.1 101 Switching Protocols\r\n", head, _SWITCH_LINES,
                            ex.rid, b"", -1, b"", b"")
     ex.status = 101
@@ -279,12 +281,3 @@ def open_tunnel(ex, upstream, head, rest, idle_s):
 
 _SWITCH_LINES = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
 
-
-def _reset_on_close(transport):
-    """Make closing ``transport`` send a reset (RST), not a FIN."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        except OSError:
-            pass

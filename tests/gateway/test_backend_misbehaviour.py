@@ -17,7 +17,6 @@ import pytest
 from tests.conftest import proxy_config
 from tests.support.client import exchange
 from tests.support.gateway import GatewayProcess
-from tests.support.raw_backend import RawBackend
 
 OK_FIRST = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
 OK_SECOND = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"
@@ -57,21 +56,6 @@ def gateway(tmp_path):
     yield start
     for gw in started:
         gw.stop()
-
-
-@pytest.fixture
-def raw():
-    started = []
-
-    def start(script):
-        b = RawBackend(script).start()
-        started.append(b)
-        return b
-
-    yield start
-    for b in started:
-        b.stop()
-        assert not b.errors, b.errors
 
 
 def assert_502(responses, closed=None):

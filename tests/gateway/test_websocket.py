@@ -24,7 +24,7 @@ from tests.conftest import proxy_config
 from tests.support.client import exchange, request, wait_event_flag, wait_gateway_side
 from tests.support.gateway import GatewayProcess, free_port
 from tests.support.certs import TestCA
-from tests.support.raw_backend import RawBackend, fill_send_queue
+from tests.support.raw_backend import fill_send_queue
 from tests.support.ws_backend import WebSocketBackend
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -113,20 +113,6 @@ def ws_backend():
     b = WebSocketBackend().start()
     yield b
     b.stop()
-
-
-@pytest.fixture
-def raw():
-    started = []
-
-    def start(script):
-        b = RawBackend(script).start()
-        started.append(b)
-        return b
-
-    yield start
-    for b in started:
-        b.stop()
 
 
 def start_tls_gateway(tmp_path, ca, config):
