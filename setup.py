@@ -99,7 +99,7 @@ def fastpath_extensions():
             shutil.copyfile(pxd, typed)
         pyx = pxd.with_suffix(".pyx")
         if pyx.exists():      # C-level code with an interpreted twin (fastpath.http1: llhttp)
-            sources = [f"fastpath/{pyx.name}", *llhttp_sources]
+            sources = [f"fastpath/{pyx.name}"] + (llhttp_sources if pxd.stem == "http1" else [])
         else:
             sources = [f"fastpath/{pxd.stem}.py"]
         extensions.append(Extension(f"fastpath._compiled.{pxd.stem}", sources, **options))
@@ -211,7 +211,9 @@ setup(
     extras_require={
         # websockets: the WebSocket client and backend of the tunnel tests
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "Cython>=3.0",
-                 "locust>=2.20", "websockets>=13"],
+                 "locust>=2.20", "websockets>=13",
+                 # the vendor's signer: clients of APP-auth APIs sign with it (the reference)
+                 "huaweicloudsdkcore>=3.1.219"],
         "load": ["locust>=2.20"],
     },
     entry_points={"console_scripts": ["tollgate = tollgate.cli:main"]},

@@ -1,0 +1,198 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""``SDK-HMAC-SHA256`` verification, compiled: the twin of fastpath/sdksign.py.
+
+The canonical URI and query (percent-decoding, UTF-8 checks, re-encoding) are done in C over the
+received bytes, which is where the interpreted form spends its time (urllib's quote/unquote per
+segment).  Anything unusual -- a non-ASCII byte in the target, percent-escapes that decode to
+invalid UTF-8 -- goes to the interpreted form's functions, so both forms give the same bytes by
+construction (and tests/fastpath/test_sdksign_differential.py checks it).  Hashing and HMAC are
+hashlib's (OpenSSL) in both.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+import hashlib
+import hmac
+
+from fastpath import sdksign as _pure
+from fastpath.sdksign import (ALGORITHM, DATE_WINDOW_S, EMPTY_SHA256, UNSIGNED_PAYLOAD,
+                              SignatureError, canonical_headers, check_date, parse_authorization,
+                              parse_date, payload_hash)
+
+__all__ = ["ALGORITHM", "DATE_WINDOW_S", "EMPTY_SHA256", "UNSIGNED_PAYLOAD", "SignatureError",
+           "canonical_headers", "canonical_query", "canonical_request", "canonical_uri",
+           "check_date", "parse_authorization", "parse_date", "payload_hash", "signature_of",
+           "verify"]
+
+cdef const char* _HEX = b"0123456789ABCDEF"
+
+
+cdef inline int _hexval(unsigned char c) noexcept:
+    if 48 <= c <= 57:
+        return c - 48
+    if 65 <= c <= 70:
+        return c - 55
+    if 97 <= c <= 102:
+        return c - 87
+    return -1
+
+
+cdef inline bint _unreserved(unsigned char c) noexcept:
+    return ((65 <= c <= 90) or (97 <= c <= 122) or (48 <= c <= 57) or c == 45 or c == 46
+            or c == 95 or c == 126)
+
+
+cdef bint _valid_utf8(const unsigned char* s, Py_ssize_t n) noexcept:
+    """Strict UTF-8 (no overlongs, no surrogates, <= U+10FFFF), as Python's decoder."""
+    cdef Py_ssize_t i = 0
+    cdef unsigned char c
+    cdef int need, k
+    cdef unsigned int cp, low
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            need, cp, low = 1, c & 0x1F, 0x80
+        elif 0xE0 <= c <= 0xEF:
+            need, cp, low = 2, c & 0x0F, 0x800
+        elif 0xF0 <= c <= 0xF4:
+            need, cp, low = 3, c & 0x07, 0x10000
+        else:
+            return False
+        for k in range(1, need + 1):
+            if i + k >= n or (s[i + k] & 0xC0) != 0x80:
+                return False
+            cp = (cp << 6) | (s[i + k] & 0x3F)
+        if cp < low or cp > 0x10FFFF or (0xD800 <= cp <= 0xDFFF):
+            return False
+        i += need + 1
+    return True
+
+
+cdef Py_ssize_t _decode(const unsigned char* s, Py_ssize_t n, unsigned char* out) noexcept:
+    """Percent-decode s[:n] into out (n bytes at most); a '%' not followed by two hex digits
+    stays as it is (as urllib's unquote).  Returns the length."""
+    cdef Py_ssize_t i = 0, j = 0
+    cdef int hi, lo
+    while i < n:
+        if s[i] == 37 and i + 2 < n:
+            hi = _hexval(s[i + 1])
+            lo = _hexval(s[i + 2])
+            if hi >= 0 and lo >= 0:
+                out[j] = <unsigned char>(hi * 16 + lo)
+                j += 1
+                i += 3
+                continue
+        out[j] = s[i]
+        j += 1
+        i += 1
+    return j
+
+
+cdef Py_ssize_t _encode(const unsigned char* s, Py_ssize_t n, unsigned char* out,
+                        bint keep_slash) noexcept:
+    """Percent-encode every byte but the unreserved ones (and '/' when ``keep_slash``) into
+    out (3n bytes at most).  Returns the length."""
+    cdef Py_ssize_t i, j = 0
+    cdef unsigned char c
+    for i in range(n):
+        c = s[i]
+        if _unreserved(c) or (keep_slash and c == 47):
+            out[j] = c
+            j += 1
+        else:
+            out[j] = 37
+            out[j + 1] = _HEX[c >> 4]
+            out[j + 2] = _HEX[c & 15]
+            j += 3
+    return j
+
+
+cdef bint _ascii(const unsigned char* s, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s[i] >= 0x80:
+            return False
+    return True
+
+
+cdef bytes _decoded(bytes raw):
+    """raw percent-decoded, or None when the interpreted form must judge it (a non-ASCII byte,
+    or escapes that are not UTF-8)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(raw)
+    if not _ascii(s, n):
+        return None
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef Py_ssize_t m = _decode(s, n, <unsigned char*>PyBytes_AS_STRING(out))
+    if not _valid_utf8(<const unsigned char*>PyBytes_AS_STRING(out), m):
+        return None
+    return out[:m] if m != n else out
+
+
+cdef bytes _encoded(bytes text, bint keep_slash):
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(text)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 3 * n + 1)
+    cdef Py_ssize_t m = _encode(<const unsigned char*>PyBytes_AS_STRING(text), n,
+                                <unsigned char*>PyBytes_AS_STRING(out), keep_slash)
+    return out[:m]
+
+
+cpdef bytes canonical_uri(bytes raw_path):
+    cdef bytes decoded = _decoded(raw_path)
+    if decoded is None:
+        return _pure.canonical_uri(raw_path)
+    cdef bytes out = _encoded(decoded, True)
+    if PyBytes_GET_SIZE(out) == 0 or out[PyBytes_GET_SIZE(out) - 1] != 47:
+        out += b"/"
+    return out
+
+
+cpdef bytes canonical_query(bytes raw_query):
+    cdef list pairs = []
+    cdef bytes item, key, value
+    cdef Py_ssize_t eq
+    if not raw_query:
+        return b""
+    for item in raw_query.split(b"&"):
+        if not item:
+            continue
+        eq = item.find(b"=")
+        if eq < 0:
+            key, value = _decoded(item), b""
+        else:
+            key, value = _decoded(item[:eq]), _decoded(item[eq + 1:])
+        if key is None or value is None:
+            return _pure.canonical_query(raw_query)
+        pairs.append((key, value))
+    pairs.sort()        # (UTF-8 bytes sort as their code points do)
+    return b"&".join([_encoded(k, False) + b"=" + _encoded(v, False) for k, v in pairs])
+
+
+cpdef bytes canonical_request(bytes method, bytes raw_path, bytes raw_query, bytes headers,
+                              list names, bytes payload):
+    return b"\n".join((method.upper(), canonical_uri(raw_path), canonical_query(raw_query),
+                       headers, b";".join(names), payload))
+
+
+cpdef bytes signature_of(bytes secret, bytes date, bytes canonical):
+    cdef bytes to_sign = (ALGORITHM + b"\n" + date + b"\n"
+                          + hashlib.sha256(canonical).hexdigest().encode())
+    return hmac.new(secret, to_sign, hashlib.sha256).hexdigest().encode()
+
+
+def verify(head, bytes method, bytes raw_path, bytes raw_query, bytes secret, tuple signed,
+           double now, body_sha256_hex=None, bint has_body=False):
+    """See the interpreted form."""
+    names = signed[1]
+    if b"x-sdk-date" not in names:
+        raise SignatureError("X-Sdk-Date must be a signed header")
+    date = head.get(b"x-sdk-date")
+    if date is None:
+        raise SignatureError("X-Sdk-Date is missing")
+    check_date(date, now)
+    canonical = canonical_request(method, raw_path, raw_query, canonical_headers(head, names),
+                                  names, payload_hash(head, body_sha256_hex, has_body))
+    if not hmac.compare_digest(signature_of(secret, date, canonical), signed[2]):
+        raise SignatureError("signature does not match the request")
