@@ -15,13 +15,12 @@ import hmac
 
 from fastpath import sdksign as _pure
 from fastpath.sdksign import (ALGORITHM, DATE_WINDOW_S, EMPTY_SHA256, UNSIGNED_PAYLOAD,
-                              SignatureError, canonical_headers, check_date, parse_authorization,
-                              parse_date, payload_hash)
+                              SignatureError, parse_authorization, prepare_secret)
 
 __all__ = ["ALGORITHM", "DATE_WINDOW_S", "EMPTY_SHA256", "UNSIGNED_PAYLOAD", "SignatureError",
            "canonical_headers", "canonical_query", "canonical_request", "canonical_uri",
-           "check_date", "parse_authorization", "parse_date", "payload_hash", "signature_of",
-           "verify"]
+           "check_date", "parse_authorization", "parse_date", "payload_hash", "prepare_secret",
+           "signature_of", "verify"]
 
 cdef const char* _HEX = b"0123456789ABCDEF"
 
@@ -170,19 +169,83 @@ cpdef bytes canonical_query(bytes raw_query):
     return b"&".join([_encoded(k, False) + b"=" + _encoded(v, False) for k, v in pairs])
 
 
+cpdef bytes canonical_headers(head, list names):
+    """See the interpreted form."""
+    cdef list lines = []
+    cdef bytes name
+    cdef list values
+    for name in names:
+        values = head.get_all(name)
+        if not values:
+            raise SignatureError(f"signed header {name.decode('latin-1')} is missing")
+        if len(values) > 1:
+            raise SignatureError(f"signed header {name.decode('latin-1')} is repeated")
+        lines.append(name + b":" + (<bytes>values[0]).strip(b" \t") + b"\n")
+    return b"".join(lines)
+
+
+cpdef bytes payload_hash(head, body_sha256_hex, bint has_body):
+    """See the interpreted form."""
+    if not has_body:
+        return EMPTY_SHA256
+    declared = head.get(b"x-sdk-content-sha256")
+    if declared:
+        return declared
+    if body_sha256_hex is None:
+        raise SignatureError("the body's hash is needed")
+    return body_sha256_hex
+
+
 cpdef bytes canonical_request(bytes method, bytes raw_path, bytes raw_query, bytes headers,
                               list names, bytes payload):
     return b"\n".join((method.upper(), canonical_uri(raw_path), canonical_query(raw_query),
                        headers, b";".join(names), payload))
 
 
-cpdef bytes signature_of(bytes secret, bytes date, bytes canonical):
-    cdef bytes to_sign = (ALGORITHM + b"\n" + date + b"\n"
-                          + hashlib.sha256(canonical).hexdigest().encode())
-    return hmac.new(secret, to_sign, hashlib.sha256).hexdigest().encode()
+cdef inline int _digits(const unsigned char* s, int n) noexcept:
+    cdef int v = 0, i
+    for i in range(n):
+        if not 48 <= s[i] <= 57:
+            return -1
+        v = v * 10 + (s[i] - 48)
+    return v
 
 
-def verify(head, bytes method, bytes raw_path, bytes raw_query, bytes secret, tuple signed,
+cpdef long long parse_date(bytes value) except? -1:
+    """Seconds since the epoch of an X-Sdk-Date value (see the interpreted form), in C."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef int year, month, day, hour, minute, second
+    cdef long long y, era, yoe, doy, doe, days
+    if PyBytes_GET_SIZE(value) != 16 or s[8] != 84 or s[15] != 90:
+        raise SignatureError("malformed X-Sdk-Date")
+    year, month, day = _digits(s, 4), _digits(s + 4, 2), _digits(s + 6, 2)
+    hour, minute, second = _digits(s + 9, 2), _digits(s + 11, 2), _digits(s + 13, 2)
+    if (year < 0 or not 1 <= month <= 12 or not 1 <= day <= 31 or not 0 <= hour < 24
+            or not 0 <= minute < 60 or not 0 <= second < 61):
+        raise SignatureError("malformed X-Sdk-Date")
+    # days from 1970-01-01 of a proleptic Gregorian date (as calendar.timegm, which also takes
+    # a day past the month's end and rolls it over)
+    y = year - (1 if month <= 2 else 0)
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    return days * 86400 + hour * 3600 + minute * 60 + second
+
+
+cpdef check_date(bytes value, double now):
+    if abs(parse_date(value) - now) > DATE_WINDOW_S:
+        raise SignatureError("X-Sdk-Date is more than 15 minutes from the gateway's clock")
+
+
+cpdef bytes signature_of(key, bytes date, bytes canonical):
+    mac = key.copy()
+    mac.update(ALGORITHM + b"\n" + date + b"\n" + hashlib.sha256(canonical).hexdigest().encode())
+    return mac.hexdigest().encode()
+
+
+def verify(head, bytes method, bytes raw_path, bytes raw_query, key, tuple signed,
            double now, body_sha256_hex=None, bint has_body=False):
     """See the interpreted form."""
     names = signed[1]
@@ -194,5 +257,5 @@ def verify(head, bytes method, bytes raw_path, bytes raw_query, bytes secret, tu
     check_date(date, now)
     canonical = canonical_request(method, raw_path, raw_query, canonical_headers(head, names),
                                   names, payload_hash(head, body_sha256_hex, has_body))
-    if not hmac.compare_digest(signature_of(secret, date, canonical), signed[2]):
+    if not hmac.compare_digest(signature_of(key, date, canonical), signed[2]):
         raise SignatureError("signature does not match the request")

@@ -72,7 +72,7 @@ def check(forms, raw: bytes, now=None, secret=SECRET.encode()):
     target = head.target()
     path, _, query = target.partition(b"?")
     signed = sdksign.parse_authorization(head.get(b"authorization"))
-    sdksign.verify(head, head.method.encode(), path, query, secret, signed,
+    sdksign.verify(head, head.method.encode(), path, query, sdksign.prepare_secret(secret), signed,
                    time.time() if now is None else now,
                    hashlib.sha256(body).hexdigest().encode() if body else None, bool(body))
     return signed

@@ -43,3 +43,22 @@ def test_edge_cases_agree(forms, raw):
     pure, compiled = forms
     assert compiled.canonical_uri(raw) == pure.canonical_uri(raw)
     assert compiled.canonical_query(raw) == pure.canonical_query(raw)
+
+
+DATES = st.builds(lambda y, mo, d, h, mi, s: b"%04d%02d%02dT%02d%02d%02dZ" % (y, mo, d, h, mi, s),
+                  st.integers(1, 9999), st.integers(0, 13), st.integers(0, 32),
+                  st.integers(0, 24), st.integers(0, 60), st.integers(0, 61))
+
+
+@seed(SEED)
+@settings(max_examples=3000, deadline=None)
+@given(value=st.one_of(DATES, st.binary(max_size=18)))
+def test_dates_are_read_alike(forms, value):
+    from fastpath.sdksign import SignatureError
+    answers = []
+    for form in forms:
+        try:
+            answers.append(form.parse_date(value))
+        except SignatureError as exc:
+            answers.append(exc.reason)
+    assert answers[0] == answers[1], value
