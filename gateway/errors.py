@@ -47,6 +47,20 @@ class TooLarge(BadRequest):
     close = True
 
 
+class AppAuthFailed(GatewayError):
+    """APP authentication failed (no, malformed or wrong credentials)."""
+
+    code = "APIC.0303"
+    status = 401
+
+
+class AppNotAuthorized(GatewayError):
+    """The app is not authorized for the API in the environment called."""
+
+    code = "APIC.0304"
+    status = 403
+
+
 class NotFound(GatewayError):
     code = "APIC.0101"
     status = 404

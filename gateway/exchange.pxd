@@ -108,6 +108,7 @@ cdef class Exchange:
     cdef public bint resp_chunked
     cdef public bint resp_until_close
     cdef public bint head_request
+    cdef public object held
 
     cpdef setup(self, Connection conn, str method, Head head, str version, bint keep_alive,
                 double started)

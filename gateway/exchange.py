@@ -233,6 +233,7 @@ class Exchange:
         self.resp_chunked = False
         self.resp_until_close = False   # the response body ends when the connection closes
         self.head_request = method == "HEAD"
+        self.held = None                # a body held until a stage's check (gateway.auth.app)
 
     @property
     def has_body(self):

@@ -15,6 +15,7 @@ import msgspec
 
 from fastpath import RouteConflict, Router
 
+from .auth.app import AppAuth, app_index
 from .backends.http import BackendConfigError, HttpBackend
 from .exchange import CompiledApi
 from .backends.mock import MockBackend
@@ -76,6 +77,7 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
         except ValueError as exc:
             errors.extend(exc.args)
     groups = {g.name: g for g in doc.groups}
+    app_keys = app_index(doc.apps)
     router = Router()
     apis = {}
     owner = {}
@@ -97,7 +99,10 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 errors.extend(e for e in exc.args if e not in errors)
                 continue
             stats = runtime.metrics.api_stats(api.name, env) if runtime is not None else None
-            compiled = CompiledApi(api.name, env, api.group, handler, (), stats,
+            stages = ()
+            if api.auth == "app":
+                stages = (AppAuth(app_keys, frozenset(api.environments[env].apps), api.name),)
+            compiled = CompiledApi(api.name, env, api.group, handler, stages, stats,
                                    _fingerprint(api, group, env, tls_files, base_dir))
             try:
                 router.add(env, hosts, api.method, api.path, api.match_mode, compiled)

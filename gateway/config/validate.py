@@ -724,10 +724,13 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
     for i, app in enumerate(doc.apps):
         if app.quota is not None:
             refuse(f"apps[{i}].quota", "app quotas")
+        if app.acl is not None:
+            refuse(f"apps[{i}].acl", "app client ACLs")
     for i, api in enumerate(doc.apis):
         p = f"apis[{i}]"
-        if api.auth != "none":
-            error(f"{p}.auth", f"'{api.auth}' authentication is {UNSUPPORTED}; use auth: none")
+        if api.auth not in ("none", "app"):
+            error(f"{p}.auth", f"'{api.auth}' authentication is {UNSUPPORTED}; use auth: none "
+                               f"or app")
         if api.authorizer is not None:
             refuse(f"{p}.authorizer", "custom authorizers")
         if api.app_code_auth:
@@ -757,5 +760,5 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
                 refuse(f"{bp}.acl", "ACLs")
             if binding.signature_key is not None:
                 refuse(f"{bp}.signature_key", "backend signature keys")
-            if binding.apps:
-                refuse(f"{bp}.apps", "app authorization")
+            if binding.apps and api.auth != "app":
+                error(f"{bp}.apps", "apps are authorized for APIs with auth: app only")

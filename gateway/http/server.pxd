@@ -52,6 +52,7 @@ cdef class ClientConnection(Connection):
     @cython.locals(ex=Exchange)
     cdef _on_end(self)
     cdef _start(self, Exchange ex)
+    cdef _release(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)
     cpdef abort_exchange(self, Exchange ex)
     cpdef tuple switch_protocols(self, Exchange ex)

@@ -327,7 +327,10 @@ class ClientConnection(Connection):
         if not ex.done:
             if self.deadline_kind == _BODY:  # the client is making progress
                 self.set_deadline(_BODY, self.body_timeout)
-            ex.handler.on_body(ex, chunk)
+            if ex.held is not None:
+                ex.held.add(chunk)      # (bounded by the body limit above)
+            else:
+                ex.handler.on_body(ex, chunk)
 
     def _on_end(self):
         ex = self.current
@@ -339,7 +342,29 @@ class ClientConnection(Connection):
         if not ex.done:
             if self.deadline_kind == _BODY:
                 self.set_deadline(_NONE, 0)
-            ex.handler.on_request_end(ex)
+            if ex.held is not None:
+                self._release(ex)
+            else:
+                ex.handler.on_request_end(ex)
+
+    def _release(self, ex):
+        """A held body is complete: the stage's check runs, then the backend gets the request
+        (or the client the refusal)."""
+        held = ex.held
+        ex.held = None
+        try:
+            held.finish(ex, held.hasher.hexdigest().encode())
+        except GatewayError as error:
+            ex.fail(error)
+            return
+        handler = ex.handler
+        handler.on_head(ex)
+        for chunk in held.chunks:
+            if ex.done:
+                return
+            handler.on_body(ex, chunk)
+        if not ex.done:
+            handler.on_request_end(ex)
 
     # -- running exchanges ----------------------------------------------------------------
     def _start(self, ex):
@@ -351,6 +376,11 @@ class ClientConnection(Connection):
             ex.fail(error)
             return
         handler = ex.handler
+        if ex.held is not None:         # a stage checks the body first (see _release)
+            if ex.expect_continue and not ex.request_complete:
+                self.write(_CONTINUE)
+            self.set_deadline(_BODY, self.body_timeout)
+            return
         if ex.expect_continue and not ex.request_complete and (ex.chunked or ex.content_length > 0):
             # (a request without a body waits for nothing: RFC 9110 §10.1.1 lets a server
             # omit the 100, and WebSocket clients do not expect one before the 101)

@@ -88,8 +88,8 @@ def test_release_is_implicit_and_listed_environments_exist():
 
 
 def test_binding_references_must_exist():
-    api = mock_api(environments={"RELEASE": {"throttle": "t", "acl": "a", "signature_key": "k",
-                                             "apps": ["x"]}})
+    api = mock_api(auth="app", environments={"RELEASE": {"throttle": "t", "acl": "a",
+                                                          "signature_key": "k", "apps": ["x"]}})
     errors = [e for e in check(apis=[api]) if "not supported in this version" not in e]
     assert errors == ["apis[0].environments.RELEASE.throttle: unknown throttle 't'",
                       "apis[0].environments.RELEASE.acl: unknown acl 'a'",
@@ -358,11 +358,21 @@ def test_datasource_url_scheme():
 # --------------------------------------------------------------------------------------------------
 # Refused features
 
-def test_auth_other_than_none_is_refused_with_the_documented_message():
-    assert check(apis=[mock_api(auth="app")]) == [
-        "apis[0].auth: 'app' authentication is not supported in this version; use auth: none"]
+def test_auth_other_than_none_and_app_is_refused_with_the_documented_message():
+    assert check(apis=[mock_api(auth="app")]) == []
     assert check(apis=[mock_api(auth="iam")])[0].startswith(
         "apis[0].auth: 'iam' authentication is not supported in this version")
+
+
+def test_apps_are_authorized_for_app_auth_apis_only():
+    assert check(apps=[{"name": "x", "key": "key-of-x-1", "secret": "secret-of-x"}],
+                 apis=[mock_api(environments={"RELEASE": {"apps": ["x"]}})]) == [
+        "apis[0].environments.RELEASE.apps: apps are authorized for APIs with auth: app only"]
+
+
+def test_an_app_acl_is_refused_until_it_is_served():
+    errors = check(apps=[{"name": "x", "acl": {"action": "PERMIT", "values": ["10.0.0.0/8"]}}])
+    assert errors == ["apps[0].acl: app client ACLs are not supported in this version"]
 
 
 @pytest.mark.parametrize(("api", "path"), [
@@ -381,7 +391,6 @@ def test_auth_other_than_none_is_refused_with_the_documented_message():
     (mock_api(environments={"RELEASE": {"acl": "a"}}), "apis[0].environments.RELEASE.acl"),
     (mock_api(environments={"RELEASE": {"signature_key": "k"}}),
      "apis[0].environments.RELEASE.signature_key"),
-    (mock_api(environments={"RELEASE": {"apps": ["x"]}}), "apis[0].environments.RELEASE.apps"),
 ])
 def test_unimplemented_features_are_refused(api, path):
     refused = [e for e in check(apis=[api], authorizers=[{"name": "z", "url": "http://h/"}],

@@ -1,0 +1,1 @@
+"""Authentication stages: who is calling, checked before anything reaches a backend."""
