@@ -11,6 +11,7 @@ no request with a wrong signature ever reaches a backend, not even in part.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import time
 
 from fastpath import sdksign
@@ -22,17 +23,32 @@ from gateway.errors import AppAuthFailed, AppNotAuthorized
 class AppCredentials:
     """One app as the stage needs it."""
 
-    __slots__ = ("name", "key")
+    __slots__ = ("name", "key", "secret_digest")
 
     def __init__(self, name: str, secret: str):
         self.name = name
         self.key = sdksign.prepare_secret(secret.encode())     # (the secret is not kept)
+        self.secret_digest = _digest(secret.encode())         # for X-HW-AppKey
 
 
-def app_index(apps) -> dict:
-    """{key bytes: AppCredentials} of the document's apps that have a key and a secret."""
-    return {app.key.encode(): AppCredentials(app.name, app.secret)
-            for app in apps if app.key and app.secret}
+def _digest(value: bytes) -> bytes:
+    # secrets and codes are looked up and compared by their digests: a dict lookup or a
+    # comparison of digests tells nothing of how much of a guess was right
+    return hashlib.sha256(value).digest()
+
+
+class AppIndex:
+    """The document's apps by key (those with a key and a secret) and by AppCode digest."""
+
+    def __init__(self, apps):
+        self.by_key = {app.key.encode(): AppCredentials(app.name, app.secret)
+                       for app in apps if app.key and app.secret}
+        self.by_code = {_digest(code.encode()): app.name for app in apps
+                        for code in app.app_codes}
+
+
+def app_index(apps) -> AppIndex:
+    return AppIndex(apps)
 
 
 class HeldBody:
@@ -53,32 +69,57 @@ class HeldBody:
 class AppAuth:
     """The APP-auth stage of one API in one environment."""
 
-    def __init__(self, apps: dict, allowed: frozenset, api_name: str):
+    def __init__(self, apps: AppIndex, allowed: frozenset, api_name: str,
+                 app_code: bool = False, key_headers: bool = False):
         self.apps = apps
         self.allowed = allowed
         self.api_name = api_name
+        self.app_code = app_code            # X-Apig-AppCode accepted
+        self.key_headers = key_headers      # X-HW-ID / X-HW-AppKey accepted
+
+    def _authorized(self, ex, name: str):
+        if name not in self.allowed:
+            raise AppNotAuthorized("The app is not authorized to call this API",
+                                   f"app {name} not authorized for {self.api_name}@{ex.env}")
+        ex.caller = name
 
     def __call__(self, ex):
         head = ex.head
         value = head.get(b"authorization")
         if value is None:
+            code = head.get(b"x-apig-appcode") if self.app_code else None
+            if code is not None:
+                name = self.apps.by_code.get(_digest(code.strip(b" \t")))
+                if name is None:
+                    raise AppAuthFailed("Incorrect app authentication information: "
+                                        "unknown AppCode")
+                self._authorized(ex, name)
+                return
+            key = head.get(b"x-hw-id") if self.key_headers else None
+            if key is not None:
+                app = self.apps.by_key.get(key.strip(b" \t"))
+                secret = head.get(b"x-hw-appkey") or b""
+                # (compared even for an unknown key, against a digest that matches nothing)
+                expected = app.secret_digest if app is not None else b"\0" * 32
+                if not hmac.compare_digest(_digest(secret.strip(b" \t")), expected) or app is None:
+                    raise AppAuthFailed("Incorrect app authentication information: "
+                                        "wrong app key or secret")
+                self._authorized(ex, app.name)
+                return
             raise AppAuthFailed("Incorrect app authentication information: no Authorization",
                                 "no Authorization field")
         try:
             signed = sdksign.parse_authorization(value)
         except SignatureError as exc:
             raise AppAuthFailed(f"Incorrect app authentication information: {exc.reason}") from None
-        app = self.apps.get(signed[0])
+        app = self.apps.by_key.get(signed[0])
         if app is None:
             raise AppAuthFailed("Incorrect app authentication information: unknown app key")
-        if app.name not in self.allowed:
-            raise AppNotAuthorized("The app is not authorized to call this API",
-                                   f"app {app.name} not authorized for {self.api_name}@{ex.env}")
+        self._authorized(ex, app.name)
         raw = ex.raw_target
         q = raw.find(b"?")
         path, query = (raw, b"") if q < 0 else (raw[:q], raw[q + 1:])
         method = ex.method.encode()
-        ex.caller = app.name
         now = time.time()
 
         def finish(ex, body_hex):

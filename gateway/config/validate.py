@@ -733,10 +733,11 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
                                f"or app")
         if api.authorizer is not None:
             refuse(f"{p}.authorizer", "custom authorizers")
-        if api.app_code_auth:
-            refuse(f"{p}.app_code_auth", "AppCode authentication")
-        if api.app_api_key:
-            refuse(f"{p}.app_api_key", "app key and secret headers")
+        if api.app_code_auth and api.auth != "app":
+            error(f"{p}.app_code_auth", "AppCodes are accepted by APIs with auth: app only")
+        if api.app_api_key and api.auth != "app":
+            error(f"{p}.app_api_key", "app keys and secrets are accepted by APIs with auth: app "
+                                     "only")
         if api.cors:
             refuse(f"{p}.cors", "CORS")
         if api.params:

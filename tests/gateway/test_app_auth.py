@@ -14,15 +14,19 @@ from huaweicloudsdkcore.signer.signer import Signer
 from tests.conftest import proxy_config
 from tests.support.client import exchange
 
-APPS = [{"name": "shop", "key": "shop-key-0001", "secret": "shop-secret-0001"},
-        {"name": "other", "key": "other-key-0001", "secret": "other-secret-0001"}]
+SHOP_CODE = "shop-code-" + "c" * 60
+APPS = [{"name": "shop", "key": "shop-key-0001", "secret": "shop-secret-0001",
+         "app_codes": [SHOP_CODE]},
+        {"name": "other", "key": "other-key-0001", "secret": "other-secret-0001",
+         "app_codes": ["other-code-" + "o" * 60]}]
 
 
-def app_config(backend_address):
+def app_config(backend_address, **api_options):
     doc = proxy_config(backend_address)
     doc["apps"] = APPS
     api = doc["apis"][0]
     api["auth"] = "app"
+    api.update(api_options)
     api["environments"] = {"RELEASE": {"apps": ["shop"]}}
     return doc
 
@@ -116,3 +120,31 @@ def test_a_stale_date_is_refused_before_the_body_is_read(gw, backend):
         answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 401 ")
     assert backend.requests == []
+
+
+def plain(port, headers):
+    lines = ["GET /echo/plain HTTP/1.1", "Host: gw.test"] + [f"{k}: {v}" for k, v in headers.items()]
+    responses, _ = exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
+    return responses[0]
+
+
+def test_app_codes_and_key_headers_only_where_enabled(make_gateway, backend):
+    off = make_gateway(app_config(backend.address))
+    assert plain(off.port, {"X-Apig-AppCode": SHOP_CODE}).status == 401
+    assert plain(off.port, {"X-HW-ID": "shop-key-0001", "X-HW-AppKey": "shop-secret-0001"}).status == 401
+    assert backend.requests == []
+    on = make_gateway(app_config(backend.address, app_code_auth=True, app_api_key=True))
+    assert plain(on.port, {"X-Apig-AppCode": SHOP_CODE}).status == 200
+    assert plain(on.port, {"X-HW-ID": "shop-key-0001", "X-HW-AppKey": "shop-secret-0001"}).status == 200
+    assert len(backend.requests) == 2
+    # wrong code, wrong secret, unknown key: 401 saying so; another app's code: 403
+    for headers, status, says in [
+            ({"X-Apig-AppCode": SHOP_CODE + "x"}, 401, "unknown AppCode"),
+            ({"X-HW-ID": "shop-key-0001", "X-HW-AppKey": "shop-secret-0002"}, 401, "wrong app key"),
+            ({"X-HW-ID": "nobody-key-01", "X-HW-AppKey": "shop-secret-0001"}, 401, "wrong app key"),
+            ({"X-HW-ID": "shop-key-0001"}, 401, "wrong app key"),
+            ({"X-Apig-AppCode": "other-code-" + "o" * 60}, 403, "not authorized")]:
+        r = plain(on.port, headers)
+        assert r.status == status and says in r.json()["error_msg"], (headers, r.body)
+        assert "shop-secret" not in r.body.decode() and SHOP_CODE not in r.body.decode()
+    assert len(backend.requests) == 2

@@ -370,6 +370,13 @@ def test_apps_are_authorized_for_app_auth_apis_only():
         "apis[0].environments.RELEASE.apps: apps are authorized for APIs with auth: app only"]
 
 
+def test_app_codes_and_key_headers_need_app_auth():
+    assert check(apis=[mock_api(app_code_auth=True, app_api_key=True)]) == [
+        "apis[0].app_code_auth: AppCodes are accepted by APIs with auth: app only",
+        "apis[0].app_api_key: app keys and secrets are accepted by APIs with auth: app only"]
+    assert check(apis=[mock_api(auth="app", app_code_auth=True, app_api_key=True)]) == []
+
+
 def test_an_app_acl_is_refused_until_it_is_served():
     errors = check(apps=[{"name": "x", "acl": {"action": "PERMIT", "values": ["10.0.0.0/8"]}}])
     assert errors == ["apps[0].acl: app client ACLs are not supported in this version"]
@@ -377,7 +384,6 @@ def test_an_app_acl_is_refused_until_it_is_served():
 
 @pytest.mark.parametrize(("api", "path"), [
     (mock_api(authorizer="z"), "apis[0].authorizer"),
-    (mock_api(app_code_auth=True), "apis[0].app_code_auth"),
     (mock_api(cors=True), "apis[0].cors"),
     (mock_api(params=[{"name": "q", "location": "query"}]), "apis[0].params"),
     (mock_api(backend={"type": "function", "function": "pkg.mod:fn"}), "apis[0].backend.type"),
@@ -420,7 +426,6 @@ def test_definitions_of_unused_kinds_are_accepted():
     ({"trusted_proxies": ["10.0.0.0/8"]}, "trusted_proxies"),
     ({"app_quotas": [{"name": "q", "limit": 5}], "apps": [{"name": "x", "quota": "q"}]},
      "apps[0].quota"),
-    ({"apis": [mock_api(app_api_key=True)]}, "apis[0].app_api_key"),
     ({"apis": [http_api("http://h/x", authorizer="b")],
       "authorizers": [{"name": "b", "type": "backend", "url": "http://h/auth"}]},
      "apis[0].backend.authorizer"),
