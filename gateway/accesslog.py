@@ -25,6 +25,7 @@ class AccessRecord(msgspec.Struct, array_like=False, omit_defaults=True):
     duration_ms: float
     env: str = ""
     api: str = ""
+    app: str = ""           # the authenticated app (never its key, secret or signature)
     upstream: str = ""
     upstream_ms: float = -1.0
     error: str = ""
@@ -49,6 +50,7 @@ class AccessLog:
             method=ex.method, host=ex.host, path=ex.path or "", status=ex.status,
             bytes=ex.bytes_sent, duration_ms=round(duration * 1000.0, 3),
             env=ex.env if api is not None else "", api=api.name if api is not None else "",
+            app=ex.caller if isinstance(ex.caller, str) else "",
             upstream=ex.upstream_addr,
             upstream_ms=round(ex.upstream_elapsed * 1000.0, 3) if ex.upstream_elapsed >= 0 else -1.0,
             error=ex.error_code, aborted=aborted)

@@ -81,7 +81,6 @@ class AppAuth:
         if name not in self.allowed:
             raise AppNotAuthorized("The app is not authorized to call this API",
                                    f"app {name} not authorized for {self.api_name}@{ex.env}")
-        ex.caller = name
 
     def __call__(self, ex):
         head = ex.head
@@ -94,6 +93,7 @@ class AppAuth:
                     raise AppAuthFailed("Incorrect app authentication information: "
                                         "unknown AppCode")
                 self._authorized(ex, name)
+                ex.caller = name
                 return
             key = head.get(b"x-hw-id") if self.key_headers else None
             if key is not None:
@@ -105,6 +105,7 @@ class AppAuth:
                     raise AppAuthFailed("Incorrect app authentication information: "
                                         "wrong app key or secret")
                 self._authorized(ex, app.name)
+                ex.caller = app.name
                 return
             raise AppAuthFailed("Incorrect app authentication information: no Authorization",
                                 "no Authorization field")
@@ -128,6 +129,7 @@ class AppAuth:
             except SignatureError as exc:
                 raise AppAuthFailed(
                     f"Incorrect app authentication information: {exc.reason}") from None
+            ex.caller = app.name
 
         if ex.chunked or ex.content_length > 0:
             # the date is checked now: a stale request is refused before its body is read
@@ -142,3 +144,4 @@ class AppAuth:
             sdksign.verify(head, method, path, query, app.key, signed, now, None, False)
         except SignatureError as exc:
             raise AppAuthFailed(f"Incorrect app authentication information: {exc.reason}") from None
+        ex.caller = app.name

@@ -148,3 +148,22 @@ def test_app_codes_and_key_headers_only_where_enabled(make_gateway, backend):
         assert r.status == status and says in r.json()["error_msg"], (headers, r.body)
         assert "shop-secret" not in r.body.decode() and SHOP_CODE not in r.body.decode()
     assert len(backend.requests) == 2
+
+
+def test_the_access_log_names_the_app_and_no_credential(make_gateway, backend, tmp_path):
+    import json
+    log_path = tmp_path / "access.log"
+    gw = make_gateway(app_config(backend.address, app_code_auth=True), access_log=str(log_path))
+    assert signed_request(gw.port).status == 200
+    assert plain(gw.port, {"X-Apig-AppCode": SHOP_CODE}).status == 200
+    assert signed_request(gw.port, secret="shop-secret-9999").status == 401
+    deadline = time.monotonic() + 5
+    while len(log_path.read_text().splitlines() if log_path.exists() else []) < 3:
+        assert time.monotonic() < deadline, "the access log did not get three lines"
+        time.sleep(0.05)
+    text = log_path.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [(r["status"], r.get("app")) for r in records] == [(200, "shop"), (200, "shop"),
+                                                              (401, None)]
+    for secret in ("shop-secret", SHOP_CODE, "shop-key-0001", "Signature"):
+        assert secret not in text
