@@ -120,14 +120,14 @@ def test_validate_prints_every_error_with_its_path_and_exits_1(tmp_path):
 def test_validate_reports_semantic_errors_and_unsupported_features(tmp_path):
     config = tmp_path / "gw.json"
     config.write_text('{"version": 1, "groups": [{"name": "g"}, {"name": "g"}], "apis": [{"name": "a",'
-                      ' "group": "g", "method": "GET", "path": "/a", "auth": "app", "backend": '
+                      ' "group": "g", "method": "GET", "path": "/a", "auth": "iam", "backend": '
                       '{"type": "mock", "mock": {}}, "environments": {"RELEASE": {}}}]}')
     out = run("validate", str(config))
     assert out.returncode == 1
     assert out.stdout.splitlines() == [
         f"{config}: 2 errors",
         "groups[1].name: duplicate name 'g'",
-        "apis[0].auth: 'app' authentication is not supported in this version; use auth: none",
+        "apis[0].auth: 'iam' authentication is not supported in this version; use auth: none or app",
     ]
 
 
