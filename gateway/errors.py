@@ -48,10 +48,15 @@ class TooLarge(BadRequest):
 
 
 class AppAuthFailed(GatewayError):
-    """APP authentication failed (no, malformed or wrong credentials)."""
+    """APP authentication failed (no, malformed or wrong credentials); ``reason``: the class of
+    failure, for the metrics (missing, malformed, unknown_credential, date, signature)."""
 
     code = "APIC.0303"
     status = 401
+
+    def __init__(self, message, detail=None, *, reason="signature"):
+        super().__init__(message, detail)
+        self.reason = reason
 
 
 class AppNotAuthorized(GatewayError):

@@ -23,6 +23,7 @@ cdef class WorkerMetrics:
     cdef public dict apis
     cdef public dict errors
     cdef public dict dropped_headers
+    cdef public dict auth_failures
     cdef public long long truncated
     cdef public str implementation
     cdef public ApiStats unrouted

@@ -74,6 +74,7 @@ class WorkerMetrics:
         self.apis = {}      # (api, env) -> ApiStats
         self.errors = {}    # ROMA code -> count
         self.dropped_headers = {}   # reason -> request headers not forwarded
+        self.auth_failures = {}     # (api, env, type, reason) -> refused credentials
         self.truncated = 0  # responses cut after their head was sent
         self.implementation = implementation
         self.unrouted = self.api_stats(*UNROUTED)
@@ -98,6 +99,10 @@ class WorkerMetrics:
     def count_error(self, code):
         self.errors[code] = self.errors.get(code, 0) + 1
 
+    def count_auth_failure(self, api, env, kind, reason):
+        key = (api, env, kind, reason)
+        self.auth_failures[key] = self.auth_failures.get(key, 0) + 1
+
     def count_dropped_header(self, reason):
         self.dropped_headers[reason] = self.dropped_headers.get(reason, 0) + 1
 
@@ -107,6 +112,7 @@ class WorkerMetrics:
             "apis": [[api, env, *stats.as_list()] for (api, env), stats in self.apis.items()],
             "errors": self.errors,
             "dropped_headers": self.dropped_headers,
+            "auth_failures": [[*key, n] for key, n in self.auth_failures.items()],
             "truncated": self.truncated,
             "desyncs": worker.pool.desyncs,
             "tls_handshakes": worker.tls_handshakes,
@@ -136,7 +142,8 @@ class ClusterCollector:
     def __init__(self, master):
         self.master = master
         self.latest: dict[int, dict] = {}     # worker pid -> its latest export
-        self.retired: dict = {"apis": {}, "errors": {}, "dropped_headers": {}, "truncated": 0,
+        self.retired: dict = {"apis": {}, "errors": {}, "dropped_headers": {}, "auth_failures": {},
+                              "truncated": 0,
                               "desyncs": 0, "tls_handshakes": 0, "tls_handshakes_begun": 0,
                               "tls_failures": {}, "tunnels": _no_tunnels()}
 
@@ -168,6 +175,9 @@ class ClusterCollector:
             acc["errors"][code] = acc["errors"].get(code, 0) + n
         for reason, n in export["dropped_headers"].items():
             acc["dropped_headers"][reason] = acc["dropped_headers"].get(reason, 0) + n
+        for api, env, kind, reason, n in export["auth_failures"]:
+            key = (api, env, kind, reason)
+            acc["auth_failures"][key] = acc["auth_failures"].get(key, 0) + n
         acc["truncated"] += export["truncated"]
         acc["desyncs"] += export["desyncs"]
         acc["tls_handshakes"] += export["tls_handshakes"]
@@ -185,6 +195,7 @@ class ClusterCollector:
                         for k, v in self.retired["apis"].items()},
                "errors": dict(self.retired["errors"]),
                "dropped_headers": dict(self.retired["dropped_headers"]),
+               "auth_failures": dict(self.retired["auth_failures"]),
                "truncated": self.retired["truncated"],
                "desyncs": self.retired["desyncs"],
                "tls_handshakes": self.retired["tls_handshakes"],
@@ -236,6 +247,13 @@ class ClusterCollector:
         for reason in ("underscore", "alias"):
             dropped.add_metric([reason], acc["dropped_headers"].get(reason, 0))
         yield dropped
+        auth = CounterMetricFamily("tollgate_auth_failures", "Requests refused by authentication, "
+                                   "by API, environment, type (app...) and reason (missing, "
+                                   "malformed, unknown_credential, date, signature, "
+                                   "not_authorized)", labels=["api", "env", "type", "reason"])
+        for (api, env, kind, reason), n in sorted(acc["auth_failures"].items()):
+            auth.add_metric([api, env, kind, reason], n)
+        yield auth
         yield CounterMetricFamily("tollgate_responses_truncated", "Responses cut after their head "
                                   "was sent (backend reset or failure mid-body, client not reading)",
                                   value=acc["truncated"])

@@ -102,7 +102,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             stages = ()
             if api.auth == "app":
                 stages = (AppAuth(app_keys, frozenset(api.environments[env].apps), api.name,
-                                  api.app_code_auth, api.app_api_key),)
+                                  api.app_code_auth, api.app_api_key,
+                                  runtime.metrics if runtime is not None else None),)
             compiled = CompiledApi(api.name, env, api.group, handler, stages, stats,
                                    _fingerprint(api, group, env, tls_files, base_dir))
             try:

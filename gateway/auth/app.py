@@ -70,10 +70,11 @@ class AppAuth:
     """The APP-auth stage of one API in one environment."""
 
     def __init__(self, apps: AppIndex, allowed: frozenset, api_name: str,
-                 app_code: bool = False, key_headers: bool = False):
+                 app_code: bool = False, key_headers: bool = False, metrics=None):
         self.apps = apps
         self.allowed = allowed
         self.api_name = api_name
+        self.metrics = metrics              # the worker's (None when only validating)
         self.app_code = app_code            # X-Apig-AppCode accepted
         self.key_headers = key_headers      # X-HW-ID / X-HW-AppKey accepted
 
@@ -83,6 +84,18 @@ class AppAuth:
                                    f"app {name} not authorized for {self.api_name}@{ex.env}")
 
     def __call__(self, ex):
+        try:
+            self._check(ex)
+        except (AppAuthFailed, AppNotAuthorized) as error:
+            self._count(ex, error)
+            raise
+
+    def _count(self, ex, error):
+        if self.metrics is not None:
+            reason = error.reason if isinstance(error, AppAuthFailed) else "not_authorized"
+            self.metrics.count_auth_failure(self.api_name, ex.env, "app", reason)
+
+    def _check(self, ex):
         head = ex.head
         value = head.get(b"authorization")
         if value is None:
@@ -91,7 +104,7 @@ class AppAuth:
                 name = self.apps.by_code.get(_digest(code.strip(b" \t")))
                 if name is None:
                     raise AppAuthFailed("Incorrect app authentication information: "
-                                        "unknown AppCode")
+                                        "unknown AppCode", reason="unknown_credential")
                 self._authorized(ex, name)
                 ex.caller = name
                 return
@@ -103,19 +116,20 @@ class AppAuth:
                 expected = app.secret_digest if app is not None else b"\0" * 32
                 if not hmac.compare_digest(_digest(secret.strip(b" \t")), expected) or app is None:
                     raise AppAuthFailed("Incorrect app authentication information: "
-                                        "wrong app key or secret")
+                                        "wrong app key or secret", reason="unknown_credential")
                 self._authorized(ex, app.name)
                 ex.caller = app.name
                 return
             raise AppAuthFailed("Incorrect app authentication information: no Authorization",
-                                "no Authorization field")
+                                "no Authorization field", reason="missing")
         try:
             signed = sdksign.parse_authorization(value)
         except SignatureError as exc:
-            raise AppAuthFailed(f"Incorrect app authentication information: {exc.reason}") from None
+            raise _failed(exc) from None
         app = self.apps.by_key.get(signed[0])
         if app is None:
-            raise AppAuthFailed("Incorrect app authentication information: unknown app key")
+            raise AppAuthFailed("Incorrect app authentication information: unknown app key",
+                                reason="unknown_credential")
         self._authorized(ex, app.name)
         raw = ex.raw_target
         q = raw.find(b"?")
@@ -127,8 +141,9 @@ class AppAuth:
             try:
                 sdksign.verify(head, method, path, query, app.key, signed, now, body_hex, True)
             except SignatureError as exc:
-                raise AppAuthFailed(
-                    f"Incorrect app authentication information: {exc.reason}") from None
+                error = _failed(exc)
+                self._count(ex, error)
+                raise error from None
             ex.caller = app.name
 
         if ex.chunked or ex.content_length > 0:
@@ -136,12 +151,19 @@ class AppAuth:
             try:
                 sdksign.check_date(head.get(b"x-sdk-date") or b"", now)
             except SignatureError as exc:
-                raise AppAuthFailed(
-                    f"Incorrect app authentication information: {exc.reason}") from None
+                raise _failed(exc) from None
             ex.held = HeldBody(finish)
             return
         try:
             sdksign.verify(head, method, path, query, app.key, signed, now, None, False)
         except SignatureError as exc:
-            raise AppAuthFailed(f"Incorrect app authentication information: {exc.reason}") from None
+            raise _failed(exc) from None
         ex.caller = app.name
+
+
+def _failed(exc: SignatureError) -> AppAuthFailed:
+    """The 401 of a refused signature, classed for the metrics."""
+    text = exc.reason
+    reason = ("date" if "15 minutes" in text else "signature" if "does not match" in text
+              else "malformed")
+    return AppAuthFailed(f"Incorrect app authentication information: {text}", reason=reason)

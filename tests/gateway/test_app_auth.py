@@ -167,3 +167,21 @@ def test_the_access_log_names_the_app_and_no_credential(make_gateway, backend, t
                                                               (401, None)]
     for secret in ("shop-secret", SHOP_CODE, "shop-key-0001", "Signature"):
         assert secret not in text
+
+
+def test_refusals_are_counted_by_reason(gw, backend):
+    signed_request(gw.port, tamper=lambda raw: raw.replace(b"Authorization:", b"X-Nothing:"))
+    signed_request(gw.port, key="nobody-key-01", secret="whatever-secret")
+    signed_request(gw.port, secret="shop-secret-9999")
+    signed_request(gw.port, secret="shop-secret-9999")
+    old = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() - 20 * 60))
+    signed_request(gw.port, headers={"X-Sdk-Date": old})
+    signed_request(gw.port, key="other-key-0001", secret="other-secret-0001")
+    body = b'{"a": 1}'
+    signed_request(gw.port, "POST", "/echo/p", headers={"Content-Type": "application/json"},
+                   body=body, tamper=lambda raw: raw.replace(b'{"a": 1}', b'{"a": 2}'))
+    for reason, n in (("missing", 1), ("unknown_credential", 1), ("signature", 3), ("date", 1),
+                      ("not_authorized", 1)):
+        gw.wait_metric("tollgate_auth_failures_total", n, api="all", env="RELEASE", type="app",
+                       reason=reason)
+    assert backend.requests == []
