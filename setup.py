@@ -207,6 +207,10 @@ setup(
         "prometheus-client>=0.20",
         "PyYAML>=6.0",
         "cryptography>=41",     # certificates: expiry, key/certificate match, errors by field
+        "pyjwt>=2.8",           # IAM tokens (X-Auth-Token): JWT decoding and claim checks
+        # custom authorizers over HTTP and JWK set fetches: an async client with pools and
+        # timeouts (h11 parses; the proxy's own upstream code is built for streaming, not calls)
+        "httpx>=0.27",
     ],
     extras_require={
         # websockets: the WebSocket client and backend of the tunnel tests
