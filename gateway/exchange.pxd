@@ -109,6 +109,11 @@ cdef class Exchange:
     cdef public bint resp_until_close
     cdef public bint head_request
     cdef public object held
+    cdef public object body_digest
+    cdef public Py_ssize_t next_stage
+    cdef public object waiting
+    cdef public bint continued
+    cdef public object auth_state
 
     cpdef setup(self, Connection conn, str method, Head head, str version, bint keep_alive,
                 double started)

@@ -233,7 +233,12 @@ class Exchange:
         self.resp_chunked = False
         self.resp_until_close = False   # the response body ends when the connection closes
         self.head_request = method == "HEAD"
-        self.held = None                # a body held until a stage's check (gateway.auth.app)
+        self.held = None                # a body held until a stage's check (pipeline.HeldBody)
+        self.body_digest = None         # its SHA-256 (hex bytes) once it was held whole
+        self.next_stage = 0             # where the pipeline resumes after a stage suspended it
+        self.waiting = None             # the task a stage waits on (pipeline.Wait)
+        self.continued = False          # '100 Continue' was sent
+        self.auth_state = None          # what an authentication stage keeps while it waits
 
     @property
     def has_body(self):

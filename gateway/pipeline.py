@@ -1,12 +1,27 @@
 """Entering the pipeline: normalise, route, then the API's own stages.
 
-The stage list is built per API in the snapshot (empty for now; authentication, throttling,
-access control and parameter mapping come as stages), so an API pays only for what it uses.
-A stage is ``stage(ex) -> None`` and answers by raising a GatewayError.
+The stage list is built per API in the snapshot (authentication, then the policies), so an
+API pays only for what it uses.  A stage is ``stage(ex)``; it refuses by raising a GatewayError
+and otherwise returns one of
+
+* ``None``: done, the next stage runs at once (the common case: no object, no await);
+* a :class:`HeldBody`: the stage needs the whole request body first.  The client connection
+  collects it (hashed as it arrives, kept once, bounded by the body limit), then calls
+  ``finish(ex, hex digest)``, which returns None or a :class:`Wait` like a stage;
+* a :class:`Wait`: the stage must wait for I/O (an authorizer call, a key fetch).  The
+  connection runs the awaitable as a task, holds the request body back meanwhile (reading is
+  paused; what was already read is kept), bounds the wait by ``timeout_s`` and cancels the
+  task when the client goes away.  Its result is ignored: it raises a GatewayError to refuse.
+
+The pipeline then resumes with the next stage (:meth:`Pipeline.resume`).  Only an exchange
+whose stage returned something pays for suspending; APIs whose stages never wait run as
+before, in one call.
 """
 from __future__ import annotations
 
 from fastpath import PathError, normalize_path
+
+import hashlib
 
 from gateway.errors import BadRequest, FramingError, NotFound
 
@@ -37,6 +52,36 @@ def _query_start(raw):
     if b"#" in raw:
         return -2
     return raw.find(b"?")
+
+
+class HeldBody:
+    """A request body held until a stage has checked it: hashed as it arrives (SHA-256, the
+    digest signatures need), kept once, released to the backend afterwards."""
+
+    __slots__ = ("chunks", "hasher", "finish")
+
+    def __init__(self, finish=None):
+        self.chunks = []
+        self.hasher = hashlib.sha256()
+        self.finish = finish    # finish(ex, hex digest bytes) -> None or a Wait; may raise
+
+    def add(self, chunk):
+        self.chunks.append(chunk)
+        self.hasher.update(chunk)
+
+
+class Wait:
+    """What a stage returns to wait for I/O: ``awaitable`` (a coroutine) is run as a task;
+    ``timeout_s`` bounds it (the awaitable should enforce its own, more precise, timeout:
+    this is the backstop of the connection's sweep); ``error`` is the GatewayError answered
+    when the backstop fires."""
+
+    __slots__ = ("awaitable", "timeout_s", "error")
+
+    def __init__(self, awaitable, timeout_s, error):
+        self.awaitable = awaitable
+        self.timeout_s = timeout_s
+        self.error = error
 
 
 class Pipeline:
@@ -72,5 +117,21 @@ class Pipeline:
         api, ex.params, ex.rest = found
         ex.api = api
         ex.handler = api.handler
-        for stage in api.stages:
-            stage(ex)
+        stages = api.stages
+        for i in range(len(stages)):
+            pending = stages[i](ex)
+            if pending is not None:
+                ex.next_stage = i + 1
+                return pending
+        return None
+
+    def resume(self, ex):
+        """Run the stages after the one that suspended the exchange; returns like enter."""
+        stages = ex.api.stages
+        for i in range(ex.next_stage, len(stages)):
+            pending = stages[i](ex)
+            if pending is not None:
+                ex.next_stage = i + 1
+                return pending
+        ex.next_stage = len(stages)
+        return None

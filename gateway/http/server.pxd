@@ -1,13 +1,13 @@
 # Types for the compiled form of gateway/http/server.py (Cython pure-Python mode).
 cimport cython
-from gateway.exchange cimport Connection, Exchange, RequestIds, monotonic
+from gateway.exchange cimport Connection, Exchange, Handler, RequestIds, monotonic
 from gateway.metrics cimport WorkerMetrics
 from gateway.pipeline cimport Pipeline
 from fastpath._compiled.http1 cimport Head, RequestParser
 
 cdef int _E_NEED_DATA, _E_HEAD, _E_BODY, _E_END
 cdef bint _valid_host(bytes host)
-cdef int _NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER, _FLUSH
+cdef int _NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER, _FLUSH, _WAIT
 
 cdef class ClientConnection(Connection):
     cdef public object worker
@@ -53,6 +53,10 @@ cdef class ClientConnection(Connection):
     cdef _on_end(self)
     cdef _start(self, Exchange ex)
     cdef _release(self, Exchange ex)
+    cdef _advance(self, Exchange ex, object pending)
+    cdef _continue(self, Exchange ex)
+    @cython.locals(handler=Handler)
+    cdef _proceed(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)
     cpdef abort_exchange(self, Exchange ex)
     cpdef tuple switch_protocols(self, Exchange ex)

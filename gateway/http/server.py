@@ -22,6 +22,7 @@ from fastpath.http1_rules import BODY, END, HEAD, NEED_DATA
 from gateway.errors import FramingError, GatewayError, TooLarge, error_body, reason
 from gateway.exchange import Connection, Exchange, monotonic
 from gateway.http.sockets import reset_on_close
+from gateway.pipeline import HeldBody
 from gateway.tls import client_identity
 
 # What a Host (or an absolute-form authority) may hold (RFC 3986 §3.2.2-3: a reg-name, an IPv4
@@ -38,7 +39,7 @@ def _valid_host(host):
 
 # deadline kinds (UPSTREAM is set by backend handlers: waiting for / reading from a backend)
 UPSTREAM = 4
-_NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER, _FLUSH = range(9)   # C constants
+_NONE, _HEAD, _IDLE, _BODY, _UPSTREAM, _SEND, _DRAIN, _LINGER, _FLUSH, _WAIT = range(10)   # C constants
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # (the parser's event numbers, as C constants of the compiled form)
@@ -118,6 +119,7 @@ class ClientConnection(Connection):
         self.worker.connections.discard(self)
         ex = self.current
         if ex is not None and not ex.done:
+            _cancel_wait(ex)
             ex.handler.on_abort(ex)
             self._account(ex, True)
         self.current = None
@@ -162,7 +164,9 @@ class ClientConnection(Connection):
         self.peer_eof = True
         ex = self.current
         if ex is not None and not ex.done:
-            if not ex.request_complete:
+            if not ex.request_complete or ex.waiting is not None:
+                # (a client that leaves while a stage waits for it, an authorizer call, is
+                # taken as gone: nothing has been asked of the backend yet)
                 ex.handler.on_abort(ex)
                 self.abort_exchange(ex)
                 return False
@@ -329,6 +333,8 @@ class ClientConnection(Connection):
                 self.set_deadline(_BODY, self.body_timeout)
             if ex.held is not None:
                 ex.held.add(chunk)      # (bounded by the body limit above)
+                if ex.waiting is not None and not self.body_paused:
+                    self.body_backpressure(True)    # held back while a stage waits
             else:
                 ex.handler.on_body(ex, chunk)
 
@@ -342,44 +348,40 @@ class ClientConnection(Connection):
         if not ex.done:
             if self.deadline_kind == _BODY:
                 self.set_deadline(_NONE, 0)
-            if ex.held is not None:
+            if ex.waiting is not None:
+                pass                # (the stage's resumption sees the request complete)
+            elif ex.held is not None:
                 self._release(ex)
             else:
                 ex.handler.on_request_end(ex)
 
     def _release(self, ex):
-        """A held body is complete: the stage's check runs, then the backend gets the request
-        (or the client the refusal)."""
+        """A held body is complete: the check of the stage that asked for it runs, then the
+        rest of the pipeline, then the backend gets the request (or the client the refusal)."""
         held = ex.held
-        ex.held = None
+        ex.body_digest = held.hasher.hexdigest().encode()
+        finish = held.finish
+        held.finish = None
         try:
-            held.finish(ex, held.hasher.hexdigest().encode())
+            pending = finish(ex, ex.body_digest) if finish is not None else None
+            if pending is None:
+                pending = self.pipeline.resume(ex)
         except GatewayError as error:
             ex.fail(error)
             return
-        handler = ex.handler
-        handler.on_head(ex)
-        for chunk in held.chunks:
-            if ex.done:
-                return
-            handler.on_body(ex, chunk)
-        if not ex.done:
-            handler.on_request_end(ex)
+        self._advance(ex, pending)
 
     # -- running exchanges ----------------------------------------------------------------
     def _start(self, ex):
         """Route the exchange and run its stages; then its backend handler takes over."""
         try:
-            self.pipeline.enter(ex)
+            pending = self.pipeline.enter(ex)
         except GatewayError as error:
             self.set_deadline(_NONE, 0)
             ex.fail(error)
             return
-        handler = ex.handler
-        if ex.held is not None:         # a stage checks the body first (see _release)
-            if ex.expect_continue and not ex.request_complete:
-                self.write(_CONTINUE)
-            self.set_deadline(_BODY, self.body_timeout)
+        if pending is not None:
+            self._advance(ex, pending)
             return
         if ex.expect_continue and not ex.request_complete and (ex.chunked or ex.content_length > 0):
             # (a request without a body waits for nothing: RFC 9110 §10.1.1 lets a server
@@ -389,7 +391,99 @@ class ClientConnection(Connection):
             self.set_deadline(_BODY, self.body_timeout)
         else:
             self.set_deadline(_NONE, 0)
+        ex.handler.on_head(ex)
+
+    # -- stages that suspend the exchange (see gateway/pipeline.py) -------------------------
+    def _advance(self, ex, pending):
+        """A stage suspended the exchange (``pending``: a HeldBody or a Wait), or, with None,
+        every stage has passed and the backend takes over."""
+        if ex.done:
+            return
+        if pending is None:
+            self._proceed(ex)
+        elif isinstance(pending, HeldBody):
+            if ex.held is None:
+                ex.held = pending
+            else:                   # (part of the body was held back during a wait)
+                ex.held.finish = pending.finish
+            if ex.request_complete:
+                self._release(ex)
+                return
+            self._continue(ex)
+            self.set_deadline(_BODY, self.body_timeout)
+            self.body_backpressure(False)
+        else:
+            if not ex.request_complete and (ex.chunked or ex.content_length > 0):
+                if ex.held is None:
+                    ex.held = HeldBody()    # body bytes already read are kept; no more is read
+                self.body_backpressure(True)
+            # (without a body, reading goes on: a client leaving is seen and ends the wait)
+            task = self.worker.loop.create_task(pending.awaitable)
+            ex.waiting = pending
+            pending.awaitable = task
+            task.add_done_callback(self._resumed)
+            self.set_deadline(_WAIT, pending.timeout_s)
+
+    def _resumed(self, task):
+        """A stage's wait ended: go on with the pipeline (or answer its refusal)."""
+        ex = self.current
+        if ex is None or ex.waiting is None or ex.waiting.awaitable is not task:
+            return          # (the exchange was answered, aborted or timed out meanwhile)
+        ex.waiting = None
+        if ex.done or self.closed or task.cancelled():
+            return
+        self.corked = True
+        try:
+            error = task.exception()
+            if error is not None:
+                if not isinstance(error, GatewayError):
+                    self.worker.log.error("a stage of %s failed: %r", ex.api.name, error)
+                    error = GatewayError("Internal error")
+                ex.fail(error)
+                return
+            self.set_deadline(_NONE, 0)
+            pending = self.pipeline.resume(ex)
+        except GatewayError as error:
+            ex.fail(error)
+            return
+        finally:
+            self.uncork()
+        self.corked = True
+        try:
+            self._advance(ex, pending)
+        finally:
+            self.uncork()
+
+    def _continue(self, ex):
+        """Ask for the body ('100 Continue') if the client waits for one, once."""
+        if ex.expect_continue and not ex.continued and not ex.request_complete:
+            ex.continued = True
+            self.write(_CONTINUE)
+
+    def _proceed(self, ex):
+        """Every stage passed: the backend gets the request, with what was held of its body."""
+        held = ex.held
+        ex.held = None
+        if ex.request_complete:
+            self.set_deadline(_NONE, 0)
+        elif ex.chunked or ex.content_length > 0:
+            self._continue(ex)
+            self.set_deadline(_BODY, self.body_timeout)
+        else:
+            self.set_deadline(_NONE, 0)
+        handler = ex.handler
         handler.on_head(ex)
+        if held is not None:
+            for chunk in held.chunks:
+                if ex.done:
+                    return
+                handler.on_body(ex, chunk)
+        if ex.done:
+            return
+        if ex.request_complete:
+            handler.on_request_end(ex)
+        else:
+            self.body_backpressure(False)
 
     def exchange_finished(self, ex):
         """Called once an exchange's response is fully written (or it was aborted)."""
@@ -434,6 +528,7 @@ class ClientConnection(Connection):
         the body was to end with the connection, only a reset tells the client it is cut."""
         if not ex.done:
             ex.done = True
+            _cancel_wait(ex)
             self._account(ex, True)
             if ex.response_started:
                 self.metrics.truncated += 1
@@ -595,6 +690,10 @@ class ClientConnection(Connection):
         ex = self.current
         if kind == _UPSTREAM and ex is not None and not ex.done:
             ex.handler.on_timeout(ex)
+        elif kind == _WAIT and ex is not None and not ex.done:
+            error = ex.waiting.error if ex.waiting is not None else None
+            _cancel_wait(ex)
+            ex.fail(error if error is not None else GatewayError("Internal error"))
         elif kind == _LINGER:
             self.hard_close()
         elif kind in (_HEAD, _BODY):
@@ -619,3 +718,11 @@ class ClientConnection(Connection):
             self.close()
         elif self.current is not None:
             self.current.keep_alive = False
+
+
+def _cancel_wait(ex):
+    """End the wait of a stage whose exchange is over (answered, aborted, timed out)."""
+    waiting = ex.waiting
+    if waiting is not None:
+        ex.waiting = None
+        waiting.awaitable.cancel()
