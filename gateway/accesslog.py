@@ -26,6 +26,8 @@ class AccessRecord(msgspec.Struct, array_like=False, omit_defaults=True):
     env: str = ""
     api: str = ""
     app: str = ""           # the authenticated app (never its key, secret or signature)
+    user: str = ""          # the authenticated IAM user, and its account (never a token)
+    account: str = ""
     upstream: str = ""
     upstream_ms: float = -1.0
     error: str = ""
@@ -45,12 +47,15 @@ class AccessLog:
 
     def log(self, ex, duration, aborted):
         api = ex.api
+        caller = ex.caller
         record = AccessRecord(
             time=round(time.time(), 3), request_id=ex.request_id, client=ex.client_ip,
             method=ex.method, host=ex.host, path=ex.path or "", status=ex.status,
             bytes=ex.bytes_sent, duration_ms=round(duration * 1000.0, 3),
             env=ex.env if api is not None else "", api=api.name if api is not None else "",
-            app=ex.caller if isinstance(ex.caller, str) else "",
+            app=caller.app if caller is not None else "",
+            user=caller.user if caller is not None else "",
+            account=caller.account if caller is not None else "",
             upstream=ex.upstream_addr,
             upstream_ms=round(ex.upstream_elapsed * 1000.0, 3) if ex.upstream_elapsed >= 0 else -1.0,
             error=ex.error_code, aborted=aborted)

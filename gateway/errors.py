@@ -47,16 +47,51 @@ class TooLarge(BadRequest):
     close = True
 
 
-class AppAuthFailed(GatewayError):
-    """APP authentication failed (no, malformed or wrong credentials); ``reason``: the class of
-    failure, for the metrics (missing, malformed, unknown_credential, date, signature)."""
+class AuthFailed(GatewayError):
+    """A credential was missing, malformed or wrong; ``reason`` classes the failure for the
+    metrics (missing, malformed, unknown_credential, date, signature, expired, denied...)."""
 
-    code = "APIC.0303"
     status = 401
 
     def __init__(self, message, detail=None, *, reason="signature"):
         super().__init__(message, detail)
         self.reason = reason
+
+
+class AppAuthFailed(AuthFailed):
+    """APP authentication failed (no, malformed or wrong credentials)."""
+
+    code = "APIC.0303"
+
+
+class IamAuthFailed(AuthFailed):
+    """IAM authentication failed: a bad, expired or unverifiable token, a wrong AK/SK signature."""
+
+    code = "APIC.0301"
+
+
+class AuthorizerDenied(AuthFailed):
+    """A custom authorizer said no (or the identities it needs are missing or invalid)."""
+
+    code = "APIC.0305"
+
+
+class AuthorizerFailed(GatewayError):
+    """A custom authorizer could not decide: it failed, timed out or answered garbage."""
+
+    code = "APIC.0601"
+    status = 500
+
+    def __init__(self, message, detail=None, *, reason="failed"):
+        super().__init__(message, detail)
+        self.reason = reason
+
+
+class IpDenied(GatewayError):
+    """The client address is not allowed (an app's client ACL, an IP ACL)."""
+
+    code = "APIC.0402"
+    status = 403
 
 
 class AppNotAuthorized(GatewayError):

@@ -2,33 +2,36 @@
 
 An :class:`AppAuth` is compiled once per (API, environment) by the snapshot: the apps by key
 (each secret's HMAC keyed once) and the names of the apps authorized in that environment.  As a
-stage it reads the ``Authorization`` field, finds the app, checks its authorization and the
-date, then checks the signature (fastpath.sdksign) -- at once for a request without a body;
-for one with a body, once the body has arrived: the body is held (hashed as it streams, kept
-once, bounded by the body limit) and released to the backend only after the check passed, so
-no request with a wrong signature ever reaches a backend, not even in part.
+stage it reads the ``Authorization`` field, finds the app, checks its authorization and its
+client ACL, then the signature (gateway.auth.signed); or, when the API allows them, an AppCode
+or the app's key and secret in headers.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 
 from fastpath import sdksign
-from fastpath.sdksign import SignatureError
 
-from gateway.errors import AppAuthFailed, AppNotAuthorized
+from gateway.errors import AppAuthFailed, AppNotAuthorized, IpDenied
+from gateway.policy.iprules import IpRule
+
+from .caller import Caller
+from .signed import SignatureCheck
 
 
 class AppCredentials:
     """One app as the stage needs it."""
 
-    __slots__ = ("name", "key", "secret_digest")
+    __slots__ = ("name", "public_key", "key", "secret_digest", "acl")
 
-    def __init__(self, name: str, secret: str):
+    def __init__(self, name: str, key: str, secret: str | None, acl):
         self.name = name
-        self.key = sdksign.prepare_secret(secret.encode())     # (the secret is not kept)
-        self.secret_digest = _digest(secret.encode())         # for X-HW-AppKey
+        self.public_key = key                   # (the app's public identifier)
+        # (the secret itself is not kept: its keyed HMAC and its digest)
+        self.key = sdksign.prepare_secret(secret.encode()) if secret else None
+        self.secret_digest = _digest(secret.encode()) if secret else None   # for X-HW-AppKey
+        self.acl = IpRule(acl.action, acl.values) if acl is not None else None
 
 
 def _digest(value: bytes) -> bytes:
@@ -41,9 +44,9 @@ class AppIndex:
     """The document's apps by key (those with a key and a secret) and by AppCode digest."""
 
     def __init__(self, apps):
-        self.by_key = {app.key.encode(): AppCredentials(app.name, app.secret)
-                       for app in apps if app.key and app.secret}
-        self.by_code = {_digest(code.encode()): app.name for app in apps
+        every = [AppCredentials(app.name, app.key or "", app.secret, app.acl) for app in apps]
+        self.by_key = {c.public_key.encode(): c for c in every if c.public_key and c.key}
+        self.by_code = {_digest(code.encode()): c for app, c in zip(apps, every)
                         for code in app.app_codes}
 
 
@@ -51,19 +54,8 @@ def app_index(apps) -> AppIndex:
     return AppIndex(apps)
 
 
-class HeldBody:
-    """A request body held until its signature is checked: hashed as it arrives."""
-
-    __slots__ = ("chunks", "hasher", "finish")
-
-    def __init__(self, finish):
-        self.chunks = []
-        self.hasher = hashlib.sha256()
-        self.finish = finish        # finish(ex, body hex digest): raises a GatewayError or not
-
-    def add(self, chunk: bytes):
-        self.chunks.append(chunk)
-        self.hasher.update(chunk)
+def _app_failed(text: str, reason: str) -> AppAuthFailed:
+    return AppAuthFailed(f"Incorrect app authentication information: {text}", reason=reason)
 
 
 class AppAuth:
@@ -77,93 +69,58 @@ class AppAuth:
         self.metrics = metrics              # the worker's (None when only validating)
         self.app_code = app_code            # X-Apig-AppCode accepted
         self.key_headers = key_headers      # X-HW-ID / X-HW-AppKey accepted
+        self.signature = SignatureCheck(apps.by_key, _app_failed, self._accept, _identified,
+                                        self._count, "unknown app key")
 
-    def _authorized(self, ex, name: str):
-        if name not in self.allowed:
+    def _accept(self, ex, app: AppCredentials):
+        """The app is known: is it authorized here, and may it call from this address?"""
+        if app.name not in self.allowed:
             raise AppNotAuthorized("The app is not authorized to call this API",
-                                   f"app {name} not authorized for {self.api_name}@{ex.env}")
+                                   f"app {app.name} not authorized for {self.api_name}@{ex.env}")
+        if app.acl is not None and not app.acl.allows(ex.client_ip):
+            raise IpDenied("The client address is not allowed for this app",
+                           f"app {app.name}: {ex.client_ip} refused by its client ACL")
 
     def __call__(self, ex):
         try:
-            self._check(ex)
-        except (AppAuthFailed, AppNotAuthorized) as error:
+            return self._check(ex)
+        except (AppAuthFailed, AppNotAuthorized, IpDenied) as error:
             self._count(ex, error)
             raise
 
     def _count(self, ex, error):
         if self.metrics is not None:
-            reason = error.reason if isinstance(error, AppAuthFailed) else "not_authorized"
+            reason = (error.reason if isinstance(error, AppAuthFailed) else
+                      "ip_denied" if isinstance(error, IpDenied) else "not_authorized")
             self.metrics.count_auth_failure(self.api_name, ex.env, "app", reason)
 
     def _check(self, ex):
         head = ex.head
         value = head.get(b"authorization")
-        if value is None:
-            code = head.get(b"x-apig-appcode") if self.app_code else None
-            if code is not None:
-                name = self.apps.by_code.get(_digest(code.strip(b" \t")))
-                if name is None:
-                    raise AppAuthFailed("Incorrect app authentication information: "
-                                        "unknown AppCode", reason="unknown_credential")
-                self._authorized(ex, name)
-                ex.caller = name
-                return
-            key = head.get(b"x-hw-id") if self.key_headers else None
-            if key is not None:
-                app = self.apps.by_key.get(key.strip(b" \t"))
-                secret = head.get(b"x-hw-appkey") or b""
-                # (compared even for an unknown key, against a digest that matches nothing)
-                expected = app.secret_digest if app is not None else b"\0" * 32
-                if not hmac.compare_digest(_digest(secret.strip(b" \t")), expected) or app is None:
-                    raise AppAuthFailed("Incorrect app authentication information: "
-                                        "wrong app key or secret", reason="unknown_credential")
-                self._authorized(ex, app.name)
-                ex.caller = app.name
-                return
-            raise AppAuthFailed("Incorrect app authentication information: no Authorization",
-                                "no Authorization field", reason="missing")
-        try:
-            signed = sdksign.parse_authorization(value)
-        except SignatureError as exc:
-            raise _failed(exc) from None
-        app = self.apps.by_key.get(signed[0])
-        if app is None:
-            raise AppAuthFailed("Incorrect app authentication information: unknown app key",
-                                reason="unknown_credential")
-        self._authorized(ex, app.name)
-        raw = ex.raw_target
-        q = raw.find(b"?")
-        path, query = (raw, b"") if q < 0 else (raw[:q], raw[q + 1:])
-        method = ex.method.encode()
-        now = time.time()
-
-        def finish(ex, body_hex):
-            try:
-                sdksign.verify(head, method, path, query, app.key, signed, now, body_hex, True)
-            except SignatureError as exc:
-                error = _failed(exc)
-                self._count(ex, error)
-                raise error from None
-            ex.caller = app.name
-
-        if ex.chunked or ex.content_length > 0:
-            # the date is checked now: a stale request is refused before its body is read
-            try:
-                sdksign.check_date(head.get(b"x-sdk-date") or b"", now)
-            except SignatureError as exc:
-                raise _failed(exc) from None
-            ex.held = HeldBody(finish)
-            return
-        try:
-            sdksign.verify(head, method, path, query, app.key, signed, now, None, False)
-        except SignatureError as exc:
-            raise _failed(exc) from None
-        ex.caller = app.name
+        if value is not None:
+            return self.signature(ex, value)
+        code = head.get(b"x-apig-appcode") if self.app_code else None
+        if code is not None:
+            app = self.apps.by_code.get(_digest(code.strip(b" \t")))
+            if app is None:
+                raise _app_failed("unknown AppCode", "unknown_credential")
+            self._accept(ex, app)
+            _identified(ex, app)
+            return None
+        key = head.get(b"x-hw-id") if self.key_headers else None
+        if key is not None:
+            app = self.apps.by_key.get(key.strip(b" \t"))
+            secret = head.get(b"x-hw-appkey") or b""
+            # (compared even for an unknown key, against a digest that matches nothing)
+            expected = app.secret_digest if app is not None else b"\0" * 32
+            if not hmac.compare_digest(_digest(secret.strip(b" \t")), expected) or app is None:
+                raise _app_failed("wrong app key or secret", "unknown_credential")
+            self._accept(ex, app)
+            _identified(ex, app)
+            return None
+        raise AppAuthFailed("Incorrect app authentication information: no Authorization",
+                            "no Authorization field", reason="missing")
 
 
-def _failed(exc: SignatureError) -> AppAuthFailed:
-    """The 401 of a refused signature, classed for the metrics."""
-    text = exc.reason
-    reason = ("date" if "15 minutes" in text else "signature" if "does not match" in text
-              else "malformed")
-    return AppAuthFailed(f"Incorrect app authentication information: {text}", reason=reason)
+def _identified(ex, app: AppCredentials):
+    ex.caller = Caller("app", app.name, app.public_key)
