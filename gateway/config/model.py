@@ -248,6 +248,8 @@ class Authorizer(Struct, **_OPTS):
     user_data: Annotated[str, Meta(max_length=2048)] = ""
     need_body: bool = False
     loose: bool = False
+    #: how long one call may take; then the request is answered 500 (or let through, ``loose``)
+    timeout_ms: Annotated[int, Meta(ge=1, le=60000)] = 5000
 
 
 class ThrottleSpecial(Struct, **_OPTS):
