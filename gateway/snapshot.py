@@ -16,6 +16,10 @@ import msgspec
 from fastpath import RouteConflict, Router
 
 from .auth.app import AppAuth, app_index
+from .auth.custom import Authorizer, AuthorizerStage
+from .auth.iam import IamAuth, IamIndex
+from .backends.rewrite import RequestRewrite
+from .pipeline import HeldBody
 from .backends.http import BackendConfigError, HttpBackend
 from .exchange import CompiledApi
 from .backends.mock import MockBackend
@@ -23,6 +27,37 @@ from .config import ConfigError, Document
 from .tls import backend_context, certificate_files, load_certificates, resolve_path
 
 _VARIABLE = re.compile(r"#([A-Za-z][A-Za-z0-9_-]{2,31})#")
+_TEMPLATE_PARAM = re.compile(r"\{([^}+]+)\+?\}")
+
+
+def _body_digest(ex):
+    """The stage of an API whose backend requests are signed: the signature covers the body's
+    SHA-256, so a request body is held until it has arrived (unless a stage held it already)."""
+    if (ex.chunked or ex.content_length > 0) and ex.body_digest is None:
+        return HeldBody()
+    return None
+
+
+def _authorizers(doc, runtime, errors) -> dict:
+    found = {}
+    for i, config in enumerate(doc.authorizers):
+        try:
+            found[config.name] = Authorizer(config, runtime)
+        except ValueError as exc:
+            errors.append(f"authorizers[{i}].function: {exc}")
+    return found
+
+
+def _iam(doc, base_dir, errors):
+    verifier = None
+    if doc.iam.jwt is not None:
+        from .auth.tokens import JwtVerifier    # (pyjwt is imported only when tokens are used)
+
+        try:
+            verifier = JwtVerifier(doc.iam.jwt, base_dir)
+        except ValueError as exc:
+            errors.extend(str(a) for a in exc.args)
+    return IamIndex(doc.iam, verifier)
 
 
 class Snapshot:
@@ -41,7 +76,7 @@ def document_version(doc: Document) -> str:
     return hashlib.sha256(msgspec.json.encode(doc)).hexdigest()[:12]
 
 
-def _fingerprint(api, group, env, tls_files, base_dir) -> str:
+def _fingerprint(api, group, env, tls_files, base_dir, bound=()) -> str:
     """What an API is made of in one environment: its definition, its group (variables,
     domains), the environment and the contents of its backend's TLS files.  Open WebSocket
     tunnels compare it across reloads: one opened through an API that a reload changed or
@@ -50,6 +85,8 @@ def _fingerprint(api, group, env, tls_files, base_dir) -> str:
     digest = hashlib.sha256(msgspec.json.encode(api))
     digest.update(msgspec.json.encode(group))
     digest.update(env.encode())
+    for policy in bound:        # (the signature key and authorizers the API uses there)
+        digest.update(msgspec.json.encode(policy))
     tls = api.backend.tls
     if tls is not None:
         for value in (tls.ca_file, tls.client_cert, tls.client_key):
@@ -78,6 +115,10 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             errors.extend(exc.args)
     groups = {g.name: g for g in doc.groups}
     app_keys = app_index(doc.apps)
+    authorizers = _authorizers(doc, runtime, errors)
+    iam = _iam(doc, base_dir, errors) if any(a.auth == "iam" for a in doc.apis) else None
+    signature_keys = {k.name: k for k in doc.signature_keys}
+    metrics = runtime.metrics if runtime is not None else None
     router = Router()
     apis = {}
     owner = {}
@@ -88,10 +129,16 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             errors.append(f"{where}.group: unknown group {api.group!r}")
             continue
         hosts = tuple(sorted({d.lower().rstrip(".") for d in group.domains}))
-        for env in api.environments:
+        for env, binding in api.environments.items():
+            signature_key = (signature_keys.get(binding.signature_key)
+                             if binding.signature_key is not None else None)
+            rewrite = None
+            if api.backend.params or signature_key is not None:
+                rewrite = RequestRewrite(api.backend.params, api.params,
+                                         _TEMPLATE_PARAM.findall(api.path), signature_key)
             try:
                 handler = _backend(api, env, group, runtime, base_dir, tls_contexts,
-                                   f"{where}.backend", used_contexts, tls_files)
+                                   f"{where}.backend", used_contexts, tls_files, rewrite)
             except BackendConfigError as exc:
                 errors.append(f"{where}.backend: {exc} (environment {env})")
                 continue
@@ -99,13 +146,26 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 errors.extend(e for e in exc.args if e not in errors)
                 continue
             stats = runtime.metrics.api_stats(api.name, env) if runtime is not None else None
-            stages = ()
+            stages = []
             if api.auth == "app":
-                stages = (AppAuth(app_keys, frozenset(api.environments[env].apps), api.name,
-                                  api.app_code_auth, api.app_api_key,
-                                  runtime.metrics if runtime is not None else None),)
+                stages.append(AppAuth(app_keys, frozenset(binding.apps), api.name,
+                                      api.app_code_auth, api.app_api_key, metrics))
+            elif api.auth == "iam":
+                stages.append(IamAuth(iam, api.name, metrics))
+            elif api.auth == "custom" and api.authorizer in authorizers:
+                stages.append(AuthorizerStage(authorizers[api.authorizer], api.name, metrics))
+            if signature_key is not None and api.backend.type == "http":
+                stages.append(_body_digest)
+            if api.backend.authorizer in authorizers:   # (last: just before the backend call)
+                stages.append(AuthorizerStage(authorizers[api.backend.authorizer], api.name,
+                                              metrics))
+            stages = tuple(stages)
             compiled = CompiledApi(api.name, env, api.group, handler, stages, stats,
-                                   _fingerprint(api, group, env, tls_files, base_dir))
+                                   _fingerprint(api, group, env, tls_files, base_dir,
+                                                (signature_key, *(
+                                                    a for a in doc.authorizers
+                                                    if a.name in (api.authorizer,
+                                                                  api.backend.authorizer)))))
             try:
                 router.add(env, hosts, api.method, api.path, api.match_mode, compiled)
             except RouteConflict as exc:
@@ -154,7 +214,7 @@ def _digests(base_dir, seen, *values) -> bytes:
 
 
 def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="backend",
-             used_contexts=None, tls_files=None):
+             used_contexts=None, tls_files=None, rewrite=None):
     backend = api.backend
     if backend.type == "mock":
         mock = backend.mock
@@ -191,5 +251,6 @@ def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="b
                            backend.host_header, prefix=api.match_mode == "prefix",
                            tls_context=tls_context,
                            server_name=backend.tls.server_name if backend.tls else None,
-                           websocket_idle_ms=backend.websocket_idle_timeout_ms)
+                           websocket_idle_ms=backend.websocket_idle_timeout_ms,
+                           rewrite=rewrite)
     raise BackendConfigError(f"backend type {backend.type!r} is not supported in this version")

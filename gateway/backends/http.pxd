@@ -27,6 +27,7 @@ cdef class HttpBackend(Handler):
     cdef public bint prefix
     cdef public Py_ssize_t replay_limit
     cdef public double websocket_idle_s
+    cdef public object rewrite
 
     # ``call`` typed: ProxyCall's methods are C calls, not Python method lookups
     @cython.locals(call=ProxyCall)

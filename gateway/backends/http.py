@@ -49,7 +49,7 @@ class HttpBackend(Handler):
     """
 
     def __init__(self, runtime, url, method, timeout_ms, retries, host_header, prefix,
-                 tls_context=None, server_name=None, websocket_idle_ms=None):
+                 tls_context=None, server_name=None, websocket_idle_ms=None, rewrite=None):
         self.runtime = runtime
         self.pool = runtime.pool if runtime is not None else None   # typed: C calls per request
         parts = urlsplit(url)
@@ -84,6 +84,9 @@ class HttpBackend(Handler):
         self.retries = retries
         self.prefix = prefix
         self.websocket_idle_s = (websocket_idle_ms or DEFAULT_WEBSOCKET_IDLE_MS) / 1000.0
+        # backend parameters and signature (gateway.backends.rewrite), or None: most APIs
+        # have neither, and their heads are built by request_head alone
+        self.rewrite = rewrite
 
     # -- handler interface (called by the client connection) --------------------------------
     def on_head(self, ex):
@@ -120,6 +123,8 @@ class HttpBackend(Handler):
 
     # -- request building -----------------------------------------------------------------
     def build_head(self, ex):
+        if self.rewrite is not None:
+            return self._rewritten_head(ex)
         parts = self.path_parts
         if self.path_has_params:
             params = ex.params or {}
@@ -150,6 +155,37 @@ class HttpBackend(Handler):
         # the client's end-to-end fields are copied from its head, the gateway's own added
         return request_head(ex.head, method, target, self.host_header, ex.conn.client_ip_bytes,
                             ex.host_bytes, ex.rid, framing, ex.conn.tls)
+
+
+    def _rewritten_head(self, ex):
+        """build_head for an API with backend parameters or a signature key."""
+        rewrite = self.rewrite
+        values, pairs, lines = rewrite.path_values(ex)
+        parts = self.path_parts
+        path = "".join(values.get(parts[i], "") if i % 2 else parts[i] for i in range(len(parts)))
+        if self.prefix and ex.rest:
+            path = (path[:-1] if path.endswith("/") else path) + ex.rest
+        target = path.encode("latin-1")
+        query = rewrite.query(ex.query, pairs)
+        if self.base_query:
+            query = self.base_query + b"&" + query if query else self.base_query
+        if query:
+            target += b"?" + query
+        method = self.method or _METHODS.get(ex.method) or ex.method.encode()
+        framing = self._framing(ex, method)
+        head = request_head(ex.head, method, target, self.host_header, ex.conn.client_ip_bytes,
+                            ex.host_bytes, ex.rid, framing, ex.conn.tls)
+        return rewrite.finish_head(head, lines, method, target, self.host_header,
+                                   ex.body_digest)
+
+    def _framing(self, ex, method):
+        if ex.head.websocket:
+            return _UPGRADE
+        if ex.chunked:
+            return _CHUNKED
+        if ex.content_length >= 0 and (ex.content_length > 0 or method not in (b"GET", b"HEAD")):
+            return b"Content-Length: %d\r\n" % ex.content_length
+        return b""
 
 
 def _path_template(path: str) -> list:

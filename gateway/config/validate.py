@@ -48,10 +48,14 @@ _HTTP_CODES = re.compile(r"\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*")
 _CONTEXT_KEY = r"[A-Za-z][A-Za-z0-9_-]{0,31}"
 _SYSTEM_VALUES = re.compile(
     r"\$context\.(sourceIp|stage|apiId|apiName|appId|appName|requestId"
-    rf"|authorizer\.frontend\.{_CONTEXT_KEY})")
+    r"|userName|userId|user|accountName|accountId|account|domainName"
+    rf"|authorizer\.(frontend|backend)\.{_CONTEXT_KEY})")
 #: headers of a mock answer that the gateway sets itself (framing): allowing them would break it
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
                               "upgrade", "te", "trailer", "proxy-connection"})
+#: headers the gateway writes itself on backend requests (a parameter must not replace them)
+_GATEWAY_HEADERS = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                              "x-request-id"})
 _DATASOURCE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 
 
@@ -518,10 +522,16 @@ class _Validator:
                 self.error(f"{pp}.value", f"unknown frontend parameter '{param.value}'")
             elif param.origin == "system" and not _SYSTEM_VALUES.fullmatch(param.value):
                 self.error(f"{pp}.value", f"unknown system value '{param.value}' (expected "
-                           "$context.sourceIp, stage, apiId, apiName, appId, appName, requestId "
-                           "or authorizer.frontend.<key>)")
+                           "$context.sourceIp, stage, apiId, apiName, appId, appName, requestId, "
+                           "userName, accountName, authorizer.frontend.<key> or "
+                           "authorizer.backend.<key>)")
             elif param.location == "header" and any(c in param.value for c in "\r\n\0"):
                 self.error(f"{pp}.value", "a header value has no CR, LF or NUL")
+            if param.location == "header" and (
+                    param.name.lower() in _FRAMING_HEADERS | _GATEWAY_HEADERS
+                    or not _HEADER_NAME.fullmatch(param.name)):
+                self.error(f"{pp}.name", f"'{param.name}' cannot be set by a backend parameter "
+                           "(a framing field, one the gateway sets, or not a header name)")
         return path_params
 
     def check_backend_url(self, p: str, url: str, api: Api, group: Group | None,
@@ -724,15 +734,8 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
     for i, app in enumerate(doc.apps):
         if app.quota is not None:
             refuse(f"apps[{i}].quota", "app quotas")
-        if app.acl is not None:
-            refuse(f"apps[{i}].acl", "app client ACLs")
     for i, api in enumerate(doc.apis):
         p = f"apis[{i}]"
-        if api.auth not in ("none", "app"):
-            error(f"{p}.auth", f"'{api.auth}' authentication is {UNSUPPORTED}; use auth: none "
-                               f"or app")
-        if api.authorizer is not None:
-            refuse(f"{p}.authorizer", "custom authorizers")
         if api.app_code_auth and api.auth != "app":
             error(f"{p}.app_code_auth", "AppCodes are accepted by APIs with auth: app only")
         if api.app_api_key and api.auth != "app":
@@ -740,8 +743,17 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
                                      "only")
         if api.cors:
             refuse(f"{p}.cors", "CORS")
-        if api.params:
-            refuse(f"{p}.params", "frontend parameters")
+        for j, param in enumerate(api.params):
+            # declared parameters are served as sources of backend parameters; checking them
+            # (required, default, enum, bounds, numbers) is not served yet and is refused
+            checks = [name for name in ("required", "default", "enum", "min", "max")
+                      if getattr(param, name) not in (False, None, ())]
+            if param.type != "string":
+                checks.insert(0, "type")
+            for name in checks:
+                refuse(f"{p}.params[{j}].{name}", "frontend parameter checks",
+                       " (a parameter may be declared with name and location, as a source of "
+                       "backend parameters)")
         if api.conditional_backends:
             refuse(f"{p}.conditional_backends", "conditional backends")
         b = api.backend
@@ -749,17 +761,16 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
             refuse(f"{p}.backend.type", f"'{b.type}' backends")
         if b.channel is not None:
             refuse(f"{p}.backend.channel", "load balance channels")
-        if b.params:
-            refuse(f"{p}.backend.params", "backend parameters")
-        if b.authorizer is not None:
-            refuse(f"{p}.backend.authorizer", "backend authorizers")
+        if b.type != "http":
+            if b.params:
+                error(f"{p}.backend.params", "backend parameters apply to http backends")
+            if any(binding.signature_key for binding in api.environments.values()):
+                error(f"{p}.environments", "a signature key signs requests to http backends")
         for env, binding in api.environments.items():
             bp = f"{p}.environments{_key(env)}"
             if binding.throttle is not None:
                 refuse(f"{bp}.throttle", "throttles")
             if binding.acl is not None:
                 refuse(f"{bp}.acl", "ACLs")
-            if binding.signature_key is not None:
-                refuse(f"{bp}.signature_key", "backend signature keys")
             if binding.apps and api.auth != "app":
                 error(f"{bp}.apps", "apps are authorized for APIs with auth: app only")
