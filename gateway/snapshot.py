@@ -54,7 +54,10 @@ def _iam(doc, base_dir, errors):
         from .auth.tokens import JwtVerifier    # (pyjwt is imported only when tokens are used)
 
         try:
-            verifier = JwtVerifier(doc.iam.jwt, base_dir)
+            jwt_config = doc.iam.jwt
+            verifier = JwtVerifier(jwt_config, base_dir,
+                                   fetch_timeout_s=jwt_config.jwks_timeout_ms / 1000.0,
+                                   min_refresh_interval_s=jwt_config.jwks_refresh_interval_s)
         except ValueError as exc:
             errors.extend(str(a) for a in exc.args)
     return IamIndex(doc.iam, verifier)
@@ -151,7 +154,9 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 stages.append(AppAuth(app_keys, frozenset(binding.apps), api.name,
                                       api.app_code_auth, api.app_api_key, metrics))
             elif api.auth == "iam":
-                stages.append(IamAuth(iam, api.name, metrics))
+                stages.append(IamAuth(iam, api.name, metrics,
+                                      doc.iam.jwt.jwks_timeout_ms / 1000.0
+                                      if doc.iam.jwt is not None else 3.0))
             elif api.auth == "custom" and api.authorizer in authorizers:
                 stages.append(AuthorizerStage(authorizers[api.authorizer], api.name, metrics))
             if signature_key is not None and api.backend.type == "http":

@@ -118,6 +118,10 @@ class IamJwt(Struct, **_OPTS):
     jwks_url: NonEmptyStr | None = None
     #: clock skew allowed when checking ``exp`` and ``nbf``
     leeway_s: Annotated[int, Meta(ge=0, le=3600)] = 0
+    #: ``jwks_url``: at most one fetch per this many seconds (a token with an unknown ``kid``
+    #: triggers one), and how long one fetch may take
+    jwks_refresh_interval_s: Annotated[int, Meta(ge=1, le=86400)] = 30
+    jwks_timeout_ms: Annotated[int, Meta(ge=100, le=60000)] = 3000
 
 
 class Iam(Struct, **_OPTS):
