@@ -127,7 +127,7 @@ def test_validate_reports_semantic_errors_and_unsupported_features(tmp_path):
     assert out.stdout.splitlines() == [
         f"{config}: 2 errors",
         "groups[1].name: duplicate name 'g'",
-        "apis[0].auth: 'iam' authentication is not supported in this version; use auth: none or app",
+        "apis[0].auth: auth: iam needs IAM callers: iam.users (AK/SK) or iam.jwt (tokens)",
     ]
 
 

@@ -329,6 +329,9 @@ class _Validator:
         group = None
         if self.ref(f"{p}.group", "group", api.group, self.groups):
             group = self.doc.groups[self.groups[api.group]]
+        if api.auth == "iam" and not self.doc.iam.users and self.doc.iam.jwt is None:
+            self.error(f"{p}.auth", "auth: iam needs IAM callers: iam.users (AK/SK) or iam.jwt "
+                                    "(tokens)")
         if self.ref(f"{p}.authorizer", "authorizer", api.authorizer, self.authorizers):
             if api.auth == "custom":
                 if api.authorizer is None:

@@ -88,7 +88,7 @@ def test_release_is_implicit_and_listed_environments_exist():
 
 
 def test_binding_references_must_exist():
-    api = mock_api(auth="app", environments={"RELEASE": {"throttle": "t", "acl": "a",
+    api = mock_api(backend={"type": "http", "url": "http://h/x"}, auth="app", environments={"RELEASE": {"throttle": "t", "acl": "a",
                                                           "signature_key": "k", "apps": ["x"]}})
     errors = [e for e in check(apis=[api]) if "not supported in this version" not in e]
     assert errors == ["apis[0].environments.RELEASE.throttle: unknown throttle 't'",
@@ -358,10 +358,17 @@ def test_datasource_url_scheme():
 # --------------------------------------------------------------------------------------------------
 # Refused features
 
-def test_auth_other_than_none_and_app_is_refused_with_the_documented_message():
+def test_every_auth_kind_is_served_and_iam_needs_callers():
     assert check(apis=[mock_api(auth="app")]) == []
-    assert check(apis=[mock_api(auth="iam")])[0].startswith(
-        "apis[0].auth: 'iam' authentication is not supported in this version")
+    assert check(apis=[mock_api(auth="iam")]) == [
+        "apis[0].auth: auth: iam needs IAM callers: iam.users (AK/SK) or iam.jwt (tokens)"]
+    assert check(apis=[mock_api(auth="iam")],
+                 iam={"jwt": {"jwks_url": "https://iam.test/jwks.json"}}) == []
+    assert check(apis=[mock_api(auth="custom", authorizer="z")],
+                 authorizers=[{"name": "z", "url": "http://h/"}]) == []
+    assert check(apis=[mock_api(auth="custom")],
+                 authorizers=[{"name": "z", "url": "http://h/"}]) == [
+        "apis[0].authorizer: auth: custom needs an authorizer"]
 
 
 def test_apps_are_authorized_for_app_auth_apis_only():
@@ -377,26 +384,35 @@ def test_app_codes_and_key_headers_need_app_auth():
     assert check(apis=[mock_api(auth="app", app_code_auth=True, app_api_key=True)]) == []
 
 
-def test_an_app_acl_is_refused_until_it_is_served():
-    errors = check(apps=[{"name": "x", "acl": {"action": "PERMIT", "values": ["10.0.0.0/8"]}}])
-    assert errors == ["apps[0].acl: app client ACLs are not supported in this version"]
+def test_an_app_acl_is_served_and_its_values_checked():
+    assert check(apps=[{"name": "x", "acl": {"action": "PERMIT",
+                                             "values": ["10.0.0.0/8", "::1", "10.0.0.1-10.0.0.9"]}}]) == []
+    errors = check(apps=[{"name": "x", "acl": {"action": "DENY", "values": ["10.0.0.300"]}}])
+    assert [e.split(": ", 1)[0] for e in errors] == ["apps[0].acl.values[0]"]
+
+
+def test_backend_parameters_and_signature_keys_are_for_http_backends():
+    params = [{"name": "X-A", "location": "header", "origin": "constant", "value": "v"}]
+    assert check(apis=[mock_api(backend={"type": "http", "url": "http://h/", "params": params},
+                                environments={"RELEASE": {"signature_key": "k"}})],
+                 signature_keys=[{"name": "k", "key": "k", "secret": "s"}]) == []
+    assert check(apis=[mock_api(backend={"type": "mock", "mock": {}, "params": params},
+                                environments={"RELEASE": {"signature_key": "k"}})],
+                 signature_keys=[{"name": "k", "key": "k", "secret": "s"}]) == [
+        "apis[0].backend.params: backend parameters apply to http backends",
+        "apis[0].environments: a signature key signs requests to http backends"]
 
 
 @pytest.mark.parametrize(("api", "path"), [
-    (mock_api(authorizer="z"), "apis[0].authorizer"),
     (mock_api(cors=True), "apis[0].cors"),
-    (mock_api(params=[{"name": "q", "location": "query"}]), "apis[0].params"),
+    (mock_api(params=[{"name": "q", "location": "query", "required": True}]),
+     "apis[0].params[0].required"),
     (mock_api(backend={"type": "function", "function": "pkg.mod:fn"}), "apis[0].backend.type"),
     (mock_api(backend={"type": "data", "data": {"datasource": "z", "statement": "SELECT 1"}}),
      "apis[0].backend.type"),
     (mock_api(backend={"type": "http", "channel": "c", "path": "/x"}), "apis[0].backend.channel"),
-    (mock_api(backend={"type": "http", "url": "http://h/", "params": [
-        {"name": "X-A", "location": "header", "origin": "constant", "value": "v"}]}),
-     "apis[0].backend.params"),
     (mock_api(environments={"RELEASE": {"throttle": "t"}}), "apis[0].environments.RELEASE.throttle"),
     (mock_api(environments={"RELEASE": {"acl": "a"}}), "apis[0].environments.RELEASE.acl"),
-    (mock_api(environments={"RELEASE": {"signature_key": "k"}}),
-     "apis[0].environments.RELEASE.signature_key"),
 ])
 def test_unimplemented_features_are_refused(api, path):
     refused = [e for e in check(apis=[api], authorizers=[{"name": "z", "url": "http://h/"}],
@@ -426,9 +442,6 @@ def test_definitions_of_unused_kinds_are_accepted():
     ({"trusted_proxies": ["10.0.0.0/8"]}, "trusted_proxies"),
     ({"app_quotas": [{"name": "q", "limit": 5}], "apps": [{"name": "x", "quota": "q"}]},
      "apps[0].quota"),
-    ({"apis": [http_api("http://h/x", authorizer="b")],
-      "authorizers": [{"name": "b", "type": "backend", "url": "http://h/auth"}]},
-     "apis[0].backend.authorizer"),
     ({"apis": [mock_api(conditional_backends=[{
         "name": "canary", "conditions": [{"source": "source_ip", "op": "cidr", "value": "10.0.0.0/8"}],
         "backend": {"type": "mock", "mock": {"body": "canary"}}}])]}, "apis[0].conditional_backends"),
