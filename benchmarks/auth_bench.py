@@ -52,6 +52,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -84,6 +85,7 @@ TARGETS = {
 #: target -> its ratio to nginx's req/s must be at least this
 GOALS = {"app": 0.6, "jwt": 0.65}
 NONE_TOLERANCE = 0.05     # none/nginx against the proxy section's Tollgate/nginx
+OTHER_LOAD_WARN = 10.0    # % of the machine used by other processes that makes a run suspect
 MAX_RUN_SECONDS = 40 * 60  # the tokens live an hour
 
 
@@ -417,6 +419,23 @@ def warm_up(t: AuthTarget, args) -> str | None:
     return problem
 
 
+def measure(t: AuthTarget, upstream: harness.Service, upstream_status: str, rep: int, args
+            ) -> harness.Run:
+    """harness.measure, plus ``other_load``: the share of all CPUs that processes other than the
+    proxy, the upstream and wrk used meanwhile (another job on the machine)."""
+    busy0, _steal, total0 = harness.system_cpu()
+    wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = harness.measure(t.wrk_target(), upstream, upstream_status, rep, args)
+    busy1, _steal, total1 = harness.system_cpu()
+    wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    tick_us = 1e6 / harness.CLK_TCK
+    n = max(r.wrk.requests, 1)
+    ours = ((r.cpu_us + r.upstream_cpu_us) * n / tick_us
+            + (wrk1.ru_utime + wrk1.ru_stime - wrk0.ru_utime - wrk0.ru_stime) * harness.CLK_TCK)
+    r.other_load = max(0.0, 100 * (busy1 - busy0 - ours) / max(total1 - total0, 1))
+    return r
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 
@@ -477,6 +496,13 @@ def report(args, names: list[str], targets: dict[str, AuthTarget], runs: list[ha
                   f"- run at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", ""]
     for name, why in skipped.items():
         md += [f"**{TARGETS[name][0]} skipped:** {why}", ""]
+    disturbed = [r for r in runs if r.other_load > OTHER_LOAD_WARN]
+    if disturbed:
+        md += [f"**Other processes competed for the CPUs** during {len(disturbed)} of the "
+               f"{len(runs)} runs (over {OTHER_LOAD_WARN:.0f}% of the machine; up to "
+               f"{max(r.other_load for r in disturbed):.0f}%: \"other load\" in the per-rep table): "
+               f"their req/s are low for a reason other than the target; CPU us/req is the steadier "
+               f"figure.", ""]
     problems = [r for r in runs if r.problems]
     if problems or notes:
         md += ["**WARNING: some runs were not clean:**", ""]
@@ -544,12 +570,15 @@ def report(args, names: list[str], targets: dict[str, AuthTarget], runs: list[ha
         md.append("")
 
     md += ["### Per rep", "", "| rep | target | req/s | p99 ms | CPU us/req (user/sys) | upstream reqs "
-           "/ new conns | errors |", "|---:|---|---:|---:|---:|---:|---|"]
+           "/ new conns | other load | errors |", "|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in runs:
         md.append(f"| {r.rep} | {targets[r.target].label} | {r.wrk.rps:,.0f} | {_ms(r.wrk.p99_ms)} "
                   f"| {r.cpu_us:.1f} ({r.cpu_user_us:.1f}/{r.cpu_sys_us:.1f}) "
-                  f"| {r.upstream_requests:,} / {r.upstream_new_conns:,} "
+                  f"| {r.upstream_requests:,} / {r.upstream_new_conns:,} | {r.other_load:.0f}% "
                   f"| {'; '.join(r.problems) if r.problems else 'none'} |")
+    md += ["", "\"other load\": CPU time of the machine's other processes during the run (all "
+           "busy time less the proxy's, the upstream's and wrk's), in % of all CPUs: what else "
+           "competed for the CPUs (the proxy, the upstream and wrk alone share them)."]
     return "\n".join(md) + "\n"
 
 
@@ -678,10 +707,11 @@ def main(argv=None) -> int:
                 if t.kind == "app":        # signed a few seconds before its run
                     prepare(t, workdir, args.requests, tokens)
                 harness.log(f"rep {rep}/{args.reps}: {t.label} for {args.duration}s")
-                r = harness.measure(t.wrk_target(), upstream, upstream_status, rep, args)
+                r = measure(t, upstream, upstream_status, rep, args)
                 runs.append(r)
                 harness.log(f"  {r.wrk.rps:,.0f} req/s, p99 {_ms(r.wrk.p99_ms)} ms, "
-                            f"CPU {r.cpu_us:.1f} us/req")
+                            f"CPU {r.cpu_us:.1f} us/req, other processes {r.other_load:.0f}% "
+                            f"of the machine")
         busy1, steal1, total1 = harness.system_cpu()
         span = max(total1 - total0, 1)
         load = (f"machine busy {100 * (busy1 - busy0) / span:.0f}% of all CPUs, steal "
