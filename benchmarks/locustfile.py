@@ -12,16 +12,25 @@ Scenarios (user classes; name one or more on the command line, default all):
 * ``WeightedMix`` -- a weighted mix of requests given by ``--mix``:
                      ``"GET /demo/hello=5,POST /demo/orders=1"`` (``METHOD PATH=WEIGHT``, comma
                      separated; a POST carries the JSON document)
+* ``SignedGet``   -- GET ``--signed-path`` of an ``auth: app`` API, each request signed when it
+                     is made (SDK-HMAC-SHA256, with the vendor SDK ``huaweicloudsdkcore``) with
+                     the key and secret of an app authorized there: ``--app-key`` and
+                     ``--app-secret``; the query ``n=N`` differs from one request to the next.
+                     Left out of a run that names no scenario when no key is given.
 
 Every option can also be set in the environment (``LOCUST_GET_PATH``, ``LOCUST_POST_PATH``,
-``LOCUST_MIX``, ``LOCUST_JSON_BYTES``, ``LOCUST_STAGE``) and ``--stage`` adds ``X-Stage`` to
-every request.  The defaults match ``tollgate/examples/gateway.yaml``.  A response that is not
-2xx or 3xx counts as a failure.  See benchmarks/README.md.
+``LOCUST_MIX``, ``LOCUST_JSON_BYTES``, ``LOCUST_STAGE``, ``LOCUST_SIGNED_PATH``,
+``LOCUST_APP_KEY``, ``LOCUST_APP_SECRET``) and ``--stage`` adds ``X-Stage`` to every request.
+The defaults match ``tollgate/examples/gateway.yaml`` (which has no ``auth: app`` API).  A
+response that is not 2xx or 3xx counts as a failure.  See benchmarks/README.md.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import random
+from urllib.parse import quote, urlsplit
 
 from locust import FastHttpUser, constant, events, task
 
@@ -40,6 +49,12 @@ def _options(parser):
                         help="WeightedMix: 'METHOD PATH=WEIGHT,...'")
     parser.add_argument("--stage", default="", env_var="LOCUST_STAGE",
                         help="send X-Stage: STAGE (an environment other than RELEASE)")
+    parser.add_argument("--signed-path", default="/demo/signed", env_var="LOCUST_SIGNED_PATH",
+                        help="path of the SignedGet scenario (an auth: app API)")
+    parser.add_argument("--app-key", default="", env_var="LOCUST_APP_KEY",
+                        help="SignedGet: the key of an app authorized on --signed-path")
+    parser.add_argument("--app-secret", default="", env_var="LOCUST_APP_SECRET",
+                        help="SignedGet: that app's secret", is_secret=True)
 
 
 @events.init.add_listener
@@ -47,6 +62,14 @@ def _check_options(environment, **_kwargs):
     options = environment.parsed_options
     if options is not None:
         parse_mix(options.mix)          # a bad --mix stops the run before any user starts
+        if SignedGet in environment.user_classes and not (options.app_key and options.app_secret):
+            if SignedGet.__name__ in (options.user_classes or ()):
+                raise ValueError("SignedGet needs an app's key and secret: --app-key and "
+                                 "--app-secret (or LOCUST_APP_KEY and LOCUST_APP_SECRET)")
+            # named no scenario (all of them): run the others
+            environment.user_classes = [c for c in environment.user_classes if c is not SignedGet]
+            logging.getLogger(__name__).warning(
+                "SignedGet left out: no --app-key/--app-secret to sign its requests with")
 
 
 def json_document(size: int) -> bytes:
@@ -106,3 +129,35 @@ class WeightedMix(_GatewayUser):
         body = self.document if method in ("POST", "PUT", "PATCH") else None
         self.client.request(method, path, data=body, name=f"{method} {path}",
                             headers=self.json_headers if body is not None else self.headers)
+
+
+class SignedGet(_GatewayUser):
+    """GET on an ``auth: app`` API, each request signed by the vendor SDK as it is made."""
+
+    def on_start(self):
+        super().on_start()
+        from huaweicloudsdkcore.auth.credentials import BasicCredentials
+        from huaweicloudsdkcore.signer.signer import Signer
+
+        options = self.environment.parsed_options
+        self.signer = Signer(BasicCredentials(options.app_key, options.app_secret))
+        self.signed_host = urlsplit(self.host).netloc      # the Host header sent, and signed
+        self.counter = itertools.count()
+
+    def signed(self, method, path, query=(), body=b""):
+        """(path?query as sent, headers) of a request signed now (X-Sdk-Date: the current time)."""
+        from huaweicloudsdkcore.sdk_request import SdkRequest
+
+        headers = {"Host": self.signed_host, **self.headers}
+        if body:
+            headers["Content-Type"] = "application/json"
+        req = self.signer.sign(SdkRequest(method=method, schema="http", host=self.signed_host,
+                                          resource_path=path, query_params=list(query),
+                                          header_params=headers, body=body))
+        return quote(req.uri, safe="/%?&=~!$()*+,;:@"), req.header_params
+
+    @task
+    def signed_get(self):
+        path = self.environment.parsed_options.signed_path
+        target, headers = self.signed("GET", path, [("n", str(next(self.counter)))])
+        self.client.get(target, headers=headers, name=f"signed GET {path}")

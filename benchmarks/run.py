@@ -403,13 +403,18 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 def run_wrk(url: str, seconds: int, threads: int, connections: int,
-            headers: tuple[str, ...] = ()) -> WrkResult:
+            headers: tuple[str, ...] = (), script: str | None = None) -> WrkResult:
+    """wrk against ``url``; ``script``: a Lua file (``-s``), e.g. one choosing each request."""
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-            "--timeout", "5s", *(f"-H{h}" for h in headers), url]
+            "--timeout", "5s", *(f"-H{h}" for h in headers), *(["-s", script] if script else []),
+            url]
     cp = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
                         stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig)
     if cp.returncode != 0:
         raise RuntimeError(f"wrk exited with {cp.returncode}: {cp.stdout}{cp.stderr}")
+    if script and cp.stderr.strip():
+        # (wrk runs on with its default request when the script does not load)
+        raise RuntimeError(f"wrk script {script}: {cp.stderr.strip()[-1000:]}")
     return parse_wrk(cp.stdout)
 
 
@@ -423,6 +428,7 @@ class Target:
     service: Service
     url: str            # what wrk drives
     headers: tuple[str, ...] = ()   # wrk -H, for every request
+    script: str | None = None       # wrk -s: a Lua script (e.g. making each request)
 
 
 @dataclass
@@ -449,7 +455,8 @@ def measure(target: Target, upstream: Service, upstream_status: str, rep: int,
     up_before = upstream_counters(upstream_status)
     cpu_before, ucpu_before = target.service.cpu(), upstream.cpu()
     try:
-        result = run_wrk(target.url, args.duration, args.threads, args.connections, target.headers)
+        result = run_wrk(target.url, args.duration, args.threads, args.connections, target.headers,
+                         target.script)
     except RuntimeError as exc:
         state = target.service.died_why()
         raise RuntimeError(f"{target.name} rep {rep}: {exc}\n{target.name} (pid "
