@@ -20,6 +20,11 @@ import hashlib
 import hmac
 from urllib.parse import quote, unquote
 
+try:
+    from _hashlib import hmac_new as _openssl_hmac     # (CPython built with OpenSSL)
+except ImportError:     # pragma: no cover
+    _openssl_hmac = None
+
 ALGORITHM = b"SDK-HMAC-SHA256"
 #: hex sha256 of the empty string: the payload hash of every request without a body
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest().encode()
@@ -150,7 +155,11 @@ def canonical_request(method: bytes, raw_path: bytes, raw_query: bytes, headers:
 
 def prepare_secret(secret: bytes):
     """An HMAC-SHA256 keyed with ``secret``, to copy per check: keying it is most of an HMAC's
-    cost for a short message (made once per app when the configuration is loaded)."""
+    cost for a short message (made once per app when the configuration is loaded).  OpenSSL's
+    HMAC object itself when the interpreter exposes it (its copy is a C call; the ``hmac``
+    module's wrapper adds a Python-level copy per check)."""
+    if _openssl_hmac is not None:
+        return _openssl_hmac(secret, digestmod="sha256")
     return hmac.new(secret, digestmod=hashlib.sha256)
 
 
