@@ -62,3 +62,34 @@ def test_dates_are_read_alike(forms, value):
         except SignatureError as exc:
             answers.append(exc.reason)
     assert answers[0] == answers[1], value
+
+
+_AUTH_PIECES = st.sampled_from([
+    b"SDK-HMAC-SHA256 ", b"SDK-HMAC-SHA256", b"sdk-hmac-sha256 ", b"Access=", b"Access",
+    b"SignedHeaders=", b"Signature=", b"Other=", b"key-1", b"host", b"x-sdk-date", b"Host",
+    b";", b";;", b",", b", ", b" ", b"\t", b"=", b"a" * 64, b"0123456789abcdef" * 4,
+    b"ABCDEF" * 10, b"content-type", b"\xc3\xa9"])
+AUTHORIZATIONS = st.lists(_AUTH_PIECES, max_size=14).map(b"".join)
+_WELL_FORMED = st.builds(
+    lambda access, names, sig: b"SDK-HMAC-SHA256 Access=%s, SignedHeaders=%s, Signature=%s"
+    % (access, b";".join(names), sig),
+    st.sampled_from([b"k", b"key-0001", b"a b", b""]),
+    st.lists(st.sampled_from([b"host", b"x-sdk-date", b"content-type", b"X-Up", b"", b"a"]),
+             max_size=4),
+    st.sampled_from([b"0123456789abcdef" * 4, b"0123456789ABCDEF" * 4, b"abc", b"g" * 64]))
+
+
+@seed(SEED)
+@settings(max_examples=3000, deadline=None)
+@given(value=st.one_of(AUTHORIZATIONS, _WELL_FORMED))
+def test_authorization_values_are_read_alike(forms, value):
+    """The compiled scan of Authorization accepts and refuses what the interpreted form does,
+    with the same message."""
+    from fastpath.sdksign import SignatureError
+    answers = []
+    for form in forms:
+        try:
+            answers.append(tuple(form.parse_authorization(value)))
+        except SignatureError as exc:
+            answers.append(exc.reason)
+    assert answers[0] == answers[1], value
