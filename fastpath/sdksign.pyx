@@ -16,6 +16,8 @@ import hmac
 from fastpath import sdksign as _pure
 from libc.string cimport memcmp
 
+from fastpath._compiled.http1 cimport Head
+
 from fastpath.sdksign import (ALGORITHM, DATE_WINDOW_S, EMPTY_SHA256, UNSIGNED_PAYLOAD,
                               SignatureError, prepare_secret)
 
@@ -142,7 +144,20 @@ cdef bytes _encoded(bytes text, bint keep_slash):
     return out[:m]
 
 
+cdef bint _plain(const unsigned char* s, Py_ssize_t n, unsigned char also) noexcept:
+    """Only unreserved bytes (and ``also``): decoding and re-encoding would give it back."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not _unreserved(s[i]) and s[i] != also:
+            return False
+    return True
+
+
 cpdef bytes canonical_uri(bytes raw_path):
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw_path)
+    if n > 0 and _plain(<const unsigned char*>PyBytes_AS_STRING(raw_path), n, 47):
+        # (the common path: nothing to decode or escape)
+        return raw_path if raw_path[n - 1] == 47 else raw_path + b"/"
     cdef bytes decoded = _decoded(raw_path)
     if decoded is None:
         return _pure.canonical_uri(raw_path)
@@ -156,12 +171,19 @@ cpdef bytes canonical_query(bytes raw_query):
     cdef list pairs = []
     cdef bytes item, key, value
     cdef Py_ssize_t eq
+    cdef bint plain, all_plain = True
     if not raw_query:
         return b""
     for item in raw_query.split(b"&"):
         if not item:
             continue
         eq = item.find(b"=")
+        plain = _plain(<const unsigned char*>PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item), 61)
+        if plain and (eq < 0 or item.find(b"=", eq + 1) < 0):
+            # nothing to decode or escape: the pair as it is ("k" is "k=")
+            pairs.append((item, b"") if eq < 0 else (item[:eq], item[eq + 1:]))
+            continue
+        all_plain = False
         if eq < 0:
             key, value = _decoded(item), b""
         else:
@@ -170,10 +192,12 @@ cpdef bytes canonical_query(bytes raw_query):
             return _pure.canonical_query(raw_query)
         pairs.append((key, value))
     pairs.sort()        # (UTF-8 bytes sort as their code points do)
+    if all_plain:
+        return b"&".join([k + b"=" + v for k, v in pairs])
     return b"&".join([_encoded(k, False) + b"=" + _encoded(v, False) for k, v in pairs])
 
 
-cpdef bytes canonical_headers(head, list names):
+cpdef bytes canonical_headers(Head head, list names):
     """See the interpreted form."""
     cdef list lines = []
     cdef bytes name
@@ -188,7 +212,7 @@ cpdef bytes canonical_headers(head, list names):
     return b"".join(lines)
 
 
-cpdef bytes payload_hash(head, body_sha256_hex, bint has_body):
+cpdef bytes payload_hash(Head head, body_sha256_hex, bint has_body):
     """See the interpreted form."""
     if not has_body:
         return EMPTY_SHA256
@@ -345,7 +369,7 @@ cpdef tuple parse_authorization(bytes value):
     return access, names, signature
 
 
-def verify(head, bytes method, bytes raw_path, bytes raw_query, key, tuple signed,
+def verify(Head head, bytes method, bytes raw_path, bytes raw_query, key, tuple signed,
            double now, body_sha256_hex=None, bint has_body=False):
     """See the interpreted form."""
     names = signed[1]

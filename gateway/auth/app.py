@@ -23,8 +23,6 @@ from .signed import SignatureCheck
 class AppCredentials:
     """One app as the stage needs it."""
 
-    __slots__ = ("name", "public_key", "key", "secret_digest", "acl")
-
     def __init__(self, name: str, key: str, secret: str | None, acl):
         self.name = name
         self.public_key = key                   # (the app's public identifier)
@@ -98,7 +96,7 @@ class AppAuth:
         head = ex.head
         value = head.get(b"authorization")
         if value is not None:
-            return self.signature(ex, value)
+            return self.signature.check(ex, value)
         code = head.get(b"x-apig-appcode") if self.app_code else None
         if code is not None:
             app = self.apps.by_code.get(_digest(code.strip(b" \t")))

@@ -1,2 +1,9 @@
-# Compiled by setup.py (Cython, pure-Python mode): this module runs on the hot path of
-# authenticated APIs; its interpreted form is the .py beside it.
+# Types for the compiled form of gateway/auth/caller.py (Cython pure-Python mode).
+cdef class Caller:
+    cdef public str kind
+    cdef public str app
+    cdef public str app_key
+    cdef public str user
+    cdef public str account
+    cdef public dict frontend
+    cdef public dict backend

@@ -10,10 +10,9 @@ class Caller:
     ``iam`` (token or AK/SK) or ``custom`` (a frontend authorizer).  ``app``/``app_key`` name the
     app (the key is its public identifier, ``$context.appId``); ``user``/``account`` the IAM user
     and account; ``frontend``/``backend`` are the contexts returned by custom authorizers
-    (str -> str).  Never holds a secret, a signature or a token.
+    (str -> str).  Never holds a secret, a signature or a token.  Attribute types:
+    gateway/auth/caller.pxd.
     """
-
-    __slots__ = ("kind", "app", "app_key", "user", "account", "frontend", "backend")
 
     def __init__(self, kind, app="", app_key="", user="", account="", frontend=None):
         self.kind = kind

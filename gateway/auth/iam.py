@@ -79,7 +79,7 @@ class IamAuth:
             return self._token(ex, token.strip(b" \t"))
         value = head.get(b"authorization")
         if value is not None:
-            return self.signature(ex, value)
+            return self.signature.check(ex, value)
         raise _iam_failed("no X-Auth-Token or Authorization", "missing")
 
     def _token(self, ex, token: bytes):
