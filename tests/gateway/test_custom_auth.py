@@ -146,20 +146,24 @@ def test_decisions_are_cached_for_ttl_by_identity(start, backend, http_authorize
     assert header(backend.requests[-1], "X-User") == ["a"], "a cached decision keeps its context"
 
 
-@pytest.mark.parametrize("answer, says", [
-    (("status", 503), "unusable answer (status 503)"),
-    (("raw", b"<html>not json</html>"), "unusable answer (the answer is not JSON)"),
-    ({"status": "allow", "context": {"9bad": "x"}}, "unusable answer (a context key"),
-    ({"status": "allow", "context": {"k": {"nested": 1}}}, "is not a string"),
-    (("raw", b"x" * 100000), "unusable answer"),
-], ids=["503", "not-json", "bad-key", "nested-value", "huge"])
-def test_a_garbage_answer_is_a_clear_500(start, backend, http_authorizer, answer, says):
-    http_authorizer.answers = {"t": answer}
+GARBAGE = {
+    "503": (("status", 503), "unusable answer (status 503)"),
+    "not-json": (("raw", b"<html>not json</html>"), "unusable answer (the answer is not JSON)"),
+    "bad-key": ({"status": "allow", "context": {"9bad": "x"}}, "unusable answer (a context key"),
+    "nested-value": ({"status": "allow", "context": {"k": {"nested": 1}}}, "is not a string"),
+    "huge": (("raw", b"x" * 100000), "unusable answer"),
+    "no-status": ({"context": {}}, "neither 'allow' nor 'deny'"),
+}
+
+
+def test_a_garbage_answer_is_a_clear_500(start, backend, http_authorizer):
+    http_authorizer.answers = {token: answer for token, (answer, _) in GARBAGE.items()}
     gw = start(config(backend.address, http_authorizer_config(http_authorizer)))
-    r = request(gw.port, "GET", "/guarded", {"X-Token": "t"})
-    assert (r.status, r.json()["error_code"]) == (500, "APIC.0601"), r.body
-    assert r.json()["error_msg"].startswith("Custom authorizer failed: ")
-    assert says in r.json()["error_msg"]
+    for token, (_, says) in GARBAGE.items():
+        r = request(gw.port, "GET", "/guarded", {"X-Token": token})
+        assert (r.status, r.json()["error_code"]) == (500, "APIC.0601"), (token, r.body)
+        assert r.json()["error_msg"].startswith("Custom authorizer failed: ")
+        assert says in r.json()["error_msg"], token
     assert backend.requests == []
 
 
