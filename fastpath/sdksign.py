@@ -141,6 +141,10 @@ def payload_hash(head, body_sha256_hex: bytes | None, has_body: bool) -> bytes:
         return EMPTY_SHA256
     declared = head.get(b"x-sdk-content-sha256")
     if declared:
+        if (body_sha256_hex is not None and declared != UNSIGNED_PAYLOAD
+                and declared.lower() != body_sha256_hex):
+            # (signed, but not the body that came: the backend would get another body)
+            raise SignatureError("X-Sdk-Content-Sha256 does not match the body")
         return declared
     if body_sha256_hex is None:
         raise SignatureError("the body's hash is needed")

@@ -218,6 +218,10 @@ cpdef bytes payload_hash(Head head, body_sha256_hex, bint has_body):
         return EMPTY_SHA256
     declared = head.get(b"x-sdk-content-sha256")
     if declared:
+        if (body_sha256_hex is not None and declared != UNSIGNED_PAYLOAD
+                and declared.lower() != body_sha256_hex):
+            # (signed, but not the body that came: the backend would get another body)
+            raise SignatureError("X-Sdk-Content-Sha256 does not match the body")
         return declared
     if body_sha256_hex is None:
         raise SignatureError("the body's hash is needed")

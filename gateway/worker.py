@@ -319,6 +319,15 @@ def main(argv=None):
         loop.run_until_complete(worker.serve())
     finally:
         loop.close()
+    threads = getattr(worker, "authorizer_threads", None)
+    if threads is not None:
+        # a hung authorizer function holds its thread for ever, and the interpreter joins
+        # such threads before exiting: a drained worker exits without waiting for them
+        threads.shutdown(wait=False, cancel_futures=True)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -27,5 +27,6 @@ cdef class AppAuth:
     cdef public bint key_headers
     cdef public SignatureCheck signature
     cpdef _accept(self, Exchange ex, AppCredentials app)
-    @cython.locals(app=AppCredentials, head=Head)
+    @cython.locals(app=AppCredentials, head=Head, value=bytes, code=bytes, key=bytes,
+                   secret=bytes)
     cpdef object _check(self, Exchange ex)

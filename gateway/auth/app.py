@@ -16,7 +16,7 @@ from fastpath import sdksign
 from gateway.errors import AppAuthFailed, AppNotAuthorized, IpDenied
 from gateway.policy.iprules import IpRule
 
-from .caller import Caller
+from .caller import Caller, RepeatedField, single_value
 from .signed import SignatureCheck
 
 
@@ -94,10 +94,15 @@ class AppAuth:
 
     def _check(self, ex):
         head = ex.head
-        value = head.get(b"authorization")
-        if value is not None:
-            return self.signature.check(ex, value)
-        code = head.get(b"x-apig-appcode") if self.app_code else None
+        try:
+            value = single_value(head, b"authorization")
+            if value is not None:
+                return self.signature.check(ex, value)
+            code = single_value(head, b"x-apig-appcode") if self.app_code else None
+            key = single_value(head, b"x-hw-id") if self.key_headers else None
+            secret = single_value(head, b"x-hw-appkey") if key is not None else None
+        except RepeatedField as exc:
+            raise _app_failed(f"{exc} is repeated", "malformed") from None
         if code is not None:
             app = self.apps.by_code.get(_digest(code.strip(b" \t")))
             if app is None:
@@ -105,10 +110,9 @@ class AppAuth:
             self._accept(ex, app)
             _identified(ex, app)
             return None
-        key = head.get(b"x-hw-id") if self.key_headers else None
         if key is not None:
             app = self.apps.by_key.get(key.strip(b" \t"))
-            secret = head.get(b"x-hw-appkey") or b""
+            secret = secret or b""
             # (compared even for an unknown key, against a digest that matches nothing)
             expected = app.secret_digest if app is not None else b"\0" * 32
             if not hmac.compare_digest(_digest(secret.strip(b" \t")), expected) or app is None:

@@ -28,6 +28,22 @@ class Caller:
         return f"<Caller {self.kind} {who}>"
 
 
+class RepeatedField(ValueError):
+    """A credential field sent more than once: which copy would the backend believe?"""
+
+
+def single_value(head, name):
+    """The value of the field ``name`` (lower-case bytes), None when absent; RepeatedField when
+    the request carries it more than once (a credential the gateway checked must be the only
+    one the backend can see)."""
+    values = head.get_all(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise RepeatedField(name.decode("latin-1"))
+    return values[0]
+
+
 def caller_of(ex) -> Caller:
     """The exchange's caller, made empty when no authentication stage set one (a backend
     authorizer on an ``auth: none`` API still records its context)."""

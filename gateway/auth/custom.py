@@ -34,9 +34,13 @@ import msgspec
 from gateway.errors import AuthorizerDenied, AuthorizerFailed
 from gateway.pipeline import HeldBody, Wait
 
-from .caller import Caller, caller_of
+from .caller import Caller, RepeatedField, caller_of, single_value
 
 log = logging.getLogger("tollgate.auth")
+# httpx logs every request's URL at INFO: an authorizer's or a key server's URL may carry
+# credentials, and one line per call is noise
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 _CONTEXT_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
 #: bounds on what an authorizer may answer: the whole answer, one context value, the keys
@@ -145,14 +149,24 @@ class Authorizer:
         values = []
         for identity in self.identities:
             if identity.location == "header":
-                raw = ex.head.get(identity.header)
+                try:
+                    raw = single_value(ex.head, identity.header)
+                except RepeatedField:
+                    raw = None
+                    repeated = True
+                else:
+                    repeated = False
                 value = raw.decode("utf-8", "replace") if raw is not None else None
             else:
                 if query is None:
                     query = parse_qs(ex.query.decode("latin-1"), keep_blank_values=True,
                                      encoding="utf-8", errors="replace")
                 found = query.get(identity.name)
+                repeated = found is not None and len(found) > 1
                 value = found[0] if found else None
+            if repeated:
+                raise AuthorizerDenied(f"Incorrect authentication information: identity "
+                                       f"{identity.name} is repeated", reason="invalid")
             if not value:
                 raise AuthorizerDenied(f"Incorrect authentication information: missing "
                                        f"identity {identity.name}", reason="missing")
@@ -269,16 +283,21 @@ class AuthorizerStage:
         request = authorizer.request(ex, body)
         problem = None
         try:
-            allowed, context = await asyncio.wait_for(authorizer.call(request),
-                                                      authorizer.timeout_s)
+            # (asyncio.timeout, not wait_for: the call runs in this task, so whatever it
+            # raises -- SystemExit included -- is caught here, not by the event loop)
+            async with asyncio.timeout(authorizer.timeout_s):
+                allowed, context = await authorizer.call(request)
         except asyncio.TimeoutError:
             problem, reason = f"no answer within {authorizer.timeout_s * 1000:.0f} ms", "timeout"
         except BadAnswer as exc:
             problem, reason = f"unusable answer ({exc})", "bad_answer"
         except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            problem, reason = "the call failed", "failed"
+            if asyncio.current_task().cancelling():
+                raise           # (the exchange is over: the client left, or it timed out)
+            problem, reason = "the call failed", "failed"      # (raised by the function)
+            log.warning("authorizer %s: the call failed: CancelledError", authorizer.name)
+        except BaseException as exc:    # (SystemExit, KeyboardInterrupt from a function too:
+            problem, reason = "the call failed", "failed"      # never the worker's end)
             log.warning("authorizer %s: the call failed: %s: %s", authorizer.name,
                         type(exc).__name__, exc)
         if problem is not None:

@@ -10,7 +10,7 @@ from fastpath import sdksign
 from gateway.errors import IamAuthFailed
 from gateway.pipeline import Wait
 
-from .caller import Caller
+from .caller import Caller, RepeatedField, single_value
 from .signed import SignatureCheck
 
 #: the longest token read (a header this long is refused before any decoding)
@@ -71,13 +71,16 @@ class IamAuth:
 
     def _check(self, ex):
         head = ex.head
-        token = head.get(b"x-auth-token")
+        try:
+            token = single_value(head, b"x-auth-token")
+            value = single_value(head, b"authorization") if token is None else None
+        except RepeatedField as exc:
+            raise _iam_failed(f"{exc} is repeated", "malformed") from None
         if token is not None:
             if self.verifier is None:
                 raise _iam_failed("tokens are not accepted (no token validation configured)",
                                   "malformed")
             return self._token(ex, token.strip(b" \t"))
-        value = head.get(b"authorization")
         if value is not None:
             return self.signature.check(ex, value)
         raise _iam_failed("no X-Auth-Token or Authorization", "missing")

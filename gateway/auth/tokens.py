@@ -66,6 +66,9 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 __all__ = ["TokenRejected", "Caller", "JwtVerifier", "REASONS", "MAX_TOKEN_BYTES"]
 
 log = logging.getLogger("tollgate.auth")
+# httpx logs every request's URL at INFO: a key server's URL may carry credentials
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 #: every ``TokenRejected.reason`` (for metrics that are declared up front)
 REASONS = ("malformed", "expired", "not_yet_valid", "issuer", "audience", "algorithm",

@@ -136,6 +136,9 @@ class ClientConnection(Connection):
         self.writing_paused = False
         ex = self.current
         if ex is not None and not ex.done:
+            if ex.waiting is not None:      # (a stage waits: the backend is not called yet)
+                self.set_deadline(_WAIT, ex.waiting.timeout_s)
+                return
             ex.handler.on_client_paused(ex, False)
             self.set_deadline(_UPSTREAM, ex.handler.timeout_s)
 
@@ -154,7 +157,9 @@ class ClientConnection(Connection):
         """The client half-closed (FIN).  Complete requests already received are answered
         (a client may half-close after sending); a request still being received can never
         complete, so it is an abort: its backend connection (a half-sent request is never
-        pooled) and this connection are closed at once."""
+        pooled) and this connection are closed at once.  So is a request whose stage is
+        waiting (an authorizer call): a FIN then is taken as the client gone, as nginx takes
+        it, since nothing has been asked of the backend yet -- the call is cancelled."""
         if self.lingering:
             return False
         if self.tls:
@@ -429,12 +434,14 @@ class ClientConnection(Connection):
         ex = self.current
         if ex is None or ex.waiting is None or ex.waiting.awaitable is not task:
             return          # (the exchange was answered, aborted or timed out meanwhile)
+        waiting = ex.waiting
         ex.waiting = None
-        if ex.done or self.closed or task.cancelled():
+        if ex.done or self.closed:
             return
         self.corked = True
         try:
-            error = task.exception()
+            # (cancelled by someone else than this connection: the stage gave up)
+            error = waiting.error if task.cancelled() else task.exception()
             if error is not None:
                 if not isinstance(error, GatewayError):
                     self.worker.log.error("a stage of %s failed: %r", ex.api.name, error)
@@ -490,6 +497,7 @@ class ClientConnection(Connection):
         if ex.done:
             return
         ex.done = True
+        _cancel_wait(ex)          # (answered while a stage waited: a refusal, an error)
         self._account(ex, False)
         ex.handler_state = None   # the handler's state points back at ex: free it without the GC
         if self.current is ex:

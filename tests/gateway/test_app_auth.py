@@ -91,6 +91,27 @@ def test_a_tampered_body_is_held_back_and_refused(gw, backend):
     assert backend.requests == [], "a request whose body was tampered with reached the backend"
 
 
+def test_repeated_credentials_and_a_body_other_than_the_declared_hash_are_refused(gw, backend):
+    r = signed_request(gw.port, tamper=lambda raw: raw.replace(
+        b"\r\n\r\n", b"\r\nAuthorization: SDK-HMAC-SHA256 Access=other-key-0001\r\n\r\n"))
+    assert (r.status, r.json()["error_code"]) == (401, "APIC.0303")
+    assert "authorization is repeated" in r.json()["error_msg"]
+    # the SDK signs the declared hash; the body that comes must be the one it names
+    import hashlib
+    declared = hashlib.sha256(b'{"amount": 100}').hexdigest()
+    r = signed_request(gw.port, "POST", "/echo/pay", body=b'{"amount": 100}',
+                       headers={"Content-Type": "application/json",
+                                "X-Sdk-Content-Sha256": declared},
+                       tamper=lambda raw: raw.replace(b'"amount": 100', b'"amount": 900'))
+    assert (r.status, r.json()["error_code"]) == (401, "APIC.0303")
+    assert "X-Sdk-Content-Sha256 does not match the body" in r.json()["error_msg"]
+    assert backend.requests == []
+    r = signed_request(gw.port, "POST", "/echo/pay", body=b'{"amount": 100}',
+                       headers={"Content-Type": "application/json",
+                                "X-Sdk-Content-Sha256": declared})
+    assert r.status == 200, r.body
+
+
 def test_unknown_key_wrong_secret_and_unauthorized_app(gw, backend):
     r = signed_request(gw.port, key="nobody-key-01", secret="whatever-secret")
     assert (r.status, r.json()["error_code"]) == (401, "APIC.0303")

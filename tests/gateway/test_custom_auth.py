@@ -43,6 +43,12 @@ def blocking(req):
         time.sleep(30)          # a sync function that never returns in time
     return {"status": "allow", "context": {"via": "thread"}}
 
+async def exits(req):
+    raise SystemExit(1)        # a function must never end the worker
+
+async def cancels(req):
+    raise asyncio.CancelledError()
+
 def backend_credentials(req):
     return {"status": "allow", "context": {"token": "backend-" + req["user_data"]}}
 '''
@@ -225,6 +231,45 @@ def test_python_callables_async_and_sync(start, backend):
     assert time.monotonic() - began < 2.5
     assert request(gw.port, "GET", "/open").status == 200
     assert "the authorizer broke" in gw.log(), "the failure's cause is in the log"
+    # a worker whose function still hangs in a thread stops when asked, not when it returns
+    assert gw.stop(timeout=15) == 0
+
+
+def test_a_function_raising_systemexit_or_cancelled_is_a_500_not_a_dead_worker(start, backend):
+    doc = config(backend.address, {"name": "exits", "function": "authz_functions:exits"})
+    doc["authorizers"].append({"name": "cancels", "function": "authz_functions:cancels",
+                               "loose": True})
+    doc["apis"].append({"name": "cancels", "group": "main", "method": "GET", "path": "/cancels",
+                        "auth": "custom", "authorizer": "cancels",
+                        "backend": {"type": "http", "url": f"http://{backend.address}/echo"},
+                        "environments": {"RELEASE": {}}})
+    gw = start(doc)
+    for _ in range(3):
+        r = request(gw.port, "GET", "/guarded")
+        assert (r.status, r.json()["error_msg"]) == (500, "Custom authorizer failed: the call failed")
+    r = request(gw.port, "GET", "/cancels")
+    assert r.status == 200, "loose mode: the failing function lets the call through"
+    assert request(gw.port, "GET", "/open").status == 200
+    assert "exited" not in gw.log() and "starting it again" not in gw.log()
+
+
+def test_a_repeated_identity_is_refused(start, backend, http_authorizer):
+    http_authorizer.answers = {"t-a": {"status": "allow", "context": {"user": "a"}}}
+    gw = start(config(backend.address, http_authorizer_config(http_authorizer)))
+    raw = b"GET /guarded HTTP/1.1\r\nHost: gw\r\nX-Token: t-a\r\nX-Token: t-admin\r\n\r\n"
+    responses, _ = exchange(gw.port, raw)
+    assert (responses[0].status, responses[0].json()["error_code"]) == (401, "APIC.0305")
+    assert "identity X-Token is repeated" in responses[0].json()["error_msg"]
+    assert http_authorizer.calls == [] and backend.requests == []
+
+
+def test_authorizer_urls_are_not_logged(start, backend, http_authorizer):
+    http_authorizer.answers = {"t-a": {"status": "allow"}}
+    auth = http_authorizer_config(http_authorizer)
+    auth["url"] += "?api_key=SECRET-IN-URL"
+    gw = start(config(backend.address, auth))
+    assert request(gw.port, "GET", "/guarded", {"X-Token": "t-a"}).status == 200
+    assert "SECRET-IN-URL" not in gw.log()
 
 
 def test_a_client_leaving_during_the_wait_cancels_it(start, backend, marks):

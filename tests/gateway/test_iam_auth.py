@@ -131,6 +131,24 @@ def _hs256_with(secret: str, claims: dict) -> str:
     return (signing + b"." + b64(mac)).decode()
 
 
+def test_a_repeated_credential_is_refused(gw, backend, rsa_key):
+    from tests.support.client import exchange
+    good, other = token(rsa_key), token(rsa_key, sub="admin")
+    for lines in ([f"X-Auth-Token: {good}", f"X-Auth-Token: {other}"],
+                  [f"X-Auth-Token: {good}", "x-auth-token: forged"]):
+        raw = ("GET /echo/x HTTP/1.1\r\nHost: gw\r\n" + "\r\n".join(lines)
+               + "\r\n\r\n").encode()
+        responses, _ = exchange(gw.port, raw)
+        assert (responses[0].status, responses[0].json()["error_code"]) == (401, "APIC.0301")
+        assert "x-auth-token is repeated" in responses[0].json()["error_msg"]
+    r = signed_request(gw.port, path="/echo/x", key="AK-BOB-0001", secret="SK-BOB-0001-secret",
+                       tamper=lambda raw: raw.replace(
+                           b"\r\n\r\n", b"\r\nAuthorization: SDK-HMAC-SHA256 Access=AK-ADMIN\r\n\r\n"))
+    assert (r.status, r.json()["error_code"]) == (401, "APIC.0301")
+    assert "authorization is repeated" in r.json()["error_msg"]
+    assert backend.requests == []
+
+
 def test_ak_sk_signatures_of_iam_users(gw, backend):
     r = signed_request(gw.port, path="/echo/x", key="AK-BOB-0001", secret="SK-BOB-0001-secret",
                        query=[("q", "1")])
