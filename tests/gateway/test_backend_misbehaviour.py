@@ -398,7 +398,7 @@ def test_leftovers_in_a_later_segment_stop_the_reuse_of_that_backend(raw, gatewa
         wrong = []
 
         def client(n):
-            for i in range(40):
+            for i in range(24):
                 target = f"/{'evil' if n == 0 else 'c'}{n}-{phase}-{i}"
                 responses, _ = get(gw.port, target)
                 if not responses or responses[0].body != b"ok:" + target.encode():
