@@ -20,12 +20,18 @@ class GatewayError(Exception):
     #: close the client connection after answering (the request framing cannot be trusted)
     close = False
 
-    def __init__(self, message: str, detail: str | None = None, *, status: int | None = None):
+    #: the class of a refusal, for the metrics (authentication failures)
+    reason = ""
+
+    def __init__(self, message: str, detail: str | None = None, *, status: int | None = None,
+                 reason: str | None = None):
         super().__init__(message)
         self.message = message
         self.detail = detail if detail is not None else message
         if status is not None:
             self.status = status
+        if reason is not None:
+            self.reason = reason
 
 
 class BadRequest(GatewayError):
@@ -52,10 +58,7 @@ class AuthFailed(GatewayError):
     metrics (missing, malformed, unknown_credential, date, signature, expired, denied...)."""
 
     status = 401
-
-    def __init__(self, message, detail=None, *, reason="signature"):
-        super().__init__(message, detail)
-        self.reason = reason
+    reason = "signature"
 
 
 class AppAuthFailed(AuthFailed):
@@ -81,10 +84,7 @@ class AuthorizerFailed(GatewayError):
 
     code = "APIC.0601"
     status = 500
-
-    def __init__(self, message, detail=None, *, reason="failed"):
-        super().__init__(message, detail)
-        self.reason = reason
+    reason = "failed"
 
 
 class IpDenied(GatewayError):
