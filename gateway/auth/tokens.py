@@ -551,7 +551,9 @@ class JwtVerifier:
             raise TokenRejected("expired", "token expired")
         if nbf is not None and nbf > now + leeway:
             raise TokenRejected("not_yet_valid", "token not yet valid")
-        if iat is not None and iat > now + leeway:
+        # (iat is whole seconds, often rounded by the issuer: a second of grace, so a token
+        # issued "now" by a clock a fraction ahead is not refused)
+        if iat is not None and iat > now + leeway + 1:
             raise TokenRejected("not_yet_valid", "token issued in the future")
 
     def _candidates(self, alg: str, kid: str | None) -> list[_Key] | None:
