@@ -32,6 +32,7 @@ class Response:
 
 class _Collector:
     def __init__(self, head_request=False):
+        self.head_request = head_request    # answers to HEAD have no body, whatever they say
         self.responses: list[Response] = []
         self.parser = httptools.HttpResponseParser(self)
         self.current = None
@@ -46,6 +47,10 @@ class _Collector:
     def on_headers_complete(self):
         self.current.status = self.parser.get_status_code()
         self.current.version = self.parser.get_http_version()
+        if self.head_request:
+            # (httptools cannot be told the request was HEAD: it would wait for the body a
+            # Content-Length announces; the answer is complete here)
+            self.current.complete = True
 
     def on_body(self, body):
         self.current.body += body
@@ -60,7 +65,8 @@ def exchange(port: int, data: bytes, *, expect: int = 1, timeout: float = 5.0,
 
     Returns (responses, closed): ``closed`` is True when the gateway closed the connection.
     """
-    collector = _Collector()
+    first = chunks[0] if chunks else data
+    collector = _Collector(head_request=first.startswith(b"HEAD "))
     closed = False
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         for part in (chunks if chunks is not None else [data]):
