@@ -376,6 +376,7 @@ def test_a_chunked_body_sent_to_head_closes_the_connection(raw, gateway):
     assert get(gw.port, "/second")[0][0].body == b"second"
 
 
+@pytest.mark.timer
 def test_leftovers_in_a_later_segment_stop_the_reuse_of_that_backend(raw, gateway):
     """Bytes a backend sends after a response in a separate segment can arrive after its
     connection went back to the pool, and be read as the answer to the next request on it (an

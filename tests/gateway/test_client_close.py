@@ -293,6 +293,7 @@ def test_connection_close_in_a_clients_trailer_closes_after_the_answer(make_gate
     assert responses[0].json()["body_length"] == 3
 
 
+@pytest.mark.timer
 def test_a_closing_connection_a_client_never_reads_from_is_cut_after_the_send_timeout(tmp_path):
     # the answer (Connection: close) is complete, but its end still waits in the gateway's
     # buffer (under the flow-control mark: no send deadline armed by it) for a client that

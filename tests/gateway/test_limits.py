@@ -350,6 +350,7 @@ def test_chunked_body_of_exactly_12mb_reaches_the_backend_intact(gw, backend):
 # -- head timeout -----------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.timer
 def test_stalled_request_head_is_closed_after_the_head_timeout(gw, backend):
     """Default head timeout 10 s (not configurable from the command line): ~10 s test."""
     t0 = time.monotonic()

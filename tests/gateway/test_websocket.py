@@ -365,6 +365,7 @@ def test_a_backend_reset_reaches_the_client_as_a_reset(make_gateway, raw):
     gw.wait_metric("tollgate_websocket_tunnels_closed_total", 1, reason="backend")
 
 
+@pytest.mark.timer
 def test_a_closed_tunnel_holding_bytes_for_a_client_that_never_reads_is_cut(tmp_path, raw):
     # the backend sends more than the kernel's buffers toward the client hold, then ends; the
     # client, which reads nothing, half-closes: the tunnel is over, but the gateway still holds
