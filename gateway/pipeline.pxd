@@ -16,8 +16,7 @@ from gateway.exchange cimport CompiledApi
 cdef class Pipeline:
     cdef public object worker
     cdef public Router router
-    @cython.locals(q=Py_ssize_t, raw=bytes, path=str, found=tuple, api=CompiledApi,
-                   stages=tuple, i=Py_ssize_t)
+    @cython.locals(q=Py_ssize_t, raw=bytes, path=str, found=tuple, api=CompiledApi)
     cpdef object enter(self, Exchange ex)
     @cython.locals(stages=tuple, i=Py_ssize_t)
     cpdef object resume(self, Exchange ex)

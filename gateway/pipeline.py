@@ -117,16 +117,11 @@ class Pipeline:
         api, ex.params, ex.rest = found
         ex.api = api
         ex.handler = api.handler
-        stages = api.stages
-        for i in range(len(stages)):
-            pending = stages[i](ex)
-            if pending is not None:
-                ex.next_stage = i + 1
-                return pending
-        return None
+        return self.resume(ex)          # (from the first stage: ex.next_stage is 0)
 
     def resume(self, ex):
-        """Run the stages after the one that suspended the exchange; returns like enter."""
+        """Run the stages from ``ex.next_stage`` (after the one that suspended the exchange);
+        returns like enter."""
         stages = ex.api.stages
         for i in range(ex.next_stage, len(stages)):
             pending = stages[i](ex)

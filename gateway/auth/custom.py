@@ -130,7 +130,6 @@ class Authorizer:
             inspect.iscoroutinefunction(function)
             or inspect.iscoroutinefunction(getattr(function, "__call__", None)))
         self.identities = tuple(Identity(i) for i in config.identities)
-        self.has_query = any(i.location == "query" for i in self.identities)
         self.ttl_s = config.ttl_s
         self.user_data = config.user_data
         self.need_body = config.need_body

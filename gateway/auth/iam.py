@@ -50,8 +50,11 @@ class IamAuth:
     """The IAM-auth stage of one API in one environment."""
 
     def __init__(self, index: IamIndex, api_name: str, metrics=None, fetch_timeout_s=3.0):
-        self.index = index
         self.verifier = index.verifier
+        if self.verifier is not None:
+            # (imported once here, not per request: pyjwt is loaded only when tokens are used)
+            from .tokens import TokenRejected
+            self.rejected = TokenRejected
         self.api_name = api_name
         self.metrics = metrics
         self.fetch_timeout_s = fetch_timeout_s
@@ -88,11 +91,9 @@ class IamAuth:
     def _token(self, ex, token: bytes):
         if len(token) > MAX_TOKEN_BYTES:
             raise _iam_failed("token too long", "malformed")
-        from .tokens import TokenRejected
-
         try:
             identity = self.verifier.verify(token)
-        except TokenRejected as exc:
+        except self.rejected as exc:
             raise _iam_failed(exc.message, exc.reason) from None
         if identity is not None:
             ex.caller = Caller("iam", user=identity.user, account=identity.account)
@@ -103,14 +104,12 @@ class IamAuth:
         return Wait(self._after_fetch(ex, token), self.fetch_timeout_s + 1.0, failed)
 
     async def _after_fetch(self, ex, token):
-        from .tokens import TokenRejected
-
         try:
             await self.verifier.refresh()
             identity = self.verifier.verify(token)
             if identity is None:
-                raise TokenRejected("unknown_key", "unknown signing key")
-        except TokenRejected as exc:
+                raise self.rejected("unknown_key", "unknown signing key")
+        except self.rejected as exc:
             error = _iam_failed(exc.message, exc.reason)
             self._count(ex, error)
             raise error from None

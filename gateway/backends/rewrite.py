@@ -82,13 +82,12 @@ SYSTEM_NAMES = ("sourceIp", "stage", "apiId", "apiName", "appId", "appName", "re
 
 
 class _Param:
-    __slots__ = ("name", "location", "read", "header")
+    __slots__ = ("name", "location", "read")
 
     def __init__(self, name, location, read):
         self.name = name
         self.location = location
         self.read = read                # ex, query dict -> str or None (None: not sent)
-        self.header = name.lower().encode("latin-1")
 
 
 class RequestRewrite:
@@ -103,6 +102,7 @@ class RequestRewrite:
         self.params = []
         self.drop_headers = set()       # client header names (lower bytes) not forwarded
         self.drop_query = set()         # client query names not forwarded
+        self.reads_query = False        # a parameter comes from the client's query
         for param in params:
             if param.origin == "constant":
                 value = param.value
@@ -111,8 +111,9 @@ class RequestRewrite:
                 reader = _system_reader(param.value[len("$context."):])
                 read = (lambda r: lambda ex, q: r(ex))(reader)
             else:
-                read = _request_reader(param.value, where.get(param.value, "query"))
                 source = where.get(param.value, "query")
+                read = _request_reader(param.value, source)
+                self.reads_query = self.reads_query or source == "query"
                 if (source, param.value.lower() if source == "header" else param.value) != \
                         (param.location, param.name.lower() if param.location == "header"
                          else param.name):
@@ -132,14 +133,13 @@ class RequestRewrite:
 
     def path_values(self, ex) -> tuple[dict, list, list]:
         """(path values by name, query pairs, header lines) of the backend parameters."""
-        query = None
+        # (the client's query is parsed only when a parameter reads it)
+        query = parse_qs(ex.query.decode("latin-1"), keep_blank_values=True, encoding="utf-8",
+                         errors="replace") if self.reads_query else None
         values = dict(ex.params) if ex.params else {}
         pairs = []
         lines = []
         for param in self.params:
-            if query is None:
-                query = parse_qs(ex.query.decode("latin-1"), keep_blank_values=True,
-                                 encoding="utf-8", errors="replace")
             value = param.read(ex, query)
             if value is None:
                 continue

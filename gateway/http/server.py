@@ -385,18 +385,7 @@ class ClientConnection(Connection):
             self.set_deadline(_NONE, 0)
             ex.fail(error)
             return
-        if pending is not None:
-            self._advance(ex, pending)
-            return
-        if ex.expect_continue and not ex.request_complete and (ex.chunked or ex.content_length > 0):
-            # (a request without a body waits for nothing: RFC 9110 §10.1.1 lets a server
-            # omit the 100, and WebSocket clients do not expect one before the 101)
-            self.write(_CONTINUE)
-        if ex.chunked or ex.content_length > 0:
-            self.set_deadline(_BODY, self.body_timeout)
-        else:
-            self.set_deadline(_NONE, 0)
-        ex.handler.on_head(ex)
+        self._advance(ex, pending)
 
     # -- stages that suspend the exchange (see gateway/pipeline.py) -------------------------
     def _advance(self, ex, pending):
@@ -449,20 +438,16 @@ class ClientConnection(Connection):
                 ex.fail(error)
                 return
             self.set_deadline(_NONE, 0)
-            pending = self.pipeline.resume(ex)
+            self._advance(ex, self.pipeline.resume(ex))
         except GatewayError as error:
             ex.fail(error)
-            return
-        finally:
-            self.uncork()
-        self.corked = True
-        try:
-            self._advance(ex, pending)
         finally:
             self.uncork()
 
     def _continue(self, ex):
-        """Ask for the body ('100 Continue') if the client waits for one, once."""
+        """Ask for the body ('100 Continue') if the client waits for one, once (a request
+        without a body waits for nothing: RFC 9110 §10.1.1 lets a server omit the 100, and
+        WebSocket clients do not expect one before the 101)."""
         if ex.expect_continue and not ex.continued and not ex.request_complete:
             ex.continued = True
             self.write(_CONTINUE)

@@ -70,21 +70,21 @@ def test_parameters_are_placed_and_renamed(gw, backend):
     assert header(record, "X-Rid") == [r.header("X-Request-Id")]
 
 
-@pytest.mark.parametrize("target, headers, expect_path, expect_query", [
+@pytest.mark.parametrize("target, headers, expect_path, query_injected", [
     # a value that would add a path segment or climb out of the backend path
-    ("/lots/..%2Fadmin", {}, "/echo/%2E%2E%2Fadmin", None),
-    ("/lots/a%2Fb%3Fx=1", {}, "/echo/a%2Fb%3Fx%3D1", None),
+    ("/lots/..%2Fadmin", {}, "/echo/%2E%2E%2Fadmin", False),
+    ("/lots/a%2Fb%3Fx=1", {}, "/echo/a%2Fb%3Fx%3D1", False),
     # a value that would add a query parameter
-    ("/lots/x?limit=5%26admin%3D1", {}, "/echo/x", [("other", None)]),
+    ("/lots/x?limit=5%26admin%3D1", {}, "/echo/x", True),
 ], ids=["dot-segments", "slash-and-query", "query-injection"])
-def test_client_values_never_inject(gw, backend, target, headers, expect_path, expect_query):
+def test_client_values_never_inject(gw, backend, target, headers, expect_path, query_injected):
     r = request(gw.port, "GET", target, headers)
     assert r.status == 200, r.body
     record = backend.requests[-1]
     parts = urlsplit(record["target"])
     assert parts.path == expect_path
     pairs = parse_qsl(parts.query)
-    if expect_query:
+    if query_injected:
         assert ("admin", "1") not in pairs
         assert ("page_size", "5&admin=1") in pairs
 
