@@ -23,8 +23,11 @@ class GatewayError(Exception):
     #: the class of a refusal, for the metrics (authentication failures)
     reason = ""
 
+    #: more complete ``Name: value\r\n`` header lines for the answer (``Retry-After``...)
+    lines = b""
+
     def __init__(self, message: str, detail: str | None = None, *, status: int | None = None,
-                 reason: str | None = None):
+                 reason: str | None = None, lines: bytes | None = None):
         super().__init__(message)
         self.message = message
         self.detail = detail if detail is not None else message
@@ -32,6 +35,8 @@ class GatewayError(Exception):
             self.status = status
         if reason is not None:
             self.reason = reason
+        if lines is not None:
+            self.lines = lines
 
 
 class BadRequest(GatewayError):

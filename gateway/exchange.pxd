@@ -114,6 +114,7 @@ cdef class Exchange:
     cdef public object waiting
     cdef public bint continued
     cdef public object auth_state
+    cdef public bytes resp_lines
 
     cpdef setup(self, Connection conn, str method, Head head, str version, bint keep_alive,
                 double started)

@@ -239,6 +239,7 @@ class Exchange:
         self.waiting = None             # the task a stage waits on (pipeline.Wait)
         self.continued = False          # '100 Continue' was sent
         self.auth_state = None          # what an authentication stage keeps while it waits
+        self.resp_lines = b""           # header lines stages add to the answer (CORS, limits)
 
     @property
     def has_body(self):
@@ -290,6 +291,8 @@ class Exchange:
         elif body:
             self.bytes_sent += len(body)
         dated = head is not None and head.dated
+        if self.resp_lines:
+            lines = lines + self.resp_lines
         conn.write(response_head(status_line, head, lines, self.rid,
                                  _NOTHING if dated else conn.clock.date, content_length, tail,
                                  body))
@@ -326,5 +329,5 @@ class Exchange:
             return
         if error.close:
             self.keep_alive = False
-        self.respond_full(error.status, b"Content-Type: application/json\r\n",
+        self.respond_full(error.status, b"Content-Type: application/json\r\n" + error.lines,
                           error_body(error, self.request_id))
