@@ -63,3 +63,4 @@ def _module_fixture(name: str):
 pathnorm_mod = _module_fixture("pathnorm")
 router_mod = _module_fixture("router")
 http1_mod = _module_fixture("http1")
+limiter_mod = _module_fixture("limiter")
