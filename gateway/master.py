@@ -37,6 +37,7 @@ import fastpath
 from .config import ConfigError, load_document
 from .config import warnings as config_warnings
 from .metrics import ClusterCollector
+from .policy.counters import create_segment
 from .snapshot import compile_snapshot
 from .worker import WorkerSettings, bind_listener
 
@@ -118,6 +119,9 @@ class Master:
         self._status_server = None
         self.listener = None       # the listening socket the workers inherit
         self.tls_listener = None   # the TLS one, when there is one
+        # the throttle and quota counters every worker shares; made once, so budgets outlive
+        # reloads and worker restarts
+        self.counters_fd = create_segment()
 
     # -- workers ---------------------------------------------------------------------------------
     def _spawn(self, wp: WorkerProcess):
@@ -129,12 +133,14 @@ class Master:
             s.worker or WorkerSettings(config=s.config, host=s.host, port=s.port),
             config=s.config, host=s.host, port=s.port, index=wp.index,
             access_log=s.access_log, channel_fd=write_fd, listen_fd=listen_fd,
-            tls_host=s.tls_host, tls_port=s.tls_port, tls_listen_fd=tls_fd)
+            tls_host=s.tls_host, tls_port=s.tls_port, tls_listen_fd=tls_fd,
+            counters_fd=self.counters_fd)
         # run from the directory this master imported gateway from: ``-m`` puts the working
         # directory first on sys.path, and a worker must run the very same code as its master
         wp.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.worker", msgspec.json.encode(settings).decode()],
-            pass_fds=tuple(fd for fd in (write_fd, listen_fd, tls_fd) if fd >= 0), close_fds=True,
+            pass_fds=tuple(fd for fd in (write_fd, listen_fd, tls_fd, self.counters_fd) if fd >= 0),
+            close_fds=True,
             cwd=IMPORT_ROOT)
         os.close(write_fd)
         wp.pid = wp.proc.pid

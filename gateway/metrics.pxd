@@ -24,6 +24,7 @@ cdef class WorkerMetrics:
     cdef public dict errors
     cdef public dict dropped_headers
     cdef public dict auth_failures
+    cdef public dict counters
     cdef public long long truncated
     cdef public str implementation
     cdef public ApiStats unrouted
@@ -31,4 +32,5 @@ cdef class WorkerMetrics:
     @cython.locals(stats=ApiStats, index=int, status=int, api=CompiledApi)
     cpdef observe(self, Exchange ex, bint aborted)
     cpdef count_error(self, str code)
+    cpdef count(self, str family, tuple labels)
     cpdef count_dropped_header(self, str reason)

@@ -25,6 +25,22 @@ STATUS_CLASSES = ("aborted", "1xx", "2xx", "3xx", "4xx", "5xx")
 assert len(STATUS_CLASSES) == 6 and len(BUCKETS) + 1 == 15    # the sizes of ApiStats' arrays
 UNROUTED = ("", "")   # requests answered before an API was found (404, malformed, limits)
 
+#: Labelled counters the policies keep, declared once: family -> (metric name, help, labels).
+#: A worker bumps them with :meth:`WorkerMetrics.count`; export, merge and exposition are the
+#: same for all.  Label values come from the configuration or small fixed sets, never requests.
+COUNTERS = {
+    "throttled": ("tollgate_throttled", "Calls refused by a throttle (429), by policy and "
+                  "dimension (api, user, app, ip)", ("policy", "dimension")),
+    "throttle_untracked": ("tollgate_throttle_untracked", "Calls a throttle could not count "
+                           "because the node's counter table was full of live keys (the "
+                           "per-API dimension still holds)", ("policy",)),
+    "quota_exhausted": ("tollgate_app_quota_exhausted", "Calls refused because the app's quota "
+                        "was used up (405), by quota policy", ("quota",)),
+    "throttle_fallback": ("tollgate_throttle_local_fallback", "Throttled calls decided by the "
+                          "node's own counters because Redis was unreachable (fail_mode open), "
+                          "or refused for it (closed)", ("mode",)),
+}
+
 
 class ApiStats:
     """Per (api, env) totals of one worker.  Lives across reloads: counters never reset.
@@ -75,6 +91,7 @@ class WorkerMetrics:
         self.errors = {}    # ROMA code -> count
         self.dropped_headers = {}   # reason -> request headers not forwarded
         self.auth_failures = {}     # (api, env, type, reason) -> refused credentials
+        self.counters = {family: {} for family in COUNTERS}    # family -> {labels: count}
         self.truncated = 0  # responses cut after their head was sent
         self.implementation = implementation
         self.unrouted = self.api_stats(*UNROUTED)
@@ -103,6 +120,11 @@ class WorkerMetrics:
         key = (api, env, kind, reason)
         self.auth_failures[key] = self.auth_failures.get(key, 0) + 1
 
+    def count(self, family, labels):
+        """Bump counter ``family`` (a key of COUNTERS) for the tuple ``labels``."""
+        counts = self.counters[family]
+        counts[labels] = counts.get(labels, 0) + 1
+
     def count_dropped_header(self, reason):
         self.dropped_headers[reason] = self.dropped_headers.get(reason, 0) + 1
 
@@ -113,6 +135,8 @@ class WorkerMetrics:
             "errors": self.errors,
             "dropped_headers": self.dropped_headers,
             "auth_failures": [[*key, n] for key, n in self.auth_failures.items()],
+            "counters": {family: [[*labels, n] for labels, n in counts.items()]
+                         for family, counts in self.counters.items()},
             "truncated": self.truncated,
             "desyncs": worker.pool.desyncs,
             "tls_handshakes": worker.tls_handshakes,
@@ -143,6 +167,7 @@ class ClusterCollector:
         self.master = master
         self.latest: dict[int, dict] = {}     # worker pid -> its latest export
         self.retired: dict = {"apis": {}, "errors": {}, "dropped_headers": {}, "auth_failures": {},
+                              "counters": {family: {} for family in COUNTERS},
                               "truncated": 0,
                               "desyncs": 0, "tls_handshakes": 0, "tls_handshakes_begun": 0,
                               "tls_failures": {}, "tunnels": _no_tunnels()}
@@ -178,6 +203,13 @@ class ClusterCollector:
         for api, env, kind, reason, n in export["auth_failures"]:
             key = (api, env, kind, reason)
             acc["auth_failures"][key] = acc["auth_failures"].get(key, 0) + n
+        for family, rows in export.get("counters", {}).items():
+            into = acc["counters"].get(family)
+            if into is None:
+                continue            # (a family this master does not know)
+            for *labels, n in rows:
+                key = tuple(labels)
+                into[key] = into.get(key, 0) + n
         acc["truncated"] += export["truncated"]
         acc["desyncs"] += export["desyncs"]
         acc["tls_handshakes"] += export["tls_handshakes"]
@@ -196,6 +228,7 @@ class ClusterCollector:
                "errors": dict(self.retired["errors"]),
                "dropped_headers": dict(self.retired["dropped_headers"]),
                "auth_failures": dict(self.retired["auth_failures"]),
+               "counters": {f: dict(c) for f, c in self.retired["counters"].items()},
                "truncated": self.retired["truncated"],
                "desyncs": self.retired["desyncs"],
                "tls_handshakes": self.retired["tls_handshakes"],
@@ -254,6 +287,11 @@ class ClusterCollector:
         for (api, env, kind, reason), n in sorted(acc["auth_failures"].items()):
             auth.add_metric([api, env, kind, reason], n)
         yield auth
+        for family, (name, text, labels) in COUNTERS.items():
+            metric = CounterMetricFamily(name, text, labels=list(labels))
+            for key, n in sorted(acc["counters"][family].items()):
+                metric.add_metric(list(key), n)
+            yield metric
         yield CounterMetricFamily("tollgate_responses_truncated", "Responses cut after their head "
                                   "was sent (backend reset or failure mid-body, client not reading)",
                                   value=acc["truncated"])

@@ -19,6 +19,7 @@ from .auth.app import AppAuth, app_index
 from .auth.custom import Authorizer, AuthorizerStage
 from .auth.iam import IamAuth, IamIndex
 from .backends.rewrite import RequestRewrite
+from .policy.throttle import QuotaRule, QuotaStage, ThrottleRule, ThrottleStage
 from .pipeline import HeldBody
 from .backends.http import BackendConfigError, HttpBackend
 from .exchange import CompiledApi
@@ -122,6 +123,12 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
     iam = _iam(doc, base_dir, errors) if any(a.auth == "iam" for a in doc.apis) else None
     signature_keys = {k.name: k for k in doc.signature_keys}
     metrics = runtime.metrics if runtime is not None else None
+    counters = runtime.counters if runtime is not None else None
+    budgets = runtime.budgets if runtime is not None else None
+    throttles = {t.name: t for t in doc.throttles}
+    quota_rules = {q.name: QuotaRule(q) for q in doc.app_quotas}
+    app_quotas = {a.name: quota_rules[a.quota] for a in doc.apps if a.quota in quota_rules}
+    quota_stage = (QuotaStage(app_quotas, counters, metrics, budgets) if app_quotas else None)
     router = Router()
     apis = {}
     owner = {}
@@ -159,6 +166,12 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                                       if doc.iam.jwt is not None else 3.0))
             elif api.auth == "custom" and api.authorizer in authorizers:
                 stages.append(AuthorizerStage(authorizers[api.authorizer], api.name, metrics))
+            throttle = throttles.get(binding.throttle) if binding.throttle is not None else None
+            if throttle is not None:
+                stages.append(ThrottleStage(ThrottleRule(throttle, api.name, env), counters,
+                                            metrics, budgets))
+            if quota_stage is not None and api.auth == "app":
+                stages.append(quota_stage)
             if signature_key is not None and api.backend.type == "http":
                 stages.append(_body_digest)
             if api.backend.authorizer in authorizers:   # (last: just before the backend call)
@@ -167,7 +180,7 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             stages = tuple(stages)
             compiled = CompiledApi(api.name, env, api.group, handler, stages, stats,
                                    _fingerprint(api, group, env, tls_files, base_dir,
-                                                (signature_key, *(
+                                                (signature_key, throttle, *(
                                                     a for a in doc.authorizers
                                                     if a.name in (api.authorizer,
                                                                   api.backend.authorizer)))))

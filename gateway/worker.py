@@ -35,6 +35,7 @@ from .http.server import ClientConnection
 from .http.tls_server import serve_tls
 from .http.tunnel import Tunnel, TunnelStats
 from .http.upstream import UpstreamPool
+from .policy.counters import NodeCounters
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline
 from .snapshot import compile_snapshot
@@ -55,6 +56,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     tls_port: int = 0               # 0: no TLS listener
     tls_listen_fd: int = -1         # the master's TLS listening socket; -1: bind tls_host:tls_port
     push_interval_s: float = 0.5
+    counters_fd: int = -1           # the node's shared counters (gateway.policy.counters)
     limits: Limits = Limits()
 
 
@@ -72,6 +74,9 @@ class Worker:
         self.draining = False
         self.pool = UpstreamPool(loop, self.limits)
         self.metrics = WorkerMetrics(fastpath.IMPLEMENTATION)
+        # the node's throttle and quota counters, shared with the other workers
+        self.counters = NodeCounters(settings.counters_fd)
+        self.budgets = None                 # Redis budgets when the document has a redis section
         self.pipeline = Pipeline(self)
         self.snapshot = None
         self.config_bytes = b""

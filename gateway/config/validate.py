@@ -57,6 +57,8 @@ _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection
 _GATEWAY_HEADERS = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
                               "x-request-id"})
 _DATASOURCE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+#: the largest limit a throttle or quota may set (counts are kept in 32 bits per window)
+MAX_LIMIT = 2_000_000_000
 
 
 def validate(doc: Document) -> list[str]:
@@ -137,6 +139,9 @@ class _Validator:
         for i, channel in enumerate(doc.channels):
             self.check_channel(f"channels[{i}]", channel)
         self.check_authorizers()
+        for i, quota in enumerate(doc.app_quotas):
+            if quota.limit > MAX_LIMIT:
+                self.error(f"app_quotas[{i}].limit", f"must not exceed {MAX_LIMIT}")
         for i, throttle in enumerate(doc.throttles):
             self.check_throttle(f"throttles[{i}]", throttle)
         for i, acl in enumerate(doc.acls):
@@ -280,6 +285,13 @@ class _Validator:
                                    f"invalid regular expression: {exc}")
 
     def check_throttle(self, p: str, t: Throttle) -> None:
+        for name in ("api_limit", "user_limit", "app_limit", "ip_limit"):
+            value = getattr(t, name)
+            if value is not None and value > MAX_LIMIT:
+                self.error(f"{p}.{name}", f"must not exceed {MAX_LIMIT}")
+        for j, special in enumerate(t.specials):
+            if special.limit > MAX_LIMIT:
+                self.error(f"{p}.specials[{j}].limit", f"must not exceed {MAX_LIMIT}")
         if t.user_limit is not None and t.user_limit > t.api_limit:
             self.error(f"{p}.user_limit", "must not exceed api_limit")
         if t.app_limit is not None:
@@ -734,9 +746,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
         refuse("redis", "shared limits and quotas through Redis")
     if doc.trusted_proxies:
         refuse("trusted_proxies", "reading the client address from X-Forwarded-For")
-    for i, app in enumerate(doc.apps):
-        if app.quota is not None:
-            refuse(f"apps[{i}].quota", "app quotas")
     for i, api in enumerate(doc.apis):
         p = f"apis[{i}]"
         if api.app_code_auth and api.auth != "app":
@@ -771,8 +780,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
                 error(f"{p}.environments", "a signature key signs requests to http backends")
         for env, binding in api.environments.items():
             bp = f"{p}.environments{_key(env)}"
-            if binding.throttle is not None:
-                refuse(f"{bp}.throttle", "throttles")
             if binding.acl is not None:
                 refuse(f"{bp}.acl", "ACLs")
             if binding.apps and api.auth != "app":

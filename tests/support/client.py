@@ -60,15 +60,18 @@ class _Collector:
 
 
 def exchange(port: int, data: bytes, *, expect: int = 1, timeout: float = 5.0,
-             read_until_close: bool = False, chunks=None) -> tuple[list[Response], bool]:
-    """Send ``data`` (or each of ``chunks`` in turn) and read ``expect`` complete responses.
+             read_until_close: bool = False, chunks=None,
+             source: str | None = None) -> tuple[list[Response], bool]:
+    """Send ``data`` (or each of ``chunks`` in turn) and read ``expect`` complete responses;
+    ``source``: the local address to connect from (any of 127.0.0.0/8 is this machine).
 
     Returns (responses, closed): ``closed`` is True when the gateway closed the connection.
     """
     first = chunks[0] if chunks else data
     collector = _Collector(head_request=first.startswith(b"HEAD "))
     closed = False
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                  source_address=(source, 0) if source else None) as sock:
         for part in (chunks if chunks is not None else [data]):
             sock.sendall(part)
         deadline = time.monotonic() + timeout
@@ -104,14 +107,14 @@ def exchange(port: int, data: bytes, *, expect: int = 1, timeout: float = 5.0,
 
 
 def request(port: int, method="GET", target="/", headers=None, body=b"", host="gw.test",
-            timeout=5.0) -> Response:
+            timeout=5.0, source: str | None = None) -> Response:
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     for k, v in (headers or {}).items():
         lines.append(f"{k}: {v}")
     if body and not any(k.lower() in ("content-length", "transfer-encoding") for k in (headers or {})):
         lines.append(f"Content-Length: {len(body)}")
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-    responses, _ = exchange(port, data, timeout=timeout)
+    responses, _ = exchange(port, data, timeout=timeout, source=source)
     assert responses and responses[0].complete, f"no complete response to {method} {target}"
     return responses[0]
 
