@@ -16,15 +16,17 @@ REDIS_SERVER = "redis-server"
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, password: str | None = None):
         self.port = port or free_port()
+        self.password = password
         self.proc: subprocess.Popen | None = None
         self.paused = False
         self.dir = tempfile.mkdtemp(prefix="tollgate-redis-")
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
         exe = shutil.which(REDIS_SERVER)
@@ -34,7 +36,8 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
-             "--protected-mode", "no", "--loglevel", "warning"],
+             "--protected-mode", "no", "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while True:
@@ -52,18 +55,20 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
+                reply = s.recv(64)
+                # a password-protected server answers NOAUTH: it is up all the same
+                return reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH")
         except OSError:
             return False
 
     def command(self, *args: str | bytes | int) -> bytes:
-        """One command in RESP over a fresh connection; the raw reply (for checks in tests)."""
-        parts = [f"*{len(args)}\r\n".encode()]
-        for a in args:
-            b = a if isinstance(a, bytes) else str(a).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        """One command in RESP over a fresh connection (after AUTH if the server has a
+        password); the raw reply (for checks in tests)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-            s.sendall(b"".join(parts))
+            if self.password:
+                s.sendall(_resp(("AUTH", self.password)))
+                assert s.recv(64).startswith(b"+OK")
+            s.sendall(_resp(args))
             return s.recv(65536)
 
     def get_int(self, key: str) -> int | None:
@@ -110,3 +115,11 @@ class RedisServer:
         if self.proc is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _resp(args) -> bytes:
+    parts = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
