@@ -251,7 +251,7 @@ class ClusterBudgets:
             st.spent += cost
             if st.pending is None and self._up and not st.exhausted:
                 horizon = min(HORIZON_NS, period_ns // 10)
-                if st.tokens < st.low:
+                if st.tokens < st.low or st.tokens < cost:    # low water: refill ahead
                     self._start_fetch(key, st, w, e, self._want(st, cost, now_ns), False)
                 elif (sliding and st.next_tokens == 0 and period_ns - e <= horizon
                       and st.rate > 0.0):
@@ -289,12 +289,13 @@ class ClusterBudgets:
             st = self._add(key, w, now_ns)
         elif w > st.window:
             self._roll(st, w)
+        elif w < st.window:      # the clock stepped back: stay in the later window
+            w, e = st.window, 0
         st.limit, st.period, st.sliding, st.offset = limit, period_ns, sliding, offset_ns
         if st.tokens >= cost or st.exhausted:
             return               # another call fetched meanwhile / take() will deny
         if st.pending is None:
-            self._start_fetch(key, st, max(w, st.window), e, self._want(st, cost, now_ns),
-                              True)
+            self._start_fetch(key, st, w, e, self._want(st, cost, now_ns), True)
         task = st.pending
         if task is None:         # too many fetches under way: take() answers NO_LEASE again
             return

@@ -160,6 +160,35 @@ def test_unused_tokens_are_returned_at_window_change(redis_server):
     asyncio.run(main())
 
 
+def test_steady_traffic_never_waits_refills_and_next_window_prefetched(redis_server):
+    """After the first lease, take() alone serves steady traffic: refills run in the background
+    before the lease is empty, and the next window is leased before it starts."""
+    async def main():
+        b = budgets(redis_server)
+        try:
+            period = S                                  # horizon: 100 ms before the end
+            assert (await b.acquire(b"steady", 100_000, period, 1, T0))[0] == ALLOWED
+            no_lease = 0
+            for i in range(1, 2000):                    # one call per ms over two windows
+                now = T0 + i * 1_000_000
+                v, _, _ = b.take(b"steady", 100_000, period, 1, now)
+                if v == NO_LEASE:
+                    no_lease += 1
+                    await b.lease(b"steady", 100_000, period, 1, now)
+                    v, _, _ = b.take(b"steady", 100_000, period, 1, now)
+                assert v == ALLOWED
+                if i == 999:                            # the last ms of window 0
+                    assert await until(lambda: b.held(b"steady")[2] > 0), "next window leased"
+                await asyncio.sleep(0)                  # background fetches run
+                await asyncio.sleep(0)
+            assert no_lease <= 3, no_lease
+            assert b.stats.leases < 200
+        finally:
+            await b.close()
+
+    asyncio.run(main())
+
+
 def test_first_calls_of_a_window_share_one_round_trip(redis_server):
     async def main():
         b = budgets(redis_server)
