@@ -37,8 +37,9 @@ Bounds (while Redis answers):
   more may pass than the estimate at the true time allows (keep clocks NTP-synchronised:
   milliseconds against periods of a second and more).
 * Undershoot: tokens leased but not spent when a worker dies (or its release is lost) are not
-  reused in that window: at most its held batches, ``<= 2 * max(cost, limit // 16)`` per key and
-  worker; the window after, they weigh as ``prev`` and decay.
+  reused in that window: at most its held batches (the lease, at most 1.5 batches, and the
+  prefetched one), ``<= 3 * max(cost, limit // 16)`` per key and worker; the window after, they
+  weigh as ``prev`` and decay.
 * Redis restarted (its data lost): the counts restart from zero, so up to one more ``limit`` may
   pass across the window of the restart.  Scripts are loaded again by themselves (EVALSHA, then
   SCRIPT LOAD on NOSCRIPT).
