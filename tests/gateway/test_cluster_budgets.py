@@ -189,6 +189,31 @@ def test_steady_traffic_never_waits_refills_and_next_window_prefetched(redis_ser
     asyncio.run(main())
 
 
+def test_keys_held_are_bounded_and_the_evicted_give_their_tokens_back(redis_server):
+    async def main():
+        b = budgets(redis_server, max_keys=3)
+        try:
+            for i in range(6):
+                key = b"caller-%d" % i
+                for j in range(40):           # a brisk rate: batches above one call
+                    assert (await b.acquire(key, 10_000, 10 * S, 1,
+                                            T0 + j * 100_000))[0] == ALLOWED
+                    await asyncio.sleep(0)
+            assert await until(lambda: not b._tasks)
+            assert len(b._keys) == 3
+            assert [b.held(b"caller-%d" % i) is None for i in range(6)] == [True] * 3 + [False] * 3
+            # the evicted callers' counts are what they spent: their leftovers went back
+            window = T0 // (10 * S)
+            assert await until(lambda: all(
+                redis_server.get_int(redis_key(b"caller-%d" % i, window)) == 40
+                for i in range(3)))
+            assert b.stats.returned > 0
+        finally:
+            await b.close()
+
+    asyncio.run(main())
+
+
 def test_first_calls_of_a_window_share_one_round_trip(redis_server):
     async def main():
         b = budgets(redis_server)
