@@ -742,8 +742,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
     def refuse(path: str, what: str, hint: str = "") -> None:
         error(path, f"{what} {'are' if what.endswith('s') else 'is'} {UNSUPPORTED}{hint}")
 
-    if doc.redis is not None:
-        refuse("redis", "shared limits and quotas through Redis")
     if doc.trusted_proxies:
         refuse("trusted_proxies", "reading the client address from X-Forwarded-For")
     for i, api in enumerate(doc.apis):

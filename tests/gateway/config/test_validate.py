@@ -437,7 +437,6 @@ def test_definitions_of_unused_kinds_are_accepted():
 # Fields the contract grew: checked now, refused until this version serves them
 
 @pytest.mark.parametrize(("sections", "path"), [
-    ({"redis": {"url": "redis://127.0.0.1:6379/0"}}, "redis"),
     ({"trusted_proxies": ["10.0.0.0/8"]}, "trusted_proxies"),
     ({"apis": [mock_api(conditional_backends=[{
         "name": "canary", "conditions": [{"source": "source_ip", "op": "cidr", "value": "10.0.0.0/8"}],
