@@ -20,6 +20,8 @@ from .auth.custom import Authorizer, AuthorizerStage
 from .auth.iam import IamAuth, IamIndex
 from .backends.rewrite import RequestRewrite
 from .pipeline import HeldBody
+from .policy.cors import Preflight, cors
+from .policy.params import ParamCheck, forwards_defaults
 from .backends.http import BackendConfigError, HttpBackend
 from .exchange import CompiledApi
 from .backends.mock import MockBackend
@@ -136,7 +138,7 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             signature_key = (signature_keys.get(binding.signature_key)
                              if binding.signature_key is not None else None)
             rewrite = None
-            if api.backend.params or signature_key is not None:
+            if api.backend.params or signature_key is not None or forwards_defaults(api.params):
                 rewrite = RequestRewrite(api.backend.params, api.params,
                                          _TEMPLATE_PARAM.findall(api.path), signature_key)
             try:
@@ -149,7 +151,7 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 errors.extend(e for e in exc.args if e not in errors)
                 continue
             stats = runtime.metrics.api_stats(api.name, env) if runtime is not None else None
-            stages = []
+            stages = [cors] if api.cors else []
             if api.auth == "app":
                 stages.append(AppAuth(app_keys, frozenset(binding.apps), api.name,
                                       api.app_code_auth, api.app_api_key, metrics))
@@ -159,6 +161,10 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                                       if doc.iam.jwt is not None else 3.0))
             elif api.auth == "custom" and api.authorizer in authorizers:
                 stages.append(AuthorizerStage(authorizers[api.authorizer], api.name, metrics))
+            if api.params:
+                check = ParamCheck.of(api.params)
+                if check is not None:
+                    stages.append(check)
             if signature_key is not None and api.backend.type == "http":
                 stages.append(_body_digest)
             if api.backend.authorizer in authorizers:   # (last: just before the backend call)
@@ -171,6 +177,10 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                                                     a for a in doc.authorizers
                                                     if a.name in (api.authorizer,
                                                                   api.backend.authorizer)))))
+            if api.cors:
+                compiled.preflight = CompiledApi(api.name, env, api.group,
+                                                 Preflight(api.method), (), stats,
+                                                 compiled.fingerprint)
             try:
                 router.add(env, hosts, api.method, api.path, api.match_mode, compiled)
             except RouteConflict as exc:
@@ -225,7 +235,8 @@ def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="b
         mock = backend.mock
         if mock is None:
             raise BackendConfigError("a mock backend needs 'mock'")
-        return MockBackend(mock.status, dict(mock.headers), mock.body)
+        return MockBackend(mock.status, {k: v for k, v in mock.headers.items() if not (
+            api.cors and k.lower().startswith("access-control-"))}, mock.body)   # (CORS sets them)
     if backend.type == "http":
         if backend.url is None:
             raise BackendConfigError("an http backend needs 'url'")
