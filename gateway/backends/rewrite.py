@@ -12,6 +12,9 @@ backend builds its request head in C).  Per request it
   line: path values are percent-encoded whole (``/`` and dot segments included), query names
   and values too, and header values lose nothing but have their control characters
   percent-encoded;
+* reads a frontend parameter's ``default`` when the client sent none, and adds that default
+  under the parameter's own name and location when no backend parameter moves or replaces it
+  (as the client's own value would have been forwarded);
 * removes what the client sent under the same header or query name (the gateway's value is
   the only one) and, for a parameter mapped to another name or place, the client's original;
 * signs the request with ``SDK-HMAC-SHA256`` (the key's key and secret, over the method, path,
