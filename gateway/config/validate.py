@@ -459,7 +459,7 @@ class _Validator:
         for where, value in values:
             if number != (isinstance(value, (int, float)) and not isinstance(value, bool)):
                 continue                        # (reported as not of the type)
-            if number and not math.isfinite(value):
+            if number and not _finite(value):
                 self.error(f"{pp}.{where}", "must be a finite number")
                 continue
             size = value if number else len(value)
@@ -713,6 +713,13 @@ class _Validator:
                     self.ref(f"{dp}.datasource", "datasource", dest.datasource, self.datasources)
                 elif getattr(dest, "topic", None) is not None and not _topic_ok(dest.topic, False):
                     self.error(f"{dp}.topic", "invalid MQTT topic (no wildcards when publishing)")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:       # (an integer beyond the float range)
+        return False
 
 
 def _normal_segment(segment: str) -> str:

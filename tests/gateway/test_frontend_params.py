@@ -203,6 +203,8 @@ def test_stages_are_built_only_for_apis_that_use_them():
      "apis[0].params[0].default", "'Host' cannot be set by a default"),
     ({"name": "X-A", "location": "header", "default": "a\nb"},
      "apis[0].params[0].default", "no CR, LF or NUL"),
+    ({"name": "n", "location": "query", "type": "number", "enum": [10 ** 400]},
+     "apis[0].params[0].enum[0]", "must be a finite number"),
     ({"name": "n", "location": "query", "type": "number", "default": "ten"},
      "apis[0].params[0].default", "expected a number"),
 ])
