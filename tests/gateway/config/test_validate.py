@@ -404,9 +404,6 @@ def test_backend_parameters_and_signature_keys_are_for_http_backends():
 
 
 @pytest.mark.parametrize(("api", "path"), [
-    (mock_api(cors=True), "apis[0].cors"),
-    (mock_api(params=[{"name": "q", "location": "query", "required": True}]),
-     "apis[0].params[0].required"),
     (mock_api(backend={"type": "function", "function": "pkg.mod:fn"}), "apis[0].backend.type"),
     (mock_api(backend={"type": "data", "data": {"datasource": "z", "statement": "SELECT 1"}}),
      "apis[0].backend.type"),
