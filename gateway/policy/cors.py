@@ -27,9 +27,9 @@ ALLOW_HEADERS = ("X-Stage", "X-Sdk-Date", "X-Sdk-Nonce", "X-Sdk-Content-Sha256",
                  "X-Proxy-Signed-Headers", "X-Auth-Token", "X-Apig-AppCode", "Authorization",
                  "Content-Type")
 #: the answer headers a page may read besides the CORS-safelisted ones
-EXPOSE_HEADERS = ("X-Request-Id", "X-Apig-Latency", "X-Apig-Upstream-Latency",
-                  "X-Apig-RateLimit-api", "X-Apig-RateLimit-user", "X-Apig-RateLimit-app",
-                  "X-Apig-RateLimit-api-allenv", "Retry-After")
+#: what the gateway itself sets that a page's script may read (gateway/policy/throttle.py)
+EXPOSE_HEADERS = ("X-Request-Id", "X-Apig-RateLimit-api", "X-Apig-RateLimit-user",
+                  "X-Apig-RateLimit-app", "X-Apig-RateLimit-ip", "Retry-After")
 MAX_AGE = 172800
 #: bounds of the Access-Control-Request-Headers echoed back (beyond: not echoed at all)
 MAX_REQUEST_HEADERS = 32
