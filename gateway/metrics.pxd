@@ -24,6 +24,7 @@ cdef class WorkerMetrics:
     cdef public dict errors
     cdef public dict dropped_headers
     cdef public dict auth_failures
+    cdef public dict acl_denials
     cdef public long long truncated
     cdef public str implementation
     cdef public ApiStats unrouted

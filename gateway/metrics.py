@@ -75,6 +75,7 @@ class WorkerMetrics:
         self.errors = {}    # ROMA code -> count
         self.dropped_headers = {}   # reason -> request headers not forwarded
         self.auth_failures = {}     # (api, env, type, reason) -> refused credentials
+        self.acl_denials = {}       # (acl name, entity) -> requests refused by the ACL
         self.truncated = 0  # responses cut after their head was sent
         self.implementation = implementation
         self.unrouted = self.api_stats(*UNROUTED)
@@ -103,6 +104,10 @@ class WorkerMetrics:
         key = (api, env, kind, reason)
         self.auth_failures[key] = self.auth_failures.get(key, 0) + 1
 
+    def count_acl_denial(self, name, entity):
+        key = (name, entity)
+        self.acl_denials[key] = self.acl_denials.get(key, 0) + 1
+
     def count_dropped_header(self, reason):
         self.dropped_headers[reason] = self.dropped_headers.get(reason, 0) + 1
 
@@ -113,6 +118,7 @@ class WorkerMetrics:
             "errors": self.errors,
             "dropped_headers": self.dropped_headers,
             "auth_failures": [[*key, n] for key, n in self.auth_failures.items()],
+            "acl_denials": [[*key, n] for key, n in self.acl_denials.items()],
             "truncated": self.truncated,
             "desyncs": worker.pool.desyncs,
             "tls_handshakes": worker.tls_handshakes,
@@ -143,7 +149,7 @@ class ClusterCollector:
         self.master = master
         self.latest: dict[int, dict] = {}     # worker pid -> its latest export
         self.retired: dict = {"apis": {}, "errors": {}, "dropped_headers": {}, "auth_failures": {},
-                              "truncated": 0,
+                              "acl_denials": {}, "truncated": 0,
                               "desyncs": 0, "tls_handshakes": 0, "tls_handshakes_begun": 0,
                               "tls_failures": {}, "tunnels": _no_tunnels()}
 
@@ -178,6 +184,8 @@ class ClusterCollector:
         for api, env, kind, reason, n in export["auth_failures"]:
             key = (api, env, kind, reason)
             acc["auth_failures"][key] = acc["auth_failures"].get(key, 0) + n
+        for name, entity, n in export.get("acl_denials", ()):
+            acc["acl_denials"][(name, entity)] = acc["acl_denials"].get((name, entity), 0) + n
         acc["truncated"] += export["truncated"]
         acc["desyncs"] += export["desyncs"]
         acc["tls_handshakes"] += export["tls_handshakes"]
@@ -196,6 +204,7 @@ class ClusterCollector:
                "errors": dict(self.retired["errors"]),
                "dropped_headers": dict(self.retired["dropped_headers"]),
                "auth_failures": dict(self.retired["auth_failures"]),
+               "acl_denials": dict(self.retired["acl_denials"]),
                "truncated": self.retired["truncated"],
                "desyncs": self.retired["desyncs"],
                "tls_handshakes": self.retired["tls_handshakes"],
@@ -254,6 +263,12 @@ class ClusterCollector:
         for (api, env, kind, reason), n in sorted(acc["auth_failures"].items()):
             auth.add_metric([api, env, kind, reason], n)
         yield auth
+        acl = CounterMetricFamily("tollgate_acl_denials", "Requests refused by an access control "
+                                  "policy, by policy name and entity (ip, account)",
+                                  labels=["acl", "entity"])
+        for (name, entity), n in sorted(acc["acl_denials"].items()):
+            acl.add_metric([name, entity], n)
+        yield acl
         yield CounterMetricFamily("tollgate_responses_truncated", "Responses cut after their head "
                                   "was sent (backend reset or failure mid-body, client not reading)",
                                   value=acc["truncated"])

@@ -20,6 +20,8 @@ from .auth.custom import Authorizer, AuthorizerStage
 from .auth.iam import IamAuth, IamIndex
 from .backends.rewrite import RequestRewrite
 from .pipeline import HeldBody
+from .policy.acl import AccountAcl, compile_acls
+from .policy.iprules import IpSet
 from .backends.http import BackendConfigError, HttpBackend
 from .exchange import CompiledApi
 from .backends.mock import MockBackend
@@ -64,15 +66,17 @@ def _iam(doc, base_dir, errors):
 
 
 class Snapshot:
-    __slots__ = ("router", "apis", "version", "document", "certificates", "files")
+    __slots__ = ("router", "apis", "version", "document", "certificates", "files", "trusted")
 
-    def __init__(self, router, apis, version, document, certificates=None, files=()):
+    def __init__(self, router, apis, version, document, certificates=None, files=(),
+                 trusted=None):
         self.router = router
         self.apis = apis          # {(api name, env): CompiledApi}
         self.version = version    # content hash of the document: which config is live
         self.document = document
         self.certificates = certificates    # gateway.tls.CertificateStore, or None
         self.files = files        # the TLS files it read: a SIGHUP reloads when one changed
+        self.trusted = trusted    # trusted_proxies (an IpSet), None when there are none
 
 
 def document_version(doc: Document) -> str:
@@ -122,6 +126,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
     iam = _iam(doc, base_dir, errors) if any(a.auth == "iam" for a in doc.apis) else None
     signature_keys = {k.name: k for k in doc.signature_keys}
     metrics = runtime.metrics if runtime is not None else None
+    acls = compile_acls(doc.acls, metrics)     # (once: shared by the APIs bound to each)
+    acl_configs = {a.name: a for a in doc.acls}
     router = Router()
     apis = {}
     owner = {}
@@ -150,6 +156,9 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 continue
             stats = runtime.metrics.api_stats(api.name, env) if runtime is not None else None
             stages = []
+            acl = acls.get(binding.acl) if binding.acl is not None else None
+            if acl is not None and acl.__class__ is not AccountAcl:
+                stages.append(acl)          # (an IP ACL: first, before the body is read)
             if api.auth == "app":
                 stages.append(AppAuth(app_keys, frozenset(binding.apps), api.name,
                                       api.app_code_auth, api.app_api_key, metrics))
@@ -159,6 +168,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                                       if doc.iam.jwt is not None else 3.0))
             elif api.auth == "custom" and api.authorizer in authorizers:
                 stages.append(AuthorizerStage(authorizers[api.authorizer], api.name, metrics))
+            if acl is not None and acl.__class__ is AccountAcl:
+                stages.append(acl)          # (right after authentication: it needs the caller)
             if signature_key is not None and api.backend.type == "http":
                 stages.append(_body_digest)
             if api.backend.authorizer in authorizers:   # (last: just before the backend call)
@@ -167,8 +178,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             stages = tuple(stages)
             compiled = CompiledApi(api.name, env, api.group, handler, stages, stats,
                                    _fingerprint(api, group, env, tls_files, base_dir,
-                                                (signature_key, *(
-                                                    a for a in doc.authorizers
+                                                (signature_key, acl_configs.get(binding.acl),
+                                                 *(a for a in doc.authorizers
                                                     if a.name in (api.authorizer,
                                                                   api.backend.authorizer)))))
             try:
@@ -197,7 +208,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             digest.update(tls_files[path])
         version = digest.hexdigest()[:12]
     files = tuple(certificate_files(doc.certificates, base_dir)) + tuple(sorted(tls_files))
-    return Snapshot(router, apis, version, doc, certificates, files)
+    trusted = IpSet(doc.trusted_proxies) if doc.trusted_proxies else None
+    return Snapshot(router, apis, version, doc, certificates, files, trusted)
 
 
 def _digests(base_dir, seen, *values) -> bytes:

@@ -133,6 +133,7 @@ class Worker:
             return False
         self.snapshot = snapshot          # the atomic swap: one reference
         self.pipeline.router = snapshot.router
+        self.pipeline.trusted = snapshot.trusted
         self.config_bytes = data
         self._certificate_files = {p: _file_state(p) for p in snapshot.files}
         verify_clients(self.tls_context, snapshot.certificates)

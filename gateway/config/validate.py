@@ -304,9 +304,18 @@ class _Validator:
                 self.error(f"{sp}.limit", "must not exceed api_limit")
 
     def check_acl(self, p: str, acl: Acl) -> None:
+        seen: set[str] = set()
         for j, value in enumerate(acl.values):
             if acl.entity == "ip":
                 self.check_ip_value(f"{p}.values[{j}]", value)
+                continue
+            # account names are matched exactly: a blank around one would never match
+            if value != value.strip():
+                self.error(f"{p}.values[{j}]", f"an account name has no leading or trailing "
+                                               f"blanks, got '{value}'")
+            if value in seen:
+                self.error(f"{p}.values[{j}]", f"account '{value}' listed twice")
+            seen.add(value)
 
     def check_ip_value(self, path: str, value: str) -> None:
         """An address, a range ``a-b`` or a CIDR."""
@@ -344,7 +353,11 @@ class _Validator:
             bp = f"{p}.environments{_key(env)}"
             self.ref(bp, "environment", env, self.envs)
             self.ref(f"{bp}.throttle", "throttle", binding.throttle, self.throttles)
-            self.ref(f"{bp}.acl", "acl", binding.acl, self.acls)
+            if (self.ref(f"{bp}.acl", "acl", binding.acl, self.acls) and binding.acl is not None
+                    and self.doc.acls[self.acls[binding.acl]].entity == "account"
+                    and api.auth != "iam"):
+                self.error(f"{bp}.acl", f"account ACL '{binding.acl}' applies to APIs with "
+                                        f"auth: iam (only IAM callers have an account)")
             self.ref(f"{bp}.signature_key", "signature key", binding.signature_key,
                      self.signature_keys)
             seen: set[str] = set()
@@ -732,8 +745,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
 
     if doc.redis is not None:
         refuse("redis", "shared limits and quotas through Redis")
-    if doc.trusted_proxies:
-        refuse("trusted_proxies", "reading the client address from X-Forwarded-For")
     for i, app in enumerate(doc.apps):
         if app.quota is not None:
             refuse(f"apps[{i}].quota", "app quotas")
@@ -773,7 +784,5 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
             bp = f"{p}.environments{_key(env)}"
             if binding.throttle is not None:
                 refuse(f"{bp}.throttle", "throttles")
-            if binding.acl is not None:
-                refuse(f"{bp}.acl", "ACLs")
             if binding.apps and api.auth != "app":
                 error(f"{bp}.apps", "apps are authorized for APIs with auth: app only")

@@ -52,6 +52,10 @@ class IpSet:
             address = ipaddress.ip_address(ip.partition("%")[0])
         except ValueError:
             return False
+        return self.has(address)
+
+    def has(self, address) -> bool:
+        """Whether the set holds ``address`` (an ipaddress object: parsed once by the caller)."""
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         starts = self.starts[address.version]

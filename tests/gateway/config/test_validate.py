@@ -412,7 +412,6 @@ def test_backend_parameters_and_signature_keys_are_for_http_backends():
      "apis[0].backend.type"),
     (mock_api(backend={"type": "http", "channel": "c", "path": "/x"}), "apis[0].backend.channel"),
     (mock_api(environments={"RELEASE": {"throttle": "t"}}), "apis[0].environments.RELEASE.throttle"),
-    (mock_api(environments={"RELEASE": {"acl": "a"}}), "apis[0].environments.RELEASE.acl"),
 ])
 def test_unimplemented_features_are_refused(api, path):
     refused = [e for e in check(apis=[api], authorizers=[{"name": "z", "url": "http://h/"}],
@@ -439,7 +438,6 @@ def test_definitions_of_unused_kinds_are_accepted():
 
 @pytest.mark.parametrize(("sections", "path"), [
     ({"redis": {"url": "redis://127.0.0.1:6379/0"}}, "redis"),
-    ({"trusted_proxies": ["10.0.0.0/8"]}, "trusted_proxies"),
     ({"app_quotas": [{"name": "q", "limit": 5}], "apps": [{"name": "x", "quota": "q"}]},
      "apps[0].quota"),
     ({"apis": [mock_api(conditional_backends=[{
