@@ -60,15 +60,17 @@ class _Collector:
 
 
 def exchange(port: int, data: bytes, *, expect: int = 1, timeout: float = 5.0,
-             read_until_close: bool = False, chunks=None) -> tuple[list[Response], bool]:
-    """Send ``data`` (or each of ``chunks`` in turn) and read ``expect`` complete responses.
+             read_until_close: bool = False, chunks=None,
+             host: str = "127.0.0.1") -> tuple[list[Response], bool]:
+    """Send ``data`` (or each of ``chunks`` in turn) to ``host`` (an IPv4 or IPv6 address) and
+    read ``expect`` complete responses.
 
     Returns (responses, closed): ``closed`` is True when the gateway closed the connection.
     """
     first = chunks[0] if chunks else data
     collector = _Collector(head_request=first.startswith(b"HEAD "))
     closed = False
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
         for part in (chunks if chunks is not None else [data]):
             sock.sendall(part)
         deadline = time.monotonic() + timeout
