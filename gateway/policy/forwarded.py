@@ -14,7 +14,7 @@ Only exchanges of a configuration with ``trusted_proxies`` pay for this (the pip
 """
 from __future__ import annotations
 
-import ipaddress
+from .iprules import format_ip, parse_ip
 
 #: entries of X-Forwarded-For walked at most (from the right): a chain of trusted proxies is
 #: short; a longer walk stops at the last good address found
@@ -24,8 +24,8 @@ _FIELD = b"x-forwarded-for"
 
 
 def parse_entry(raw: bytes):
-    """The address of one X-Forwarded-For element (``1.2.3.4``, ``1.2.3.4:80``, ``2001:db8::1``,
-    ``[2001:db8::1]``, ``[2001:db8::1]:80``), or None when it is not one."""
+    """(version, int) of one X-Forwarded-For element (``1.2.3.4``, ``1.2.3.4:80``,
+    ``2001:db8::1``, ``[2001:db8::1]``, ``[2001:db8::1]:80``), or None when it is not one."""
     if raw[:1] == b"[":
         end = raw.find(b"]")
         if end < 0 or (end + 1 < len(raw) and raw[end + 1:end + 2] != b":"):
@@ -34,20 +34,16 @@ def parse_entry(raw: bytes):
     elif raw.count(b":") == 1:          # an IPv4 address with a port
         raw = raw.partition(b":")[0]
     try:
-        text = raw.decode("ascii")
-        return ipaddress.ip_address(text.partition("%")[0])
-    except (UnicodeDecodeError, ValueError):
+        return parse_ip(raw.decode("ascii"))
+    except UnicodeDecodeError:
         return None
 
 
 def client_address(peer: str, values, trusted) -> tuple[str, bool]:
     """(the client's address, whether the peer is trusted) for a request from ``peer`` carrying
     the X-Forwarded-For field ``values`` (bytes, in order), ``trusted`` an IpSet."""
-    try:
-        peer_address = ipaddress.ip_address(peer.partition("%")[0])
-    except ValueError:
-        return peer, False
-    if not trusted.has(peer_address):
+    parsed = parse_ip(peer)
+    if parsed is None or not trusted.has(parsed[0], parsed[1]):
         return peer, False
     client = peer
     walked = 0
@@ -59,12 +55,13 @@ def client_address(peer: str, values, trusted) -> tuple[str, bool]:
             walked += 1
             if walked > MAX_HOPS:
                 return client, True
-            address = parse_entry(raw)
-            if address is None:
+            parsed = parse_entry(raw)
+            if parsed is None:
                 return client, True
-            mapped = address.ipv4_mapped if address.version == 6 else None
-            client = str(mapped if mapped is not None else address)
-            if not trusted.has(address):
+            # (an IPv4 entry inet_pton accepted is canonical text already)
+            client = (raw.decode("ascii") if parsed[0] == 4 and b":" not in raw
+                      else format_ip(parsed[0], parsed[1]))
+            if not trusted.has(parsed[0], parsed[1]):
                 return client, True
     return client, True
 

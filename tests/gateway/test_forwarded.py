@@ -67,3 +67,16 @@ def test_the_walk_is_bounded():
                                  b"1.2.3.4:80:90", b"::1]", b"1.2.3.4/8"])
 def test_entries_that_are_not_addresses(raw):
     assert parse_entry(raw) is None
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("1.2.3.4", (4, 0x01020304)), ("::ffff:1.2.3.4", (4, 0x01020304)),
+    ("::FFFF:102:304", (4, 0x01020304)), ("::1", (6, 1)), ("fe80::1%eth0", (6, (0xfe80 << 112) | 1)),
+    ("01.2.3.4", None), ("1.2.3", None), ("1.2.3.4 ", None), ("1.2.3.4\x00", None),
+    ("é", None), ("::1::", None), ("", None),
+])
+def test_addresses_are_read_strictly(text, parsed):
+    from gateway.policy.iprules import parse_ip
+
+    assert parse_ip(text) == parsed
+    assert (text in TRUSTED) is False or parsed is not None
