@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import proxy_config
 from tests.gateway.test_app_auth import APPS, signed_request
 from tests.gateway.test_iam_auth import _pem, token
-from tests.support.client import exchange, request
+from tests.support.client import exchange
 from tests.support.gateway import GatewayProcess, free_port
 
 CLIENT_IP = {"name": "X-Client-Ip", "location": "header", "origin": "system",
@@ -98,7 +98,7 @@ EDGES = {"name": "edges", "action": "PERMIT",
     ("::ffff:10.0.0.15", True), ("::ffff:10.0.0.21", False), ("198.51.100.255", True),
     ("198.51.101.0", False), ("::a00:f", False),     # (::10.0.0.15 is no IPv4 address)
 ])
-def test_ranges_and_cidrs_to_their_edges(make_gateway, backend_m, client, served, request_gw):
+def test_ranges_and_cidrs_to_their_edges(backend_m, client, served, request_gw):
     gw = request_gw(acl_config(backend_m.address, EDGES, trusted=["127.0.0.1"]))
     r = from_client(gw.port, client)
     assert (r.status == 200) == served, (client, r.status, r.body)
