@@ -215,6 +215,7 @@ cdef class ResponseParser(_Parser):
 
 
 cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, bytes client_ip,
-                         bytes forwarded_host, bytes request_id, bytes framing, bint https=*)
+                         bytes forwarded_host, bytes request_id, bytes framing, bint https=*,
+                         bint chain=*)
 cpdef bytes response_head(bytes status_line, Head head, bytes lines, bytes request_id,
                           bytes date_line, long long content_length, bytes tail, bytes body)

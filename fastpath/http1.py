@@ -565,9 +565,10 @@ def _kept(head: Head):
 
 
 def request_head(head, method, target, host, client_ip, forwarded_host, request_id, framing,
-                 https=False):
+                 https=False, chain=True):
     values = (v.rstrip(b" \t,") for v, k in zip(head._values, head._kinds) if k == K_FORWARDED_FOR)
-    chain = b"".join(v + b", " for v in values if v)    # an empty element is never sent on
+    # an empty element is never sent on; the client's chain only when ``chain``
+    chain = b"".join(v + b", " for v in values if v) if chain else b""
     return b"".join((
         method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", _kept(head),
         b"X-Forwarded-For: ", chain, client_ip,

@@ -1001,14 +1001,16 @@ cdef char* _put_kept(char* dst, Head head, frozenset tokens):
 
 
 cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, bytes client_ip,
-                         bytes forwarded_host, bytes request_id, bytes framing, bint https=False):
+                         bytes forwarded_host, bytes request_id, bytes framing, bint https=False,
+                         bint chain=True):
     """The head sent to a backend: ``METHOD target HTTP/1.1``, ``Host``, the client's end-to-end
     fields as received (hop-by-hop, framing and gateway-set ones left out, and any a Connection
-    field names), then X-Forwarded-For (the client's chain, then ``client_ip``),
-    X-Forwarded-Proto, X-Forwarded-Host, X-Request-Id and ``framing`` (whole lines)."""
+    field names), then X-Forwarded-For (the client's chain unless ``chain`` is false, then
+    ``client_ip``), X-Forwarded-Proto, X-Forwarded-Host, X-Request-Id and ``framing`` (whole
+    lines)."""
     cdef frozenset tokens
     cdef const char* raw
-    cdef Py_ssize_t chain = 0
+    cdef Py_ssize_t chain_size = 0
     cdef Py_ssize_t size
     cdef Py_ssize_t n
     cdef int i
@@ -1019,13 +1021,13 @@ cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, byte
         raise TypeError("request_head() takes a Head and bytes, not None")
     tokens = _tokens(head) if head.connection_tokens else None
     raw = head.start
-    for i in range(head.count):
+    for i in range(head.count if chain else 0):
         if head.fields[i].kind == K_FORWARDED_FOR:
             n = _trimmed(raw + head.fields[i].value_at, head.fields[i].value_len)
             if n:       # an empty element is never sent on (RFC 9110 5.6.1)
-                chain += n + 2
+                chain_size += n + 2
     size = (len(method) + 1 + len(target) + 17 + len(host) + 2 + _kept_size(head, tokens)
-            + 17 + chain + len(client_ip) + 2 + (26 if https else 25) + 18 + len(forwarded_host) + 2
+            + 17 + chain_size + len(client_ip) + 2 + (26 if https else 25) + 18 + len(forwarded_host) + 2
             + 14 + len(request_id) + 2 + len(framing) + 2)
     out = PyBytes_FromStringAndSize(NULL, size)
     dst = PyBytes_AS_STRING(out)
@@ -1037,7 +1039,7 @@ cpdef bytes request_head(Head head, bytes method, bytes target, bytes host, byte
     dst = _put(dst, b"\r\n", 2)
     dst = _put_kept(dst, head, tokens)
     dst = _put(dst, b"X-Forwarded-For: ", 17)
-    for i in range(head.count):
+    for i in range(head.count if chain else 0):
         if head.fields[i].kind == K_FORWARDED_FOR:
             n = _trimmed(raw + head.fields[i].value_at, head.fields[i].value_len)
             if n:

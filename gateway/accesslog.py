@@ -32,6 +32,8 @@ class AccessRecord(msgspec.Struct, array_like=False, omit_defaults=True):
     upstream_ms: float = -1.0
     error: str = ""
     aborted: bool = False
+    #: the socket peer, when it is not the client (a trusted proxy that forwarded the request)
+    peer: str = ""
 
 
 class AccessLog:
@@ -58,7 +60,8 @@ class AccessLog:
             account=caller.account if caller is not None else "",
             upstream=ex.upstream_addr,
             upstream_ms=round(ex.upstream_elapsed * 1000.0, 3) if ex.upstream_elapsed >= 0 else -1.0,
-            error=ex.error_code, aborted=aborted)
+            error=ex.error_code, aborted=aborted,
+            peer=peer if (peer := ex.conn.client_ip) != ex.client_ip else "")
         self.encoder.encode_into(record, self.buffer, -1)
         self.buffer += b"\n"
         if len(self.buffer) >= self.FLUSH_BYTES:

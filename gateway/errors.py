@@ -102,6 +102,13 @@ class IpDenied(GatewayError):
     status = 403
 
 
+class AccountDenied(GatewayError):
+    """The caller's IAM account is not allowed by the account ACL bound to the API."""
+
+    code = "APIC.0302"
+    status = 403
+
+
 class AppNotAuthorized(GatewayError):
     """The app is not authorized for the API in the environment called."""
 

@@ -116,6 +116,7 @@ cdef class Exchange:
     cdef public bint continued
     cdef public object auth_state
     cdef public bytes resp_lines
+    cdef public bint forward_chain
 
     cpdef setup(self, Connection conn, str method, Head head, str version, bint keep_alive,
                 double started)

@@ -243,6 +243,9 @@ class Exchange:
         self.continued = False          # '100 Continue' was sent
         self.auth_state = None          # what an authentication stage keeps while it waits
         self.resp_lines = b""           # header lines stages add to the answer (CORS, limits)
+        # the client's X-Forwarded-For is sent on to the backend (before the peer's address)
+        # only when the peer is a trusted proxy (set with client_ip, see gateway.policy.forwarded)
+        self.forward_chain = False
 
     @property
     def has_body(self):

@@ -36,6 +36,8 @@ COUNTERS = {
                            "per-API dimension still holds)", ("policy",)),
     "quota_exhausted": ("tollgate_app_quota_exhausted", "Calls refused because the app's quota "
                         "was used up (405), by quota policy", ("quota",)),
+    "acl_denials": ("tollgate_acl_denials", "Requests refused by an access control policy, by "
+                    "policy name and entity (ip, account)", ("acl", "entity")),
     "throttle_fallback": ("tollgate_throttle_local_fallback", "Throttled calls decided by the "
                           "node's own counters because Redis was unreachable (fail_mode open), "
                           "or refused for it (closed)", ("mode",)),

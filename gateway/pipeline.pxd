@@ -16,6 +16,7 @@ from gateway.exchange cimport CompiledApi
 cdef class Pipeline:
     cdef public object worker
     cdef public Router router
+    cdef public object trusted
     @cython.locals(q=Py_ssize_t, raw=bytes, path=str, found=tuple, api=CompiledApi)
     cpdef object enter(self, Exchange ex)
     @cython.locals(stages=tuple, i=Py_ssize_t)

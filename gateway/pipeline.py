@@ -25,6 +25,7 @@ import hashlib
 
 from gateway.errors import BadRequest, FramingError, NotFound
 from gateway.policy.cors import preflight_method
+from gateway.policy.forwarded import resolve_client
 
 try:
     import cython
@@ -101,14 +102,18 @@ class Wait:
 class Pipeline:
     """Routes exchanges for one worker (attribute types: gateway/pipeline.pxd).
 
-    ``router`` is the live snapshot's; the worker sets it with the snapshot (one reference,
-    swapped atomically: an exchange routed before a reload keeps the API it was given)."""
+    ``router`` and ``trusted`` are the live snapshot's; the worker sets them with the snapshot
+    (one reference each, swapped atomically: an exchange routed before a reload keeps the API
+    it was given)."""
 
     def __init__(self, worker):
         self.worker = worker
         self.router = None
+        self.trusted = None     # the live snapshot's trusted proxies (an IpSet), None: none
 
     def enter(self, ex):
+        if self.trusted is not None:    # (the client address, before anything reads it)
+            resolve_client(ex, self.trusted)
         raw = ex.raw_target
         q = _query_start(raw)
         if q == -2:

@@ -23,6 +23,8 @@ from .policy.throttle import QuotaRule, QuotaStage, ThrottleRule, ThrottleStage
 from .pipeline import HeldBody
 from .policy.cors import Preflight, cors
 from .policy.params import ParamCheck, forwards_defaults
+from .policy.acl import AccountAcl, compile_acls
+from .policy.iprules import IpSet
 from .backends.http import BackendConfigError, HttpBackend
 from .exchange import CompiledApi
 from .backends.mock import MockBackend
@@ -67,15 +69,17 @@ def _iam(doc, base_dir, errors):
 
 
 class Snapshot:
-    __slots__ = ("router", "apis", "version", "document", "certificates", "files")
+    __slots__ = ("router", "apis", "version", "document", "certificates", "files", "trusted")
 
-    def __init__(self, router, apis, version, document, certificates=None, files=()):
+    def __init__(self, router, apis, version, document, certificates=None, files=(),
+                 trusted=None):
         self.router = router
         self.apis = apis          # {(api name, env): CompiledApi}
         self.version = version    # content hash of the document: which config is live
         self.document = document
         self.certificates = certificates    # gateway.tls.CertificateStore, or None
         self.files = files        # the TLS files it read: a SIGHUP reloads when one changed
+        self.trusted = trusted    # trusted_proxies (an IpSet), None when there are none
 
 
 def document_version(doc: Document) -> str:
@@ -131,6 +135,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
     quota_rules = {q.name: QuotaRule(q) for q in doc.app_quotas}
     app_quotas = {a.name: quota_rules[a.quota] for a in doc.apps if a.quota in quota_rules}
     quota_stage = (QuotaStage(app_quotas, counters, metrics, budgets) if app_quotas else None)
+    acls = compile_acls(doc.acls, metrics)     # (once: shared by the APIs bound to each)
+    acl_configs = {a.name: a for a in doc.acls}
     router = Router()
     apis = {}
     owner = {}
@@ -158,7 +164,12 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 errors.extend(e for e in exc.args if e not in errors)
                 continue
             stats = runtime.metrics.api_stats(api.name, env) if runtime is not None else None
+            # the stage order: cors, acl (ip), authenticate, acl (account), throttle, quota,
+            # params, then what the backend call needs
             stages = [cors] if api.cors else []
+            acl = acls.get(binding.acl) if binding.acl is not None else None
+            if acl is not None and acl.__class__ is not AccountAcl:
+                stages.append(acl)          # (an IP ACL: before authentication and the body)
             if api.auth == "app":
                 stages.append(AppAuth(app_keys, frozenset(binding.apps), api.name,
                                       api.app_code_auth, api.app_api_key, metrics))
@@ -168,6 +179,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                                       if doc.iam.jwt is not None else 3.0))
             elif api.auth == "custom" and api.authorizer in authorizers:
                 stages.append(AuthorizerStage(authorizers[api.authorizer], api.name, metrics))
+            if acl is not None and acl.__class__ is AccountAcl:
+                stages.append(acl)          # (right after authentication: it needs the caller)
             throttle = throttles.get(binding.throttle) if binding.throttle is not None else None
             if throttle is not None:
                 stages.append(ThrottleStage(ThrottleRule(throttle, api.name, env), counters,
@@ -186,7 +199,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             stages = tuple(stages)
             compiled = CompiledApi(api.name, env, api.group, handler, stages, stats,
                                    _fingerprint(api, group, env, tls_files, base_dir,
-                                                (signature_key, throttle, *(
+                                                (signature_key, throttle,
+                                                 acl_configs.get(binding.acl), *(
                                                     a for a in doc.authorizers
                                                     if a.name in (api.authorizer,
                                                                   api.backend.authorizer)))))
@@ -220,7 +234,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             digest.update(tls_files[path])
         version = digest.hexdigest()[:12]
     files = tuple(certificate_files(doc.certificates, base_dir)) + tuple(sorted(tls_files))
-    return Snapshot(router, apis, version, doc, certificates, files)
+    trusted = IpSet(doc.trusted_proxies) if doc.trusted_proxies else None
+    return Snapshot(router, apis, version, doc, certificates, files, trusted)
 
 
 def _digests(base_dir, seen, *values) -> bytes:

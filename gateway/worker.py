@@ -144,6 +144,7 @@ class Worker:
             # exchanges of the old snapshot may still count on it: close after the swap
             self.spawn(previous_budgets.close())
         self.pipeline.router = snapshot.router
+        self.pipeline.trusted = snapshot.trusted
         self.config_bytes = data
         self._certificate_files = {p: _file_state(p) for p in snapshot.files}
         verify_clients(self.tls_context, snapshot.certificates)

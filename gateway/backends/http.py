@@ -154,7 +154,7 @@ class HttpBackend(Handler):
             framing = _UPGRADE      # (hop-by-hop: the client's are not copied; it has no body)
         # the client's end-to-end fields are copied from its head, the gateway's own added
         return request_head(ex.head, method, target, self.host_header, ex.conn.client_ip_bytes,
-                            ex.host_bytes, ex.rid, framing, ex.conn.tls)
+                            ex.host_bytes, ex.rid, framing, ex.conn.tls, ex.forward_chain)
 
 
     def _rewritten_head(self, ex):
@@ -174,7 +174,7 @@ class HttpBackend(Handler):
         method = self.method or _METHODS.get(ex.method) or ex.method.encode()
         framing = self._framing(ex, method)
         head = request_head(ex.head, method, target, self.host_header, ex.conn.client_ip_bytes,
-                            ex.host_bytes, ex.rid, framing, ex.conn.tls)
+                            ex.host_bytes, ex.rid, framing, ex.conn.tls, ex.forward_chain)
         return rewrite.finish_head(head, lines, method, target, self.host_header,
                                    ex.body_digest)
 

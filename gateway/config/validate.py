@@ -318,9 +318,18 @@ class _Validator:
                 self.error(f"{sp}.limit", "must not exceed api_limit")
 
     def check_acl(self, p: str, acl: Acl) -> None:
+        seen: set[str] = set()
         for j, value in enumerate(acl.values):
             if acl.entity == "ip":
                 self.check_ip_value(f"{p}.values[{j}]", value)
+                continue
+            # account names are matched exactly: a blank around one would never match
+            if value != value.strip():
+                self.error(f"{p}.values[{j}]", f"an account name has no leading or trailing "
+                                               f"blanks, got '{value}'")
+            if value in seen:
+                self.error(f"{p}.values[{j}]", f"account '{value}' listed twice")
+            seen.add(value)
 
     def check_ip_value(self, path: str, value: str) -> None:
         """An address, a range ``a-b`` or a CIDR."""
@@ -362,7 +371,11 @@ class _Validator:
             bp = f"{p}.environments{_key(env)}"
             self.ref(bp, "environment", env, self.envs)
             self.ref(f"{bp}.throttle", "throttle", binding.throttle, self.throttles)
-            self.ref(f"{bp}.acl", "acl", binding.acl, self.acls)
+            if (self.ref(f"{bp}.acl", "acl", binding.acl, self.acls) and binding.acl is not None
+                    and self.doc.acls[self.acls[binding.acl]].entity == "account"
+                    and api.auth != "iam"):
+                self.error(f"{bp}.acl", f"account ACL '{binding.acl}' applies to APIs with "
+                                        f"auth: iam (only IAM callers have an account)")
             self.ref(f"{bp}.signature_key", "signature key", binding.signature_key,
                      self.signature_keys)
             seen: set[str] = set()
@@ -787,8 +800,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
     def refuse(path: str, what: str, hint: str = "") -> None:
         error(path, f"{what} {'are' if what.endswith('s') else 'is'} {UNSUPPORTED}{hint}")
 
-    if doc.trusted_proxies:
-        refuse("trusted_proxies", "reading the client address from X-Forwarded-For")
     for i, api in enumerate(doc.apis):
         p = f"apis[{i}]"
         if api.app_code_auth and api.auth != "app":
@@ -810,7 +821,5 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
                 error(f"{p}.environments", "a signature key signs requests to http backends")
         for env, binding in api.environments.items():
             bp = f"{p}.environments{_key(env)}"
-            if binding.acl is not None:
-                refuse(f"{bp}.acl", "ACLs")
             if binding.apps and api.auth != "app":
                 error(f"{bp}.apps", "apps are authorized for APIs with auth: app only")

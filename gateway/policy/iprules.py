@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from bisect import bisect_right
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
 
 def _interval(value: str):
@@ -48,16 +49,36 @@ class IpSet:
             self.ends[version] = [m[1] for m in merged]
 
     def __contains__(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip.partition("%")[0])
-        except ValueError:
-            return False
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        starts = self.starts[address.version]
-        n = int(address)
+        parsed = parse_ip(ip)
+        return parsed is not None and self.has(parsed[0], parsed[1])
+
+    def has(self, version: int, n: int) -> bool:
+        """Whether the set holds the address ``n`` of IP ``version`` (as parse_ip gives it)."""
+        starts = self.starts[version]
         i = bisect_right(starts, n) - 1
-        return i >= 0 and n <= self.ends[address.version][i]
+        return i >= 0 and n <= self.ends[version][i]
+
+
+def parse_ip(text: str):
+    """(4, int) or (6, int) of an address, None when ``text`` is not one.  An IPv4-mapped IPv6
+    address is the IPv4 one; an IPv6 zone (``%eth0``) is ignored.  (inet_pton: strict, as
+    ipaddress is, and several times faster: this runs per request.)"""
+    try:
+        if ":" in text:
+            n = int.from_bytes(inet_pton(AF_INET6, text.partition("%")[0]), "big")
+            if n >> 32 == 0xFFFF:
+                return 4, n & 0xFFFFFFFF
+            return 6, n
+        return 4, int.from_bytes(inet_pton(AF_INET, text), "big")
+    except (OSError, ValueError):
+        return None
+
+
+def format_ip(version: int, n: int) -> str:
+    """The canonical text of an address parse_ip gave."""
+    if version == 4:
+        return inet_ntop(AF_INET, n.to_bytes(4, "big"))
+    return inet_ntop(AF_INET6, n.to_bytes(16, "big"))
 
 
 def check_values(values) -> list[str]:

@@ -1453,6 +1453,19 @@ def test_request_head_exact_bytes(http1_mod):
         b"\r\n")
 
 
+def test_request_head_without_the_clients_chain(http1_mod):
+    # (the peer is no trusted proxy: only its own address is sent on, the rest of the head alike)
+    head = parse_head(http1_mod, RICH_REQUEST)
+    out = http1_mod.request_head(head, b"POST", b"/backend/in?q=1", b"backend:8080", b"9.9.9.9",
+                                 b"client.example", b"rid-1", b"Content-Length: 3\r\n", False,
+                                 False)
+    full = http1_mod.request_head(head, b"POST", b"/backend/in?q=1", b"backend:8080", b"9.9.9.9",
+                                  b"client.example", b"rid-1", b"Content-Length: 3\r\n")
+    assert out == full.replace(b"X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 9.9.9.9\r\n",
+                               b"X-Forwarded-For: 9.9.9.9\r\n")
+    assert b"1.1.1.1" not in out and b"2.2.2.2" not in out
+
+
 def test_request_head_of_a_bare_request(http1_mod):
     head = parse_head(http1_mod, b"GET / HTTP/1.0\r\n\r\n")
     assert http1_mod.request_head(head, b"GET", b"/x", b"b:1", b"10.1.2.3", b"", b"id", b"") == (

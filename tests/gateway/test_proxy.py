@@ -167,31 +167,52 @@ def test_header_named_by_connection_is_dropped_case_insensitively(gw):
 
 
 def test_x_forwarded_headers(gw):
+    # the peer is no trusted proxy (none is configured): the X-Forwarded-* the client sent are
+    # not passed on as if true; the backend learns the peer's address
     r = request(gw.port, "GET", "/echo/xff", host="api.example.test", headers={
         "X-Forwarded-For": "203.0.113.7",
         "X-Forwarded-Proto": "https",
         "X-Forwarded-Host": "evil.example",
     })
     rec = echoed(r)
-    assert header_values(rec, "X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
+    assert header_values(rec, "X-Forwarded-For") == ["127.0.0.1"]
     assert header_values(rec, "X-Forwarded-Proto") == ["http"]
     assert header_values(rec, "X-Forwarded-Host") == ["api.example.test"]
 
 
-def test_repeated_x_forwarded_for_headers_are_joined(gw):
-    responses, _ = exchange(gw.port, b"GET /echo/xff3 HTTP/1.1\r\nHost: gw.test\r\n"
-                                     b"X-Forwarded-For: 198.51.100.1\r\n"
-                                     b"X-Forwarded-For: 198.51.100.2, 198.51.100.3\r\n\r\n")
+@pytest.fixture(scope="module")
+def trusting_gw(backend_m, tmp_path_factory):
+    """A gateway that trusts its test client's address (127.0.0.1) as a proxy."""
+    doc = proxy_config(backend_m.address)
+    doc["trusted_proxies"] = ["127.0.0.1"]
+    g = GatewayProcess(doc, tmp_path_factory.mktemp("proxy-trusting"))
+    g.start()
+    yield g
+    g.stop()
+
+
+def test_repeated_x_forwarded_for_headers_are_joined(trusting_gw):
+    responses, _ = exchange(trusting_gw.port, b"GET /echo/xff3 HTTP/1.1\r\nHost: gw.test\r\n"
+                                              b"X-Forwarded-For: 198.51.100.1\r\n"
+                                              b"X-Forwarded-For: 198.51.100.2, 198.51.100.3\r\n\r\n")
     rec = echoed(responses[0])
     assert header_values(rec, "X-Forwarded-For") == ["198.51.100.1, 198.51.100.2, 198.51.100.3, 127.0.0.1"]
 
 
-def test_x_forwarded_for_with_trailing_commas_gets_no_empty_element(gw):
-    responses, _ = exchange(gw.port, b"GET /echo/xff4 HTTP/1.1\r\nHost: gw.test\r\n"
-                                     b"X-Forwarded-For: 198.51.100.1,\r\n"
-                                     b"X-Forwarded-For: 198.51.100.2 , ,\r\n\r\n")
+def test_x_forwarded_for_with_trailing_commas_gets_no_empty_element(trusting_gw):
+    responses, _ = exchange(trusting_gw.port, b"GET /echo/xff4 HTTP/1.1\r\nHost: gw.test\r\n"
+                                              b"X-Forwarded-For: 198.51.100.1,\r\n"
+                                              b"X-Forwarded-For: 198.51.100.2 , ,\r\n\r\n")
     rec = echoed(responses[0])
     assert header_values(rec, "X-Forwarded-For") == ["198.51.100.1, 198.51.100.2, 127.0.0.1"]
+
+
+def test_repeated_x_forwarded_for_headers_from_an_untrusted_peer_are_not_sent_on(gw):
+    responses, _ = exchange(gw.port, b"GET /echo/xff5 HTTP/1.1\r\nHost: gw.test\r\n"
+                                     b"X-Forwarded-For: 198.51.100.1\r\n"
+                                     b"X-Forwarded-For: 198.51.100.2, 198.51.100.3\r\n\r\n")
+    rec = echoed(responses[0])
+    assert header_values(rec, "X-Forwarded-For") == ["127.0.0.1"]
 
 
 def test_x_forwarded_for_set_when_client_sent_none(gw):

@@ -61,16 +61,18 @@ class _Collector:
 
 def exchange(port: int, data: bytes, *, expect: int = 1, timeout: float = 5.0,
              read_until_close: bool = False, chunks=None,
-             source: str | None = None) -> tuple[list[Response], bool]:
-    """Send ``data`` (or each of ``chunks`` in turn) and read ``expect`` complete responses;
-    ``source``: the local address to connect from (any of 127.0.0.0/8 is this machine).
+             source: str | None = None,
+             host: str = "127.0.0.1") -> tuple[list[Response], bool]:
+    """Send ``data`` (or each of ``chunks`` in turn) to ``host`` (an IPv4 or IPv6 address) and
+    read ``expect`` complete responses; ``source``: the local address to connect from (any of
+    127.0.0.0/8 is this machine).
 
     Returns (responses, closed): ``closed`` is True when the gateway closed the connection.
     """
     first = chunks[0] if chunks else data
     collector = _Collector(head_request=first.startswith(b"HEAD "))
     closed = False
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+    with socket.create_connection((host, port), timeout=timeout,
                                   source_address=(source, 0) if source else None) as sock:
         for part in (chunks if chunks is not None else [data]):
             sock.sendall(part)

@@ -38,7 +38,7 @@ def test_the_copy_of_the_contract_example_is_current():
 def supported_example() -> dict:
     """The contract example minus the features the data plane refuses today."""
     raw = yaml.safe_load(contract_example())
-    for name in ("redis", "trusted_proxies", "certificates"):
+    for name in ("redis", "certificates"):
         del raw[name]
     del raw["apps"][0]["quota"]
     raw["apps"][0].pop("acl", None)

@@ -329,6 +329,31 @@ def test_acl_ip_values():
     assert check(acls=[{"name": "a", "action": "PERMIT", "entity": "account", "values": ["acme"]}]) == []
 
 
+def test_acl_account_values():
+    acl = {"name": "a", "action": "DENY", "entity": "account",
+           "values": ["acme", "10.0.0.1", "acme", " builders", "Acme"]}
+    assert check(acls=[acl]) == [
+        "acls[0].values[2]: account 'acme' listed twice",
+        "acls[0].values[3]: an account name has no leading or trailing blanks, got ' builders'"]
+
+
+@pytest.mark.parametrize("auth, errors", [
+    ("iam", []),
+    ("app", ["apis[0].environments.TEST.acl: account ACL 'who' applies to APIs with auth: iam "
+             "(only IAM callers have an account)"]),
+    ("none", ["apis[0].environments.TEST.acl: account ACL 'who' applies to APIs with auth: iam "
+              "(only IAM callers have an account)"]),
+])
+def test_account_acls_are_bound_to_iam_apis(auth, errors):
+    api = mock_api(auth=auth, environments={"RELEASE": {"acl": "ip"}, "TEST": {"acl": "who"}})
+    assert check(apis=[api], environments=[{"name": "TEST"}],
+                 iam={"users": [{"name": "u", "account": "acme", "access_key": "AK",
+                                 "secret_key": "SK"}]},
+                 acls=[{"name": "ip", "action": "DENY", "values": ["10.0.0.1"]},
+                       {"name": "who", "action": "PERMIT", "entity": "account",
+                        "values": ["acme"]}]) == errors
+
+
 def test_app_keys_are_unique():
     assert check(apps=[{"name": "a", "key": "k" * 10}, {"name": "b", "key": "k" * 10}]) == \
         ["apps[1].key: the same key as apps[0]"]
@@ -408,7 +433,6 @@ def test_backend_parameters_and_signature_keys_are_for_http_backends():
     (mock_api(backend={"type": "data", "data": {"datasource": "z", "statement": "SELECT 1"}}),
      "apis[0].backend.type"),
     (mock_api(backend={"type": "http", "channel": "c", "path": "/x"}), "apis[0].backend.channel"),
-    (mock_api(environments={"RELEASE": {"acl": "a"}}), "apis[0].environments.RELEASE.acl"),
 ])
 def test_unimplemented_features_are_refused(api, path):
     refused = [e for e in check(apis=[api], authorizers=[{"name": "z", "url": "http://h/"}],
@@ -434,7 +458,6 @@ def test_definitions_of_unused_kinds_are_accepted():
 # Fields the contract grew: checked now, refused until this version serves them
 
 @pytest.mark.parametrize(("sections", "path"), [
-    ({"trusted_proxies": ["10.0.0.0/8"]}, "trusted_proxies"),
     ({"apis": [mock_api(conditional_backends=[{
         "name": "canary", "conditions": [{"source": "source_ip", "op": "cidr", "value": "10.0.0.0/8"}],
         "backend": {"type": "mock", "mock": {"body": "canary"}}}])]}, "apis[0].conditional_backends"),
