@@ -211,6 +211,8 @@ setup(
         # custom authorizers over HTTP and JWK set fetches: an async client with pools and
         # timeouts (h11 parses; the proxy's own upstream code is built for streaming, not calls)
         "httpx>=0.27",
+        # throttles shared by the gateways of a cluster: asyncio client, EVALSHA scripts
+        "redis>=5",
     ],
     extras_require={
         # websockets: the WebSocket client and backend of the tunnel tests

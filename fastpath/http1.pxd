@@ -134,6 +134,7 @@ cdef class Head:
     cpdef object host_value(self)
     cpdef object stage_value(self)
     cpdef object expect_value(self)
+    cpdef int drop_prefix(self, bytes prefix)
 
 
 cdef class _Parser:

@@ -20,7 +20,7 @@ import httptools
 
 from fastpath.http1_rules import (
     BAD_RESPONSE, TE_NOT_CHUNKED, TE_TWICE, TRAILERS_TOO_LARGE, refusal,
-    BODY, END, ERROR, FIRST_DROPPED, HEAD, K_CONNECTION, K_CONTENT_LENGTH, K_DATE, K_EXPECT,
+    BODY, END, ERROR, FIRST_DROPPED, HEAD, K_CONNECTION, K_CONTENT_LENGTH, K_DATE, K_DROP, K_EXPECT,
     K_FORWARDED_FOR, K_HOST, K_OTHER, K_STAGE, K_TRANSFER_ENCODING, NEED_DATA, PLAIN_CONNECTION,
     MAX_CONTENT_LENGTH, REQUEST_KINDS, RESPONSE_KINDS, connection_tokens, content_length_error,
     interim_with_body, is_chunked, keep_alive_of, lists_websocket, request_error,
@@ -107,6 +107,15 @@ class Head:
 
     def expect_value(self):
         return self._values[self._expect] if self._expect >= 0 else None
+
+    def drop_prefix(self, prefix):
+        count = 0
+        n = len(prefix)
+        for i, name in enumerate(self._names):
+            if len(name) >= n and self._kinds[i] < FIRST_DROPPED and name[:n].lower() == prefix:
+                self._kinds[i] = K_DROP
+                count += 1
+        return count
 
     def _add(self, name, value, kind):
         self._names.append(name)

@@ -350,6 +350,21 @@ cdef class Head:
     cpdef object expect_value(self):
         return self._value_of(self.expect_index)
 
+    cpdef int drop_prefix(self, bytes prefix):
+        """Leave out of what is forwarded every field whose name starts with ``prefix``
+        (lower-case; any case matches): a policy that sets those fields itself (CORS).
+        Returns how many were dropped."""
+        cdef int i
+        cdef int dropped = 0
+        cdef Py_ssize_t n = len(prefix)
+        for i in range(self.count):
+            if (self.fields[i].name_len >= n and self.fields[i].kind < FIRST_DROPPED
+                    and _same_name(self.start + self.fields[i].name_at,
+                                   PyBytes_AS_STRING(prefix), n)):
+                self.fields[i].kind = K_DROP
+                dropped += 1
+        return dropped
+
 
 # -- the parsers ---------------------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ class GatewayError(Exception):
     #: more complete ``Name: value\r\n`` header lines for the answer (``Retry-After``...)
     lines = b""
 
+    #: its cause is logged once per incident elsewhere (Redis away): not once per request
+    cause_logged = False
+
     def __init__(self, message: str, detail: str | None = None, *, status: int | None = None,
                  reason: str | None = None, lines: bytes | None = None):
         super().__init__(message)

@@ -61,6 +61,7 @@ cdef class CompiledApi:
     cdef public tuple stages
     cdef public object stats
     cdef public str fingerprint
+    cdef public CompiledApi preflight
 
 
 cdef class RequestIds:

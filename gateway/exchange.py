@@ -155,6 +155,9 @@ class CompiledApi:
         # what the API is made of in this environment (see gateway.snapshot): a reload that
         # changes it ends the WebSocket tunnels opened through the old one
         self.fingerprint = fingerprint
+        # a CORS API's answer to preflights (a CompiledApi of the gateway.policy.cors handler),
+        # None for the others: the backend's Access-Control-* fields are then left out too
+        self.preflight = None
 
     def __repr__(self):
         return f"<CompiledApi {self.name}@{self.env}>"
@@ -291,6 +294,8 @@ class Exchange:
         elif body:
             self.bytes_sent += len(body)
         dated = head is not None and head.dated
+        if head is not None and self.api is not None and self.api.preflight is not None:
+            head.drop_prefix(b"access-control-")    # (the gateway's CORS fields replace them)
         if self.resp_lines:
             lines = lines + self.resp_lines
         conn.write(response_head(status_line, head, lines, self.rid,

@@ -28,6 +28,7 @@ cdef class WorkerMetrics:
     cdef public long long truncated
     cdef public str implementation
     cdef public ApiStats unrouted
+    cdef public object redis
     cpdef ApiStats api_stats(self, str api, str env)
     @cython.locals(stats=ApiStats, index=int, status=int, api=CompiledApi)
     cpdef observe(self, Exchange ex, bint aborted)

@@ -83,6 +83,53 @@ def _bucket(value):
     return i
 
 
+REDIS_OPERATIONS = ("acquire", "release", "probe")
+REDIS_ERRORS = ("timeout", "connection", "readonly", "oom", "noscript", "other")
+
+
+class RedisStats:
+    """The Redis calls of one worker's throttling budgets (gateway.policy.cluster)."""
+
+    def __init__(self):
+        self.up = 1
+        self.latency = {op: [0] * (len(BUCKETS) + 1) for op in REDIS_OPERATIONS}
+        self.latency_sum = dict.fromkeys(REDIS_OPERATIONS, 0.0)
+        self.leases = 0       # acquire calls answered
+        self.granted = 0      # tokens Redis granted
+        self.returned = 0     # unused tokens given back
+        self.errors = dict.fromkeys(REDIS_ERRORS, 0)
+
+    def observe(self, operation, seconds):
+        self.latency[operation][_bucket(seconds)] += 1
+        self.latency_sum[operation] += seconds
+
+    def error(self, kind):
+        self.errors[kind] += 1
+
+    def export(self):
+        return {"up": self.up, "latency": {op: list(v) for op, v in self.latency.items()},
+                "latency_sum": dict(self.latency_sum), "leases": self.leases,
+                "granted": self.granted, "returned": self.returned, "errors": dict(self.errors)}
+
+
+def _no_redis():
+    return {"latency": {op: [0] * (len(BUCKETS) + 1) for op in REDIS_OPERATIONS},
+            "latency_sum": dict.fromkeys(REDIS_OPERATIONS, 0.0), "leases": 0, "granted": 0,
+            "returned": 0, "errors": dict.fromkeys(REDIS_ERRORS, 0)}
+
+
+def _fold_redis(acc, add):
+    if add is None:
+        return
+    for op in REDIS_OPERATIONS:
+        _merge_counts(acc["latency"][op], add["latency"][op])
+        acc["latency_sum"][op] += add["latency_sum"][op]
+    for name in ("leases", "granted", "returned"):
+        acc[name] += add[name]
+    for kind in REDIS_ERRORS:
+        acc["errors"][kind] += add["errors"][kind]
+
+
 class WorkerMetrics:
     """The totals of one worker (attribute types: gateway/metrics.pxd)."""
 
@@ -95,6 +142,7 @@ class WorkerMetrics:
         self.truncated = 0  # responses cut after their head was sent
         self.implementation = implementation
         self.unrouted = self.api_stats(*UNROUTED)
+        self.redis = None   # RedisStats, set by the throttling budgets when Redis is configured
 
     def api_stats(self, api, env):
         stats = self.apis.get((api, env))
@@ -152,6 +200,7 @@ class WorkerMetrics:
             "pool_idle": worker.pool.idle_count,
             "config_version": worker.snapshot.version if worker.snapshot else "",
             "implementation": self.implementation,
+            "redis": self.redis.export() if self.redis is not None else None,
         }
 
 
@@ -170,7 +219,8 @@ class ClusterCollector:
                               "counters": {family: {} for family in COUNTERS},
                               "truncated": 0,
                               "desyncs": 0, "tls_handshakes": 0, "tls_handshakes_begun": 0,
-                              "tls_failures": {}, "tunnels": _no_tunnels()}
+                              "tls_failures": {}, "tunnels": _no_tunnels(),
+                              "redis": _no_redis()}
 
     def update(self, pid, export):
         self.latest[pid] = export
@@ -221,6 +271,7 @@ class ClusterCollector:
             tunnels[key] += add[key]
         for reason, n in add["closed"].items():
             tunnels["closed"][reason] = tunnels["closed"].get(reason, 0) + n
+        _fold_redis(acc["redis"], export.get("redis"))
 
     def collect(self):
         acc = {"apis": {k: [list(v[0]), list(v[1]), v[2], list(v[3]), v[4]]
@@ -234,7 +285,9 @@ class ClusterCollector:
                "tls_handshakes": self.retired["tls_handshakes"],
                "tls_handshakes_begun": self.retired["tls_handshakes_begun"],
                "tls_failures": dict(self.retired["tls_failures"]),
-               "tunnels": _copy_tunnels(self.retired["tunnels"])}
+               "tunnels": _copy_tunnels(self.retired["tunnels"]),
+               "redis": _no_redis()}
+        _fold_redis(acc["redis"], self.retired["redis"])
         certificates = {}
         in_flight = connections = pool_open = pool_idle = tunnels_open = 0
         implementations = set()
@@ -352,11 +405,40 @@ class ClusterCollector:
         yield version
         yield GaugeMetricFamily("tollgate_workers", "Worker processes serving",
                                 value=len(self.latest))
+        yield from _redis_metrics(acc["redis"], [export["redis"]["up"] for export
+                                                 in self.latest.values() if export.get("redis")])
         impl = GaugeMetricFamily("tollgate_fastpath_info", "Which fastpath implementation is live",
                                  labels=["implementation"])
         for name in sorted(implementations or {master.implementation}):
             impl.add_metric([name], 1)
         yield impl
+
+
+def _redis_metrics(acc, ups):
+    """The Redis families, when some worker uses Redis (ups: each such worker's up, 0/1)."""
+    if not ups:
+        return
+    yield GaugeMetricFamily("tollgate_redis_up", "1 while every worker reaches the throttling "
+                            "Redis, else 0", value=min(ups))
+    latency = HistogramMetricFamily("tollgate_redis_call_duration_seconds", "Redis calls of the "
+                                    "throttling budgets, by operation (acquire: a lease, release: "
+                                    "unused tokens given back, probe: a check while Redis is away)",
+                                    labels=["operation"])
+    for op in REDIS_OPERATIONS:
+        latency.add_metric([op], _buckets(acc["latency"][op]), acc["latency_sum"][op])
+    yield latency
+    yield CounterMetricFamily("tollgate_redis_leases", "Leases of throttling budget granted by "
+                              "Redis (acquire calls answered)", value=acc["leases"])
+    tokens = CounterMetricFamily("tollgate_redis_tokens", "Throttling tokens leased from Redis "
+                                 "(granted) and given back unused (returned)", labels=["direction"])
+    tokens.add_metric(["granted"], acc["granted"])
+    tokens.add_metric(["returned"], acc["returned"])
+    yield tokens
+    errors = CounterMetricFamily("tollgate_redis_errors", "Failed Redis calls of the throttling "
+                                 "budgets, by kind", labels=["kind"])
+    for kind in REDIS_ERRORS:
+        errors.add_metric([kind], acc["errors"][kind])
+    yield errors
 
 
 def _no_tunnels():

@@ -24,6 +24,7 @@ from fastpath import PathError, normalize_path
 import hashlib
 
 from gateway.errors import BadRequest, FramingError, NotFound
+from gateway.policy.cors import preflight_method
 
 try:
     import cython
@@ -52,6 +53,19 @@ def _query_start(raw):
     if b"#" in raw:
         return -2
     return raw.find(b"?")
+
+
+def _preflight_route(router, ex, env, path):
+    """The route of a CORS preflight no OPTIONS API took: the preflight answer of the API that
+    serves the method it asks for, in the same environment and host, when that API has CORS;
+    else None."""
+    method = preflight_method(ex.head)
+    if method is None:
+        return None
+    found = router.match(env, ex.host, method, path)
+    if found is None or found[0].preflight is None:
+        return None
+    return (found[0].preflight, found[1], found[2])
 
 
 class HeldBody:
@@ -113,8 +127,13 @@ class Pipeline:
         ex.env = env
         found = self.router.match(env, ex.host, ex.method, path)
         if found is None:
-            raise NotFound("No API matches this request")
+            if ex.method == "OPTIONS":      # a CORS preflight: to the API of the method asked
+                found = _preflight_route(self.router, ex, env, path)
+            if found is None:
+                raise NotFound("No API matches this request")
         api, ex.params, ex.rest = found
+        if api.preflight is not None and ex.method == "OPTIONS" and preflight_method(ex.head):
+            api = api.preflight             # (an ANY API with CORS: the gateway answers)
         ex.api = api
         ex.handler = api.handler
         return self.resume(ex)          # (from the first stage: ex.next_stage is 0)

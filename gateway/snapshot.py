@@ -21,6 +21,8 @@ from .auth.iam import IamAuth, IamIndex
 from .backends.rewrite import RequestRewrite
 from .policy.throttle import QuotaRule, QuotaStage, ThrottleRule, ThrottleStage
 from .pipeline import HeldBody
+from .policy.cors import Preflight, cors
+from .policy.params import ParamCheck, forwards_defaults
 from .backends.http import BackendConfigError, HttpBackend
 from .exchange import CompiledApi
 from .backends.mock import MockBackend
@@ -143,7 +145,7 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             signature_key = (signature_keys.get(binding.signature_key)
                              if binding.signature_key is not None else None)
             rewrite = None
-            if api.backend.params or signature_key is not None:
+            if api.backend.params or signature_key is not None or forwards_defaults(api.params):
                 rewrite = RequestRewrite(api.backend.params, api.params,
                                          _TEMPLATE_PARAM.findall(api.path), signature_key)
             try:
@@ -156,7 +158,7 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 errors.extend(e for e in exc.args if e not in errors)
                 continue
             stats = runtime.metrics.api_stats(api.name, env) if runtime is not None else None
-            stages = []
+            stages = [cors] if api.cors else []
             if api.auth == "app":
                 stages.append(AppAuth(app_keys, frozenset(binding.apps), api.name,
                                       api.app_code_auth, api.app_api_key, metrics))
@@ -172,6 +174,10 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                                             metrics, budgets))
             if quota_stage is not None and api.auth == "app":
                 stages.append(quota_stage)
+            if api.params:
+                check = ParamCheck.of(api.params)
+                if check is not None:
+                    stages.append(check)
             if signature_key is not None and api.backend.type == "http":
                 stages.append(_body_digest)
             if api.backend.authorizer in authorizers:   # (last: just before the backend call)
@@ -184,6 +190,10 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                                                     a for a in doc.authorizers
                                                     if a.name in (api.authorizer,
                                                                   api.backend.authorizer)))))
+            if api.cors:
+                compiled.preflight = CompiledApi(api.name, env, api.group,
+                                                 Preflight(api.method), (), stats,
+                                                 compiled.fingerprint)
             try:
                 router.add(env, hosts, api.method, api.path, api.match_mode, compiled)
             except RouteConflict as exc:
@@ -238,7 +248,8 @@ def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="b
         mock = backend.mock
         if mock is None:
             raise BackendConfigError("a mock backend needs 'mock'")
-        return MockBackend(mock.status, dict(mock.headers), mock.body)
+        return MockBackend(mock.status, {k: v for k, v in mock.headers.items() if not (
+            api.cors and k.lower().startswith("access-control-"))}, mock.body)   # (CORS sets them)
     if backend.type == "http":
         if backend.url is None:
             raise BackendConfigError("an http backend needs 'url'")

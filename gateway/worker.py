@@ -114,7 +114,7 @@ class Worker:
                  error.status, error.message, error.detail, request_id)
 
     def log_exchange_error(self, ex, error):
-        if error.status >= 500:
+        if error.status >= 500 and not error.cause_logged:
             log.warning("%s %s %s -> %s %s: %s request_id=%s", ex.client_ip, ex.method,
                         ex.path, error.status, error.code, error.detail, ex.request_id)
 
@@ -130,13 +130,19 @@ class Worker:
         if data == self.config_bytes and not self._certificates_changed():
             return True
         base_dir = os.path.dirname(os.path.abspath(path))
+        previous_budgets = self.budgets
         try:
             doc = load_document(path)
+            self.budgets = self._budgets_for(doc.redis)     # (the stages compiled take it)
             snapshot = compile_snapshot(doc, runtime=self, base_dir=base_dir)
         except ConfigError as exc:
+            self._replace_budgets(previous_budgets)
             self._config_failed(f"{path}: invalid configuration:\n{exc}", initial)
             return False
         self.snapshot = snapshot          # the atomic swap: one reference
+        if previous_budgets is not None and previous_budgets is not self.budgets:
+            # exchanges of the old snapshot may still count on it: close after the swap
+            self.spawn(previous_budgets.close())
         self.pipeline.router = snapshot.router
         self.config_bytes = data
         self._certificate_files = {p: _file_state(p) for p in snapshot.files}
@@ -149,6 +155,23 @@ class Worker:
             self._end_stale_tunnels(snapshot)
             self.send({"t": "reload", "ok": True, "version": snapshot.version})
         return True
+
+    def _budgets_for(self, config):
+        """The Redis budgets for the document's ``redis`` section: the live ones when it did
+        not change (their leases and state carry over), new ones when it did, None without."""
+        if config is None:
+            return None
+        if self.budgets is not None and self.budgets.config == config:
+            return self.budgets
+        from .policy.budgets import Budgets     # (redis is imported only when configured)
+
+        return Budgets(config, self.metrics)
+
+    def _replace_budgets(self, budgets):
+        """Back to ``budgets`` after a refused document (closing what it had made)."""
+        if self.budgets is not None and self.budgets is not budgets:
+            self.spawn(self.budgets.close())
+        self.budgets = budgets
 
     def _end_stale_tunnels(self, snapshot):
         """WebSocket tunnels opened through an API the reload changed or removed get the drain
@@ -230,6 +253,11 @@ class Worker:
         finally:
             ticker.cancel()
             self.pool.close_all()
+            if self.budgets is not None:    # (unused leases back to Redis, bounded)
+                try:
+                    await asyncio.wait_for(self.budgets.close(), 2.0)
+                except (asyncio.TimeoutError, OSError):
+                    pass
             self.push_metrics()
             if self.access_log is not None:
                 self.access_log.close()

@@ -6,6 +6,7 @@ import pytest
 from tests.support.backend import Backend
 from tests.support.gateway import GatewayProcess
 from tests.support.raw_backend import RawBackend
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -38,6 +39,22 @@ def raw():
     for b in started:
         b.stop()
         assert not b.errors, b.errors
+
+
+@pytest.fixture
+def redis_server():
+    """A real redis-server on a free port, for one test (kill, pause, resume, restart it)."""
+    r = RedisServer().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server_m():
+    """One real redis-server shared by the tests of a module (flush it between tests if needed)."""
+    r = RedisServer().start()
+    yield r
+    r.stop()
 
 
 @pytest.fixture

@@ -12,6 +12,9 @@ backend builds its request head in C).  Per request it
   line: path values are percent-encoded whole (``/`` and dot segments included), query names
   and values too, and header values lose nothing but have their control characters
   percent-encoded;
+* reads a frontend parameter's ``default`` when the client sent none, and adds that default
+  under the parameter's own name and location when no backend parameter moves or replaces it
+  (as the client's own value would have been forwarded);
 * removes what the client sent under the same header or query name (the gateway's value is
   the only one) and, for a parameter mapped to another name or place, the client's original;
 * signs the request with ``SDK-HMAC-SHA256`` (the key's key and secret, over the method, path,
@@ -23,6 +26,7 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qs, quote, unquote
 
+from gateway.policy.params import default_text
 from fastpath.sdksign import EMPTY_SHA256, canonical_query, canonical_uri, prepare_secret, signature_of
 
 _SIGNED = b"host;x-sdk-date"
@@ -99,6 +103,9 @@ class RequestRewrite:
         SignatureKey or None."""
         where = {p.name: p.location for p in frontend}
         where.update({name: "path" for name in path_names})
+        # a frontend parameter's default: what a mapping reads when the client sent none
+        defaults = {p.name: default_text(p.default) for p in frontend
+                    if p.default is not None and p.location != "path"}
         self.params = []
         self.drop_headers = set()       # client header names (lower bytes) not forwarded
         self.drop_query = set()         # client query names not forwarded
@@ -112,7 +119,7 @@ class RequestRewrite:
                 read = (lambda r: lambda ex, q: r(ex))(reader)
             else:
                 source = where.get(param.value, "query")
-                read = _request_reader(param.value, source)
+                read = _request_reader(param.value, source, defaults.get(param.value))
                 self.reads_query = self.reads_query or source == "query"
                 if (source, param.value.lower() if source == "header" else param.value) != \
                         (param.location, param.name.lower() if param.location == "header"
@@ -126,6 +133,16 @@ class RequestRewrite:
                 self.drop_headers.add(param.name.lower().encode("latin-1"))
             elif param.location == "query":
                 self.drop_query.add(param.name)
+        # defaults sent under their own name when no backend parameter moved or replaced them
+        self.default_query = tuple((p.name, encode_query(p.name) + "=" + encode_query(
+            defaults[p.name])) for p in frontend
+            if p.name in defaults and p.location == "query" and p.name not in self.drop_query)
+        self.default_headers = tuple((p.name.lower().encode("latin-1"), p.name.encode("latin-1")
+                                      + b": " + header_value(defaults[p.name]) + b"\r\n")
+                                     for p in frontend if p.name in defaults
+                                     and p.location == "header"
+                                     and p.name.lower().encode("latin-1") not in self.drop_headers)
+        self.reads_query = self.reads_query or bool(self.default_query)
         self.signing = None
         if signature_key is not None:
             self.signing = (signature_key.key.encode(), prepare_secret(signature_key.secret.encode()))
@@ -149,6 +166,12 @@ class RequestRewrite:
                 pairs.append(encode_query(param.name) + "=" + encode_query(value))
             else:
                 lines.append(param.name.encode("latin-1") + b": " + header_value(value) + b"\r\n")
+        for name, pair in self.default_query:
+            if name not in query:
+                pairs.append(pair)
+        for key, line in self.default_headers:
+            if ex.head.get(key) is None:
+                lines.append(line)
         return values, pairs, lines
 
     def query(self, raw: bytes, pairs: list) -> bytes:
@@ -194,9 +217,10 @@ class RequestRewrite:
                 + b", Signature=" + signature + b"\r\n"]
 
 
-def _request_reader(name: str, location: str):
+def _request_reader(name: str, location: str, default=None):
     """A reader of the frontend parameter ``name`` at ``location`` (values as received:
-    path values as routed, header values decoded, query values percent-decoded)."""
+    path values as routed, header values decoded, query values percent-decoded; ``default``
+    when the client sent none)."""
     if location == "path":
         def read_path(ex, q):
             raw = ex.params.get(name) if ex.params else None
@@ -207,10 +231,10 @@ def _request_reader(name: str, location: str):
 
         def read_header(ex, q):
             raw = ex.head.get(header)
-            return raw.decode("utf-8", "replace") if raw is not None else None
+            return raw.decode("utf-8", "replace") if raw is not None else default
         return read_header
 
     def read_query(ex, q):
         found = q.get(name)
-        return found[0] if found else None
+        return found[0] if found else default
     return read_query

@@ -8,6 +8,7 @@ apart on purpose -- the features of the contract this version does not implement
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +25,7 @@ from .model import (
     Condition,
     Document,
     Group,
+    Param,
     SqlDestination,
     Throttle,
 )
@@ -351,6 +353,10 @@ class _Validator:
                 elif self.doc.authorizers[self.authorizers[api.authorizer]].type != "frontend":
                     self.error(f"{p}.authorizer", "auth: custom needs a frontend authorizer")
         template_params = self.check_path_template(f"{p}.path", api.path)
+        if api.cors and api.method == "OPTIONS":
+            self.error(f"{p}.cors", "an OPTIONS API answers preflights itself (cors applies to "
+                                    "the APIs of other methods: the gateway answers their "
+                                    "preflights)")
         self.check_params(p, api, template_params)
         for env, binding in api.environments.items():
             bp = f"{p}.environments{_key(env)}"
@@ -457,6 +463,38 @@ class _Validator:
                     value = getattr(param, bound)
                     if value is not None and (not isinstance(value, int) or value < 0):
                         self.error(f"{pp}.{bound}", "a string's length bound is an integer >= 0")
+            self.check_param_values(pp, param, values)
+
+    def check_param_values(self, pp: str, param: Param, values: list) -> None:
+        """A default and enum values a request could never pass, a default that cannot be."""
+        number = param.type == "number"
+        for where, value in values:
+            if number != (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                continue                        # (reported as not of the type)
+            if number and not _finite(value):
+                self.error(f"{pp}.{where}", "must be a finite number")
+                continue
+            size = value if number else len(value)
+            what = "value" if number else "length"
+            if param.min is not None and size < param.min:
+                self.error(f"{pp}.{where}", f"{what} {size} is below min {param.min}")
+            elif param.max is not None and size > param.max:
+                self.error(f"{pp}.{where}", f"{what} {size} is above max {param.max}")
+            elif where == "default" and param.enum and value not in param.enum:
+                self.error(f"{pp}.default", "must be one of enum")
+        if param.default is None:
+            return
+        if param.location == "path":
+            self.error(f"{pp}.default", "a path parameter is always present (no default)")
+        elif param.required:
+            self.error(f"{pp}.default", "a required parameter has no default")
+        elif param.location == "header" and (
+                param.name.lower() in _FRAMING_HEADERS | _GATEWAY_HEADERS | {"x-stage"}
+                or not _HEADER_NAME.fullmatch(param.name)):
+            self.error(f"{pp}.default", f"'{param.name}' cannot be set by a default (a framing "
+                       "field, one the gateway sets, or not a header name)")
+        if isinstance(param.default, str) and any(c in param.default for c in "\r\n\0"):
+            self.error(f"{pp}.default", "a default has no CR, LF or NUL")
 
     def check_backend(self, p: str, api: Api, b: Backend, group: Group | None,
                       template_params: dict[str, bool]) -> None:
@@ -689,6 +727,13 @@ class _Validator:
                     self.error(f"{dp}.topic", "invalid MQTT topic (no wildcards when publishing)")
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:       # (an integer beyond the float range)
+        return False
+
+
 def _normal_segment(segment: str) -> str:
     """A literal segment as the router compares it (fastpath.pathnorm): escapes of unreserved
     characters decoded, the others upper-cased."""
@@ -742,8 +787,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
     def refuse(path: str, what: str, hint: str = "") -> None:
         error(path, f"{what} {'are' if what.endswith('s') else 'is'} {UNSUPPORTED}{hint}")
 
-    if doc.redis is not None:
-        refuse("redis", "shared limits and quotas through Redis")
     if doc.trusted_proxies:
         refuse("trusted_proxies", "reading the client address from X-Forwarded-For")
     for i, api in enumerate(doc.apis):
@@ -753,19 +796,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
         if api.app_api_key and api.auth != "app":
             error(f"{p}.app_api_key", "app keys and secrets are accepted by APIs with auth: app "
                                      "only")
-        if api.cors:
-            refuse(f"{p}.cors", "CORS")
-        for j, param in enumerate(api.params):
-            # declared parameters are served as sources of backend parameters; checking them
-            # (required, default, enum, bounds, numbers) is not served yet and is refused
-            checks = [name for name in ("required", "default", "enum", "min", "max")
-                      if getattr(param, name) not in (False, None, ())]
-            if param.type != "string":
-                checks.insert(0, "type")
-            for name in checks:
-                refuse(f"{p}.params[{j}].{name}", "frontend parameter checks",
-                       " (a parameter may be declared with name and location, as a source of "
-                       "backend parameters)")
         if api.conditional_backends:
             refuse(f"{p}.conditional_backends", "conditional backends")
         b = api.backend

@@ -94,6 +94,33 @@ class ThrottleStage:
         budgets = self.budgets
         if budgets is not None:
             return budgets.throttle(self, ex)
+        return self.local(ex)
+
+    def debug(self, ex):
+        """Does the request ask for the X-Apig-RateLimit-* headers?"""
+        value = ex.head.get(b"x-apig-mode")
+        return value is not None and value.lower() == b"debug"
+
+    def dimensions(self, ex):
+        """[(dimension, key bytes, limit)] of this call, narrowest first (cluster mode)."""
+        rule = self.rule
+        caller = ex.caller
+        out = []
+        if rule.ip_limit:
+            out.append(("ip", _key_bytes(_hash_key(ex.client_ip.encode(), rule.ip_seed)),
+                        rule.ip_limit))
+        if caller is not None:
+            if rule.app_limit and caller.app:
+                out.append(("app", _key_bytes(_hash_key(caller.app.encode(), rule.app_seed)),
+                            rule.app_specials.get(caller.app, rule.app_limit)))
+            if rule.user_limit and caller.user:
+                out.append(("user", _key_bytes(_hash_key(caller.user.encode(), rule.user_seed)),
+                            rule.user_specials.get(caller.user, rule.user_limit)))
+        out.append(("api", _key_bytes(rule.api_key), rule.api_limit))
+        return out
+
+    def local(self, ex):
+        """Count the call on the node's own table."""
         rule = self.rule
         table = self.table
         now = _monotonic_ns()
@@ -153,6 +180,10 @@ class ThrottleStage:
         ex.resp_lines += debug_line(dimension, left, limit, self.rule.time_text)
 
 
+def _key_bytes(key: int) -> bytes:
+    return key.to_bytes(8, "little")
+
+
 def debug_line(dimension, left, limit, time_text) -> bytes:
     return (f"X-Apig-RateLimit-{dimension}: remain:{max(left, 0)},limit:{limit},"
             f"time:{time_text}\r\n").encode()
@@ -209,13 +240,17 @@ class QuotaStage:
             return None
         budgets = self.budgets
         if budgets is not None:
-            return budgets.quota(self, rule, ex)
-        key = _hash_key(caller.app.encode(), rule.seed)
+            key = _key_bytes(_hash_key(caller.app.encode(), rule.seed))
+            return budgets.quota(self, rule, caller.app, key)
+        return self.local(rule, caller.app)
+
+    def local(self, rule, app):
+        """Count the call on the node's own table."""
+        key = _hash_key(app.encode(), rule.seed)
         now = time.time_ns() - rule.offset
         left = self.table.take(key, rule.limit, rule.period, 1, now, False)
         if left == _DENIED:
-            raise quota_exhausted(rule, caller.app, rule.period - now % rule.period,
-                                  self.metrics)
+            raise quota_exhausted(rule, app, rule.period - now % rule.period, self.metrics)
         return None
 
 

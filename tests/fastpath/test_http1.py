@@ -874,6 +874,18 @@ def test_response_head_accessors(http1_mod):
     assert head.get(b"DATE") == b"Mon, 01 Jan 2024 00:00:00 GMT"
 
 
+def test_drop_prefix_leaves_fields_out_of_the_forwarded_head(http1_mod):
+    head = parse_response_head(http1_mod, message(
+        b"HTTP/1.1 200 OK", b"Access-Control-Allow-Origin: https://a.test", b"X-Access-Control: k",
+        b"access-control-max-age: 5", b"ACCESS-CONTROL-EXPOSE-HEADERS: x", b"Access-Contro: short",
+        b"Content-Length: 0"))
+    assert head.drop_prefix(b"access-control-") == 3
+    assert head.drop_prefix(b"access-control-") == 0, "dropped once"
+    assert http1_mod.response_head(b"S\r\n", head, b"", b"r", b"", -1, b"", b"") == (
+        b"S\r\nX-Access-Control: k\r\nAccess-Contro: short\r\nX-Request-Id: r\r\n\r\n")
+    assert head.get(b"access-control-max-age") == b"5", "still readable"
+
+
 def test_dated_only_for_a_response_with_date(http1_mod):
     undated = parse_response_head(http1_mod, message(b"HTTP/1.1 200 OK", b"Content-Length: 0"))
     request = parse_head(http1_mod, message(b"GET / HTTP/1.1", b"Date: x"))
