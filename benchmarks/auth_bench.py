@@ -319,16 +319,19 @@ def configure(workdir: Path, upstream: str, tollgate_cmd: list[str], pem: str | 
     return path, skipped
 
 
-def start_gateway(workdir: Path, conf: Path, args) -> harness.Service:
+def start_gateway(workdir: Path, conf: Path, args, name: str = "tollgate") -> harness.Service:
+    """``tollgate gateway`` with ``args.workers`` workers on free ports, ready (``/readyz``);
+    ``name`` names its log (``WORKDIR/NAME.log``).  The service gets ``port`` and
+    ``status_port``."""
     port, status_port = harness.free_port(), harness.free_port()
     argv = args.tollgate_cmd + [
         "gateway", "--config", str(conf), "--listen", f"127.0.0.1:{port}",
         "--status-listen", f"127.0.0.1:{status_port}", "--workers", str(args.workers)]
-    svc = harness.Service("tollgate", argv, workdir, f"http://127.0.0.1:{port}",
+    svc = harness.Service(name, argv, workdir, f"http://127.0.0.1:{port}",
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
     svc.start()
     svc.wait_ready(lambda: harness.http_get(f"http://127.0.0.1:{status_port}/readyz")[0] == 200)
-    svc.port = port
+    svc.port, svc.status_port = port, status_port
     return svc
 
 
@@ -421,11 +424,16 @@ def warm_up(t: AuthTarget, args) -> str | None:
 
 def measure(t: AuthTarget, upstream: harness.Service, upstream_status: str, rep: int, args
             ) -> harness.Run:
+    return measure_target(t.wrk_target(), upstream, upstream_status, rep, args)
+
+
+def measure_target(target: harness.Target, upstream: harness.Service, upstream_status: str,
+                   rep: int, args) -> harness.Run:
     """harness.measure, plus ``other_load``: the share of all CPUs that processes other than the
     proxy, the upstream and wrk used meanwhile (another job on the machine)."""
     busy0, _steal, total0 = harness.system_cpu()
     wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = harness.measure(t.wrk_target(), upstream, upstream_status, rep, args)
+    r = harness.measure(target, upstream, upstream_status, rep, args)
     busy1, _steal, total1 = harness.system_cpu()
     wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     tick_us = 1e6 / harness.CLK_TCK

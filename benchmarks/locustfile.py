@@ -17,12 +17,16 @@ Scenarios (user classes; name one or more on the command line, default all):
                      the key and secret of an app authorized there: ``--app-key`` and
                      ``--app-secret``; the query ``n=N`` differs from one request to the next.
                      Left out of a run that names no scenario when no key is given.
+* ``ThrottledGet`` -- GET ``--throttled-path`` (default ``/demo/throttled``) of an API bound to a
+                     throttle, driven past its limit: a 429 (``APIC.0308``) is the expected
+                     refusal, counted apart (as ``throttled (429) GET PATH``) and not as a
+                     failure; any other answer but 2xx/3xx is a failure.  Runs only when named.
 
 Every option can also be set in the environment (``LOCUST_GET_PATH``, ``LOCUST_POST_PATH``,
 ``LOCUST_MIX``, ``LOCUST_JSON_BYTES``, ``LOCUST_STAGE``, ``LOCUST_SIGNED_PATH``,
-``LOCUST_APP_KEY``, ``LOCUST_APP_SECRET``) and ``--stage`` adds ``X-Stage`` to every request.
-The defaults match ``tollgate/examples/gateway.yaml`` (which has no ``auth: app`` API).  A
-response that is not 2xx or 3xx counts as a failure.  See benchmarks/README.md.
+``LOCUST_APP_KEY``, ``LOCUST_APP_SECRET``, ``LOCUST_THROTTLED_PATH``) and ``--stage`` adds ``X-Stage`` to every request.
+The defaults match ``tollgate/examples/gateway.yaml`` (which has no ``auth: app`` API and no
+throttle).  A response that is not 2xx or 3xx counts as a failure (but ThrottledGet's 429s).  See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -55,6 +59,9 @@ def _options(parser):
                         help="SignedGet: the key of an app authorized on --signed-path")
     parser.add_argument("--app-secret", default="", env_var="LOCUST_APP_SECRET",
                         help="SignedGet: that app's secret", is_secret=True)
+    parser.add_argument("--throttled-path", default="/demo/throttled",
+                        env_var="LOCUST_THROTTLED_PATH",
+                        help="path of the ThrottledGet scenario (an API bound to a throttle)")
 
 
 @events.init.add_listener
@@ -70,6 +77,11 @@ def _check_options(environment, **_kwargs):
             environment.user_classes = [c for c in environment.user_classes if c is not SignedGet]
             logging.getLogger(__name__).warning(
                 "SignedGet left out: no --app-key/--app-secret to sign its requests with")
+        if ThrottledGet in environment.user_classes and \
+                ThrottledGet.__name__ not in (options.user_classes or ()):
+            # it needs an API bound to a throttle, which the example configuration has not
+            environment.user_classes = [c for c in environment.user_classes
+                                        if c is not ThrottledGet]
 
 
 def json_document(size: int) -> bytes:
@@ -161,3 +173,23 @@ class SignedGet(_GatewayUser):
         path = self.environment.parsed_options.signed_path
         target, headers = self.signed("GET", path, [("n", str(next(self.counter)))])
         self.client.get(target, headers=headers, name=f"signed GET {path}")
+
+
+class ThrottledGet(_GatewayUser):
+    """GET on an API bound to a throttle, as fast as it is answered: past the limit the gateway
+    answers 429, which is what a throttle must do.  Those are counted as successes under their
+    own name, so the statistics show calls let through and calls refused side by side; any other
+    answer but 2xx/3xx (or no answer) is a failure."""
+
+    @task
+    def throttled_get(self):
+        path = self.environment.parsed_options.throttled_path
+        with self.client.get(path, headers=self.headers, name=f"GET {path}",
+                             catch_response=True) as resp:
+            if resp.status_code == 429:
+                resp.request_meta["name"] = f"throttled (429) GET {path}"
+                resp.success()
+            elif 200 <= resp.status_code < 400:
+                resp.success()
+            else:
+                resp.failure(f"HTTP {resp.status_code}: only 2xx/3xx or a 429 refusal expected")

@@ -116,3 +116,51 @@ def test_signed_get_needs_credentials(example_gateway, tmp_path):
     assert "SignedGet left out" in out.stderr
     assert stats.get(("GET", "/demo/hello"), (0, 0))[0] > 0
     assert not any("signed" in name for _type, name in stats), stats
+
+
+# --- ThrottledGet: an API bound to a throttle, driven past its limit ---------------------------
+
+
+@pytest.fixture(scope="module")
+def throttled_gateway(tmp_path_factory):
+    mock = {"type": "mock", "mock": {"status": 200, "body": "ok"}}
+    config = {"version": 1, "groups": [{"name": "demo"}],
+              "throttles": [{"name": "few", "interval": 1, "unit": "second", "api_limit": 20}],
+              "apis": [{"name": "throttled", "group": "demo", "method": "GET",
+                        "path": "/demo/throttled", "backend": mock,
+                        "environments": {"RELEASE": {"throttle": "few"}}},
+                       {"name": "broken", "group": "demo", "method": "GET", "path": "/demo/broken",
+                        "backend": {"type": "mock", "mock": {"status": 503, "body": "down"}},
+                        "environments": {"RELEASE": {}}}]}
+    gw = GatewayProcess(config, tmp_path_factory.mktemp("locust-throttled")).start()
+    yield gw
+    gw.stop()
+
+
+def test_throttled_calls_count_429_apart_and_not_as_failures(throttled_gateway, tmp_path):
+    out, stats = run_locust(throttled_gateway.url, tmp_path, "ThrottledGet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    passed, failed = stats.get(("GET", "GET /demo/throttled"), (0, 0))
+    refused, refused_failed = stats.get(("GET", "throttled (429) GET /demo/throttled"), (0, 0))
+    assert passed > 0 and failed == 0, stats
+    assert refused > passed and refused_failed == 0, stats        # driven far past 20/s
+    # what the gateway let through is what locust counted as passed
+    assert throttled_gateway.metric("tollgate_throttled_total", policy="few",
+                                    dimension="api") >= refused - 6
+    assert stats[("", "Aggregated")][1] == 0
+
+
+def test_throttled_get_counts_any_other_answer_as_a_failure(throttled_gateway, tmp_path):
+    out, stats = run_locust(throttled_gateway.url, tmp_path, "ThrottledGet",
+                            "--throttled-path", "/demo/broken", seconds=2)
+    count, failures = stats.get(("GET", "GET /demo/broken"), (0, 0))
+    assert count > 0 and failures == count, stats                 # 503 is no throttle's answer
+    assert out.returncode != 0
+
+
+def test_throttled_get_runs_only_when_named(throttled_gateway, tmp_path):
+    # naming no scenario runs the others (here against paths this gateway has not: 404s)
+    _out, stats = run_locust(throttled_gateway.url, tmp_path, "--throttled-path",
+                             "/demo/throttled", seconds=2)
+    assert stats.get(("GET", "/demo/hello"), (0, 0))[0] > 0, stats
+    assert not any("/demo/throttled" in name for _type, name in stats), stats
