@@ -23,7 +23,7 @@ from gateway.pipeline import Wait
 from .cluster import ALLOWED, DENIED, NO_LEASE, ClusterBudgets
 from .throttle import debug_line, quota_exhausted, throttled
 
-_ROUNDS = 3     # lease rounds before a call that keeps losing the race is refused
+_ROUNDS = 3     # lease rounds before a call that keeps losing the race is decided locally
 
 
 class LimitsUnavailable(GatewayError):
@@ -104,9 +104,13 @@ class Budgets:
             missing = self._take(stage, ex, dims, time.time_ns())
             if missing is None:
                 return
-        # three rounds lost to other callers: the budget is that short; refuse
-        dimension, _key, limit = missing
-        raise throttled(rule, dimension, limit, cluster._retry_ns(rule.period), self.metrics)
+        # every round's grant was spent by the calls that arrived with this one (a burst of
+        # new callers), yet Redis never said the budget is exhausted (that is a 429 above):
+        # refusing would be wrong, waiting longer would make the burst wait; the node's own
+        # counters decide this call
+        if self.metrics is not None:
+            self.metrics.count("throttle_fallback", ("contended",))
+        stage.local(ex)
 
     def _fallback(self, stage, ex):
         if self.metrics is not None:

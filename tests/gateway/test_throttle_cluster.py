@@ -3,6 +3,7 @@ sharing one budget, Redis killed, paused and restarted under traffic in both fai
 request hangs past the Redis timeout), quotas outliving a gateway restart."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -137,3 +138,24 @@ def test_an_app_quota_outlives_a_gateway_restart(make_gateway, redis_server):
     gw2 = make_gateway(document)
     got = [signed_request(gw2.port).status for _ in range(2)]
     assert got == [200, 405], got
+
+
+def test_a_burst_of_new_callers_is_not_refused_while_redis_has_budget(make_gateway,
+                                                                    redis_server):
+    """Forty calls arrive at once for a key no worker holds a lease of: the first grants are
+    spent by the first of them, yet none is refused (the budget is far from spent)."""
+    document = cluster_doc(redis_server, [{"name": "t", "interval": 1, "unit": "second",
+                                           "api_limit": 1_000_000}], [api("a", "/a", "t")])
+    gw = make_gateway(document)
+    conns = [socket.create_connection(("127.0.0.1", gw.port), timeout=10) for _ in range(40)]
+    time.sleep(0.2)                             # (all accepted: the requests come together)
+    for s in conns:
+        s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    statuses = []
+    for s in conns:
+        data = b""
+        while b"\r\n" not in data:
+            data += s.recv(4096)
+        statuses.append(int(data.split(b" ", 2)[1]))
+        s.close()
+    assert statuses == [200] * 40
