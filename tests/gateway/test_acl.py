@@ -42,7 +42,8 @@ def acl_config(backend_address, acl=None, binding=None, trusted=None, **api_opti
 def get(port, target="/echo/x", headers=None, host="127.0.0.1"):
     lines = [f"GET {target} HTTP/1.1", "Host: gw.test"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    responses, _ = exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), host=host)
+    responses, _ = exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), host=host,
+                            check_close=False)
     assert responses and responses[0].complete, "no complete answer"
     return responses[0]
 

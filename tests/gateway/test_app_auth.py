@@ -43,7 +43,7 @@ def signed_request(port, method="GET", path="/echo/x", query=(), headers=None, b
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
     if tamper is not None:
         raw = tamper(raw)
-    responses, _ = exchange(port, raw, timeout=5)
+    responses, _ = exchange(port, raw, timeout=5, check_close=False)
     assert responses, "no answer"
     return responses[0]
 

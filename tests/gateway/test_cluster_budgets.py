@@ -13,6 +13,9 @@ import time
 
 import pytest
 
+# ClusterBudgets is Python in both forms: the interpreted pass need not run these again
+pytestmark = pytest.mark.once
+
 from gateway.config.model import Redis
 from gateway.metrics import RedisStats, WorkerMetrics, _redis_metrics
 from gateway.policy.cluster import (ALLOWED, DENIED, NO_LEASE, ClusterBudgets, error_kind,

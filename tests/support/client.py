@@ -61,11 +61,12 @@ class _Collector:
 
 def exchange(port: int, data: bytes, *, expect: int = 1, timeout: float = 5.0,
              read_until_close: bool = False, chunks=None,
-             source: str | None = None,
-             host: str = "127.0.0.1") -> tuple[list[Response], bool]:
+             source: str | None = None, host: str = "127.0.0.1",
+             check_close: bool = True) -> tuple[list[Response], bool]:
     """Send ``data`` (or each of ``chunks`` in turn) to ``host`` (an IPv4 or IPv6 address) and
     read ``expect`` complete responses; ``source``: the local address to connect from (any of
-    127.0.0.0/8 is this machine).
+    127.0.0.0/8 is this machine).  ``check_close`` False: the caller does not ask whether the
+    gateway closed after the last response (saves waiting 0.2 s for a close that may come).
 
     Returns (responses, closed): ``closed`` is True when the gateway closed the connection.
     """
@@ -96,7 +97,7 @@ def exchange(port: int, data: bytes, *, expect: int = 1, timeout: float = 5.0,
                 collector.parser.feed_data(buf)
             except httptools.HttpParserError:
                 break
-        if not closed and not read_until_close:
+        if not closed and not read_until_close and check_close:
             # did the server close right after the last response?
             sock.settimeout(0.2)
             try:
@@ -116,7 +117,7 @@ def request(port: int, method="GET", target="/", headers=None, body=b"", host="g
     if body and not any(k.lower() in ("content-length", "transfer-encoding") for k in (headers or {})):
         lines.append(f"Content-Length: {len(body)}")
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-    responses, _ = exchange(port, data, timeout=timeout, source=source)
+    responses, _ = exchange(port, data, timeout=timeout, source=source, check_close=False)
     assert responses and responses[0].complete, f"no complete response to {method} {target}"
     return responses[0]
 
