@@ -74,7 +74,8 @@ class Budgets:
         lines = b""
         taken = []
         for dimension, key, limit in dims:
-            verdict, remaining, reset = cluster.take(key, limit, rule.period, 1, now)
+            verdict, remaining, reset = cluster.take(key, limit, rule.period, 1, now, True, 0,
+                                                     debug)
             if verdict == ALLOWED:
                 taken.append(key)
                 if debug:
@@ -124,7 +125,7 @@ class Budgets:
         cluster = self.cluster
         if cluster.up:
             verdict, _remaining, reset = cluster.take(key, rule.limit, rule.period, 1,
-                                                      time.time_ns(), False, rule.offset)
+                                                      time.time_ns(), False, rule.offset, False)
             if verdict == ALLOWED:
                 return None
             if verdict == DENIED:

@@ -78,6 +78,7 @@ log = logging.getLogger("tollgate.redis")
 ALLOWED = 1
 DENIED = 0
 NO_LEASE = -1
+_ALLOWED_PLAIN = (ALLOWED, 0, 0)     # (one tuple for every call that needs no estimate)
 
 MS = 1_000_000
 #: the batch horizon: a lease lasts about this long at the recent rate (or P/10 if shorter);
@@ -227,14 +228,17 @@ class ClusterBudgets:
     # The synchronous side
 
     def take(self, key: bytes, limit: int, period_ns: int, cost: int, now_ns: int,
-             sliding: bool = True, offset_ns: int = 0) -> tuple[int, int, int]:
+             sliding: bool = True, offset_ns: int = 0,
+             detail: bool = True) -> tuple[int, int, int]:
         """Spend ``cost`` from this worker's lease of ``key``: ``(verdict, remaining, reset_ns)``.
 
         ALLOWED: taken (remaining: an estimate of the cluster's remaining budget, reset_ns: ns
         until the window ends).  DENIED: the cluster budget is exhausted for now (reset_ns: an
         estimate of the ns until a call of this cost may pass).  NO_LEASE: nothing held for this
         key in this window: ``await lease(...)`` then take again (if ``up`` is False, apply the
-        fail mode instead).  No I/O; may schedule background fetches and releases.
+        fail mode instead).  No I/O; may schedule background fetches and releases.  ``detail``
+        False: an ALLOWED answer's ``remaining`` is 0, not estimated (the common case needs no
+        estimate).
         """
         rel = now_ns - offset_ns
         w = rel // period_ns
@@ -261,6 +265,8 @@ class ClusterBudgets:
                 elif (sliding and st.next_tokens == 0 and period_ns - e <= horizon
                       and st.rate > 0.0):
                     self._start_fetch(key, st, w + 1, 0, self._want(st, cost, now_ns), False)
+            if not detail:
+                return _ALLOWED_PLAIN
             return ALLOWED, self._remaining(st, e) + st.tokens, period_ns - e
         if st.exhausted:
             if st.pending is None and self._up and now_ns >= st.retry_ns:

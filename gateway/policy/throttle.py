@@ -56,7 +56,7 @@ class ThrottleRule:
 
     __slots__ = ("name", "period", "api_limit", "ip_limit", "app_limit", "user_limit",
                  "app_specials", "user_specials", "api_key", "ip_seed", "app_seed",
-                 "user_seed", "time_text", "scope")
+                 "user_seed", "time_text", "scope", "api_dimension")
 
     def __init__(self, policy, api_name: str, env: str):
         self.name = policy.name
@@ -77,6 +77,7 @@ class ThrottleRule:
         self.ip_seed = _seed(*scope, "ip")
         self.app_seed = _seed(*scope, "app")
         self.user_seed = _seed(*scope, "user")
+        self.api_dimension = ("api", _key_bytes(self.api_key), self.api_limit)   # (cluster mode)
 
 
 class ThrottleStage:
@@ -116,7 +117,7 @@ class ThrottleStage:
             if rule.user_limit and caller.user:
                 out.append(("user", _key_bytes(_hash_key(caller.user.encode(), rule.user_seed)),
                             rule.user_specials.get(caller.user, rule.user_limit)))
-        out.append(("api", _key_bytes(rule.api_key), rule.api_limit))
+        out.append(rule.api_dimension)
         return out
 
     def local(self, ex):
