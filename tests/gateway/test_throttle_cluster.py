@@ -121,13 +121,15 @@ def test_fail_open_counts_locally_then_shares_again(make_gateway, redis_server):
     gw = make_gateway(document)
     redis_server.kill()
     # local limits: the node's own budget of 5
-    got = [request(gw.port, "GET", "/a", timeout=10).status for _ in range(7)]
-    assert got.count(200) == 5 and got[-1] == 429, got
+    answers = [request(gw.port, "GET", "/a", timeout=10) for _ in range(7)]
+    got = [r.status for r in answers]
+    assert got.count(200) == 5 and got[-1] == 429, (got, answers[0].body, gw.log())
+    gw.wait_metric("tollgate_redis_up", 0, timeout=5)     # (the outage as the metrics saw it)
     redis_server.restart()
     gw.wait_metric("tollgate_redis_up", 1, timeout=15)
     # shared again: Redis restarted empty, so the budget is whole again (a stated bound)
     got = [request(gw.port, "GET", "/a").status for _ in range(7)]
-    assert got.count(200) == 5, got
+    assert got.count(200) == 5, (got, gw.log())
 
 
 def test_an_app_quota_outlives_a_gateway_restart(make_gateway, redis_server):
