@@ -275,6 +275,29 @@ class ClusterBudgets:
             return DENIED, 0, self._reset(st, e, cost)
         return NO_LEASE, 0, 0
 
+    def spend(self, key, period_ns: int, cost: int, now_ns: int) -> bool:
+        """The common case of :meth:`take` (a sliding window), at a fraction of its cost: when
+        this worker's lease of ``key`` covers ``cost`` in the current window and neither a
+        refill nor the next window's prefetch is due, spend it and say True.  False: nothing
+        was done, call :meth:`take` (which decides, and schedules what is due).  The keys'
+        recency (for the bound on keys held) is refreshed by take(), at least once a batch."""
+        st = self._keys.get(key)
+        if st is None or st.period != period_ns or not st.sliding or st.offset:
+            return False
+        w = now_ns // period_ns
+        left = st.tokens - cost
+        if w != st.window or left < 0:
+            return False
+        if st.pending is None:      # (with a fetch under way, nothing more can be due)
+            if left < st.low:
+                return False                    # (a refill is due)
+            if st.next_tokens == 0 and period_ns - (now_ns - w * period_ns) <= min(
+                    HORIZON_NS, period_ns // 10):
+                return False                    # (the next window's prefetch is due)
+        st.tokens = left
+        st.spent += cost
+        return True
+
     def refund(self, key: bytes, cost: int) -> None:
         """Give back ``cost`` taken by :meth:`take` for a request refused by another dimension
         (kept in the lease; returned to Redis at the window's end if not spent)."""
@@ -337,7 +360,8 @@ class ClusterBudgets:
         while len(keys) >= self.max_keys:
             old_key, old = keys.popitem(last=False)
             self._give_back(old_key, old)
-        tag = base64.urlsafe_b64encode(key).rstrip(b"=").decode("ascii")
+        raw = key if isinstance(key, bytes) else key.to_bytes(8, "little")   # (int: a hash)
+        tag = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
         st = keys[key] = _Key(f"{self.prefix}:rl:{{{tag}}}:", w, now_ns)
         return st
 

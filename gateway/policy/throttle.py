@@ -77,7 +77,7 @@ class ThrottleRule:
         self.ip_seed = _seed(*scope, "ip")
         self.app_seed = _seed(*scope, "app")
         self.user_seed = _seed(*scope, "user")
-        self.api_dimension = ("api", _key_bytes(self.api_key), self.api_limit)   # (cluster mode)
+        self.api_dimension = ("api", self.api_key, self.api_limit)   # (cluster mode)
 
 
 class ThrottleStage:
@@ -93,9 +93,38 @@ class ThrottleStage:
 
     def __call__(self, ex):
         budgets = self.budgets
-        if budgets is not None:
-            return budgets.throttle(self, ex)
-        return self.local(ex)
+        if budgets is None:
+            return self.local(ex)
+        # cluster mode: the common case spends from this worker's leases without a tuple or a
+        # list; anything else (no lease, a refill due, a refusal, debug headers, Redis away)
+        # goes the whole way, through Budgets
+        cluster = budgets.cluster
+        if cluster.up and ex.head.get(b"x-apig-mode") is None:
+            rule = self.rule
+            now = time.time_ns()
+            period = rule.period
+            caller = ex.caller
+            ip_key = app_key = user_key = 0
+            if rule.ip_limit:
+                ip_key = _hash_key(ex.client_ip.encode(), rule.ip_seed)
+            if caller is not None:
+                if rule.app_limit and caller.app:
+                    app_key = _hash_key(caller.app.encode(), rule.app_seed)
+                if rule.user_limit and caller.user:
+                    user_key = _hash_key(caller.user.encode(), rule.user_seed)
+            spent = 0
+            if ip_key == 0 or cluster.spend(ip_key, period, 1, now):
+                spent = 1
+                if app_key == 0 or cluster.spend(app_key, period, 1, now):
+                    spent = 2
+                    if user_key == 0 or cluster.spend(user_key, period, 1, now):
+                        spent = 3
+                        if cluster.spend(rule.api_key, period, 1, now):
+                            return None
+            for key in (ip_key, app_key, user_key)[:spent]:     # (given back: decide anew)
+                if key:
+                    cluster.refund(key, 1)
+        return budgets.throttle(self, ex)
 
     def debug(self, ex):
         """Does the request ask for the X-Apig-RateLimit-* headers?"""
@@ -103,19 +132,19 @@ class ThrottleStage:
         return value is not None and value.lower() == b"debug"
 
     def dimensions(self, ex):
-        """[(dimension, key bytes, limit)] of this call, narrowest first (cluster mode)."""
+        """[(dimension, key, limit)] of this call, narrowest first (cluster mode; a key is
+        the 64-bit hash the node's table uses too)."""
         rule = self.rule
         caller = ex.caller
         out = []
         if rule.ip_limit:
-            out.append(("ip", _key_bytes(_hash_key(ex.client_ip.encode(), rule.ip_seed)),
-                        rule.ip_limit))
+            out.append(("ip", _hash_key(ex.client_ip.encode(), rule.ip_seed), rule.ip_limit))
         if caller is not None:
             if rule.app_limit and caller.app:
-                out.append(("app", _key_bytes(_hash_key(caller.app.encode(), rule.app_seed)),
+                out.append(("app", _hash_key(caller.app.encode(), rule.app_seed),
                             rule.app_specials.get(caller.app, rule.app_limit)))
             if rule.user_limit and caller.user:
-                out.append(("user", _key_bytes(_hash_key(caller.user.encode(), rule.user_seed)),
+                out.append(("user", _hash_key(caller.user.encode(), rule.user_seed),
                             rule.user_specials.get(caller.user, rule.user_limit)))
         out.append(rule.api_dimension)
         return out
@@ -181,10 +210,6 @@ class ThrottleStage:
         ex.resp_lines += debug_line(dimension, left, limit, self.rule.time_text)
 
 
-def _key_bytes(key: int) -> bytes:
-    return key.to_bytes(8, "little")
-
-
 def debug_line(dimension, left, limit, time_text) -> bytes:
     return (f"X-Apig-RateLimit-{dimension}: remain:{max(left, 0)},limit:{limit},"
             f"time:{time_text}\r\n").encode()
@@ -241,7 +266,7 @@ class QuotaStage:
             return None
         budgets = self.budgets
         if budgets is not None:
-            key = _key_bytes(_hash_key(caller.app.encode(), rule.seed))
+            key = _hash_key(caller.app.encode(), rule.seed)
             return budgets.quota(self, rule, caller.app, key)
         return self.local(rule, caller.app)
 

@@ -443,3 +443,25 @@ def test_redis_metrics_exported_and_merged():
     errors = {s.labels["kind"]: s.value for s in families["tollgate_redis_errors"].samples}
     assert errors["timeout"] == 2 and errors["oom"] == 0
     assert list(_redis_metrics(_no_redis(), [])) == []     # Redis not configured: no families
+
+
+def test_spend_is_take_for_the_common_case_only(redis_server):
+    """spend() spends from a lease in its window and stops where take() must decide: a refill
+    or prefetch due, another window, no lease; it never spends what was not granted."""
+    async def main():
+        b = budgets(redis_server)
+        try:
+            key = 0x1234_5678
+            assert not b.spend(key, S, 1, T0)                       # no lease yet
+            assert (await b.acquire(key, 1000, S, 1, T0))[0] == ALLOWED
+            tokens = b.held(key)[0]
+            spent = 0
+            while b.spend(key, S, 1, T0 + 1_000):
+                spent += 1
+            assert spent <= tokens and b.held(key)[0] == tokens - spent
+            assert not b.spend(key, S, 1, T0 + S)                   # the next window: take()
+            assert not b.spend(key, 2 * S, 1, T0 + 2_000)           # another period: take()
+        finally:
+            await b.close()
+
+    asyncio.run(main())
