@@ -52,6 +52,7 @@ cdef class ClientConnection(Connection):
     @cython.locals(ex=Exchange)
     cdef _on_end(self)
     cdef _start(self, Exchange ex)
+    cdef _stage_failed(self, Exchange ex, object exc)
     cdef _release(self, Exchange ex)
     cdef _advance(self, Exchange ex, object pending)
     cdef _continue(self, Exchange ex)

@@ -374,6 +374,9 @@ class ClientConnection(Connection):
         except GatewayError as error:
             ex.fail(error)
             return
+        except Exception as exc:
+            self._stage_failed(ex, exc)
+            return
         self._advance(ex, pending)
 
     # -- running exchanges ----------------------------------------------------------------
@@ -385,7 +388,16 @@ class ClientConnection(Connection):
             self.set_deadline(_NONE, 0)
             ex.fail(error)
             return
+        except Exception as exc:    # a stage's bug: a 500 for this request, not a dead connection
+            self.set_deadline(_NONE, 0)
+            self._stage_failed(ex, exc)
+            return
         self._advance(ex, pending)
+
+    def _stage_failed(self, ex, exc):
+        self.worker.log.error("a stage of %s failed", ex.api.name if ex.api is not None else "?",
+                              exc_info=exc)
+        ex.fail(GatewayError("Internal error"))
 
     # -- stages that suspend the exchange (see gateway/pipeline.py) -------------------------
     def _advance(self, ex, pending):
@@ -441,6 +453,8 @@ class ClientConnection(Connection):
             self._advance(ex, self.pipeline.resume(ex))
         except GatewayError as error:
             ex.fail(error)
+        except Exception as exc:
+            self._stage_failed(ex, exc)
         finally:
             self.uncork()
 

@@ -71,6 +71,8 @@ from redis.backoff import NoBackoff
 
 from gateway.metrics import RedisStats
 
+from .lease import HORIZON_NS, Lease
+
 __all__ = ["ClusterBudgets", "ALLOWED", "DENIED", "NO_LEASE", "redacted_url"]
 
 log = logging.getLogger("tollgate.redis")
@@ -81,10 +83,6 @@ NO_LEASE = -1
 _ALLOWED_PLAIN = (ALLOWED, 0, 0)     # (one tuple for every call that needs no estimate)
 
 MS = 1_000_000
-#: the batch horizon: a lease lasts about this long at the recent rate (or P/10 if shorter);
-#: measured with tests/support/budget_load.py (4 workers, 3x overload): 100 ms -> 92 % of the
-#: limit let through, 50 ms -> 96 %, 20 ms -> 98 %
-HORIZON_NS = 20 * MS
 #: no worker asks for more than limit // CAP_DIVISOR tokens at once (but at least ``cost``)
 CAP_DIVISOR = 16
 #: how long a key's count outlives the window it is ``prev`` for
@@ -155,32 +153,6 @@ def error_kind(exc: BaseException) -> str:
     return "other"
 
 
-class _Key:
-    """What one worker knows of one key."""
-
-    __slots__ = ("tag", "window", "tokens", "next_tokens", "prev", "cur", "rate", "spent",
-                 "rate_ns", "low", "pending", "waiters", "exhausted", "retry_ns",
-                 "limit", "period", "sliding", "offset")
-
-    def __init__(self, tag, window, now_ns):
-        self.tag = tag
-        self.window = window
-        self.tokens = 0          # left of this worker's lease of `window`
-        self.next_tokens = 0     # prefetched for window + 1
-        self.prev = 0            # counts seen at the last grant (estimates of reset, remaining)
-        self.cur = 0
-        self.rate = 0.0          # EWMA of the allowed rate, tokens per ns
-        self.spent = 0           # tokens spent since rate_ns
-        self.rate_ns = now_ns
-        self.low = 0             # refill below this many tokens
-        self.pending = None      # the fetch under way (a task)
-        self.waiters = 0         # calls waiting for it
-        self.exhausted = False   # Redis granted nothing in this window: deny locally
-        self.retry_ns = 0        # when to re-ask Redis after a denial
-        self.limit = self.period = self.offset = 0
-        self.sliding = True
-
-
 class ClusterBudgets:
     """Budgets shared by every gateway through one Redis, leased in batches.  One per worker.
 
@@ -202,7 +174,7 @@ class ClusterBudgets:
             metrics.redis = self.stats
         self.up = True
         self._closed = False
-        self._keys: OrderedDict[bytes, _Key] = OrderedDict()
+        self._keys: OrderedDict[bytes, Lease] = OrderedDict()
         self._tasks: set = set()
         self._fetches = 0        # acquire calls under way (bounded by max_fetches)
         self._probe = None
@@ -282,21 +254,7 @@ class ClusterBudgets:
         was done, call :meth:`take` (which decides, and schedules what is due).  The keys'
         recency (for the bound on keys held) is refreshed by take(), at least once a batch."""
         st = self._keys.get(key)
-        if st is None or st.period != period_ns or not st.sliding or st.offset:
-            return False
-        w = now_ns // period_ns
-        left = st.tokens - cost
-        if w != st.window or left < 0:
-            return False
-        if st.pending is None:      # (with a fetch under way, nothing more can be due)
-            if left < st.low:
-                return False                    # (a refill is due)
-            if st.next_tokens == 0 and period_ns - (now_ns - w * period_ns) <= min(
-                    HORIZON_NS, period_ns // 10):
-                return False                    # (the next window's prefetch is due)
-        st.tokens = left
-        st.spent += cost
-        return True
+        return st is not None and st.spend(period_ns, cost, now_ns)
 
     def refund(self, key: bytes, cost: int) -> None:
         """Give back ``cost`` taken by :meth:`take` for a request refused by another dimension
@@ -362,7 +320,7 @@ class ClusterBudgets:
             self._give_back(old_key, old)
         raw = key if isinstance(key, bytes) else key.to_bytes(8, "little")   # (int: a hash)
         tag = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-        st = keys[key] = _Key(f"{self.prefix}:rl:{{{tag}}}:", w, now_ns)
+        st = keys[key] = Lease(f"{self.prefix}:rl:{{{tag}}}:", w, now_ns)
         return st
 
     def _want(self, st, cost, now_ns):

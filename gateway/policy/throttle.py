@@ -29,6 +29,7 @@ _hash_key = limiter.hash_key
 _DENIED = limiter.DENIED
 _UNTRACKED = limiter.UNTRACKED
 _monotonic_ns = time.monotonic_ns
+_time_ns = time.time_ns
 
 
 class Throttled(GatewayError):
@@ -54,9 +55,6 @@ def _seed(*parts: str) -> int:
 class ThrottleRule:
     """One throttle policy as bound to one API in one environment, resolved at load."""
 
-    __slots__ = ("name", "period", "api_limit", "ip_limit", "app_limit", "user_limit",
-                 "app_specials", "user_specials", "api_key", "ip_seed", "app_seed",
-                 "user_seed", "time_text", "scope", "api_dimension")
 
     def __init__(self, policy, api_name: str, env: str):
         self.name = policy.name
@@ -83,25 +81,25 @@ class ThrottleRule:
 class ThrottleStage:
     """The stage of one (API, environment) bound to a throttle."""
 
-    __slots__ = ("rule", "table", "metrics", "budgets")
 
     def __init__(self, rule: ThrottleRule, counters, metrics, budgets=None):
         self.rule = rule
         self.table = counters.throttles if counters is not None else None   # (None: checking only)
         self.metrics = metrics
         self.budgets = budgets          # gateway.policy.budgets.Budgets (Redis), or None
+        self.cluster = budgets.cluster if budgets is not None else None
+        # the worker's leases by key (its ClusterBudgets' own dict, for the common case)
+        self.leases = budgets.cluster._keys if budgets is not None else None
 
     def __call__(self, ex):
-        budgets = self.budgets
-        if budgets is None:
+        if self.budgets is None:
             return self.local(ex)
-        # cluster mode: the common case spends from this worker's leases without a tuple or a
-        # list; anything else (no lease, a refill due, a refusal, debug headers, Redis away)
-        # goes the whole way, through Budgets
-        cluster = budgets.cluster
-        if cluster.up and ex.head.get(b"x-apig-mode") is None:
+        # cluster mode: the common case spends from this worker's leases (Lease.spend, in C
+        # when compiled); anything else (no lease, a refill due, a refusal, debug headers,
+        # Redis away) goes the whole way, through Budgets
+        if self.cluster._up and ex.head.get(b"x-apig-mode") is None:
             rule = self.rule
-            now = time.time_ns()
+            now = _time_ns()
             period = rule.period
             caller = ex.caller
             ip_key = app_key = user_key = 0
@@ -113,18 +111,26 @@ class ThrottleStage:
                 if rule.user_limit and caller.user:
                     user_key = _hash_key(caller.user.encode(), rule.user_seed)
             spent = 0
-            if ip_key == 0 or cluster.spend(ip_key, period, 1, now):
+            if ip_key == 0 or self._spend(ip_key, period, now):
                 spent = 1
-                if app_key == 0 or cluster.spend(app_key, period, 1, now):
+                if app_key == 0 or self._spend(app_key, period, now):
                     spent = 2
-                    if user_key == 0 or cluster.spend(user_key, period, 1, now):
+                    if user_key == 0 or self._spend(user_key, period, now):
                         spent = 3
-                        if cluster.spend(rule.api_key, period, 1, now):
+                        if self._spend(rule.api_key, period, now):
                             return None
-            for key in (ip_key, app_key, user_key)[:spent]:     # (given back: decide anew)
-                if key:
-                    cluster.refund(key, 1)
-        return budgets.throttle(self, ex)
+            cluster = self.cluster          # (given back: decided anew below)
+            if spent >= 1 and ip_key:
+                cluster.refund(ip_key, 1)
+            if spent >= 2 and app_key:
+                cluster.refund(app_key, 1)
+            if spent >= 3 and user_key:
+                cluster.refund(user_key, 1)
+        return self.budgets.throttle(self, ex)
+
+    def _spend(self, key, period, now):
+        lease = self.leases.get(key)
+        return lease is not None and lease.spend(period, 1, now)
 
     def debug(self, ex):
         """Does the request ask for the X-Apig-RateLimit-* headers?"""
@@ -155,8 +161,8 @@ class ThrottleStage:
         table = self.table
         now = _monotonic_ns()
         period = rule.period
-        debug = ex.head.get(b"x-apig-mode")
-        debug = debug is not None and debug.lower() == b"debug"
+        mode = ex.head.get(b"x-apig-mode")
+        debug = mode is not None and mode.lower() == b"debug"
         ip_key = app_key = user_key = 0
         caller = ex.caller
         # narrowest first: a call refused for its address or caller leaves the API's budget
@@ -231,7 +237,6 @@ class QuotaRule:
     """An app quota policy: ``limit`` calls per ``interval`` x ``unit`` per app, in fixed windows
     aligned at ``reset_time`` (UTC) -- a daily quota resetting at 00:00 UTC counts calendar days."""
 
-    __slots__ = ("name", "limit", "period", "offset", "seed", "time_text")
 
     def __init__(self, quota):
         self.name = quota.name
@@ -249,7 +254,6 @@ class QuotaStage:
     """Counts an app caller's call against its app's quota (after authentication: the app is
     known; APIs whose callers are not apps are not counted).  ``quotas``: app name -> QuotaRule."""
 
-    __slots__ = ("quotas", "table", "metrics", "budgets")
 
     def __init__(self, quotas: dict, counters, metrics, budgets=None):
         self.quotas = quotas
