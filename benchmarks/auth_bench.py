@@ -468,8 +468,10 @@ def _ms(v: float) -> str:
     return f"{v:.3f}" if v < 10 else f"{v:.1f}"
 
 
-def report(args, names: list[str], targets: dict[str, AuthTarget], runs: list[harness.Run],
-           info: list[str], load: str, notes: list[str], skipped: dict[str, str]) -> str:
+def summarize(names: list[str], runs: list[harness.Run]):
+    """(runs by target, medians by target, per_rep(a, b), ratio(a, b)): the req/s ratios of
+    target a to target b, rep by rep and of the medians (the reports of auth_bench and
+    throttle_bench)."""
     by = {n: [r for r in runs if r.target == n] for n in names}
     med = {n: {"rps": statistics.median(r.wrk.rps for r in rs),
                "p50": statistics.median(r.wrk.p50_ms for r in rs),
@@ -482,6 +484,13 @@ def report(args, names: list[str], targets: dict[str, AuthTarget], runs: list[ha
 
     def ratio(a: str, b: str) -> float:
         return med[a]["rps"] / med[b]["rps"] if med[b]["rps"] else 0.0
+
+    return by, med, per_rep, ratio
+
+
+def report(args, names: list[str], targets: dict[str, AuthTarget], runs: list[harness.Run],
+           info: list[str], load: str, notes: list[str], skipped: dict[str, str]) -> str:
+    by, med, per_rep, ratio = summarize(names, runs)
 
     md = ["## Authentication: Tollgate's auth none / app / JWT beside nginx", "",
           f"Command: `{command_line()}`", "",

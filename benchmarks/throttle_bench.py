@@ -55,7 +55,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -588,18 +587,7 @@ def _ms(v: float) -> str:
 def throughput_report(args, names: list[str], runs: list[harness.Run], info: list[str],
                       load: str, notes: list[str], skipped: dict[str, str],
                       seen: list[str]) -> str:
-    by = {n: [r for r in runs if r.target == n] for n in names}
-    med = {n: {"rps": statistics.median(r.wrk.rps for r in rs),
-               "p50": statistics.median(r.wrk.p50_ms for r in rs),
-               "p99": statistics.median(r.wrk.p99_ms for r in rs),
-               "cpu": statistics.median(r.cpu_us for r in rs),
-               "user": statistics.median(r.cpu_user_us for r in rs)} for n, rs in by.items()}
-
-    def per_rep(a: str, b: str) -> list[float]:
-        return [x.wrk.rps / y.wrk.rps for x, y in zip(by[a], by[b]) if y.wrk.rps]
-
-    def ratio(a: str, b: str) -> float:
-        return med[a]["rps"] / med[b]["rps"] if med[b]["rps"] else 0.0
+    by, med, per_rep, ratio = auth_bench.summarize(names, runs)
 
     md = ["## Throttling: what a throttle that is never reached costs (node table, Redis)", "",
           f"Command: `{command_line()}`", "",

@@ -89,6 +89,17 @@ def hash_key(data: bytes, seed: int = _FNV_OFFSET) -> int:
     return h if h else 1
 
 
+def _counts(c0, c1, w):
+    """(prev, cur): the counts of windows w - 1 and w in a slot's two cells (a cell holding
+    another window counts 0)."""
+    cells = (c0, c1)
+    cur_word = cells[w & 1]
+    prev_word = cells[(w - 1) & 1]
+    cur = cur_word & _COUNT if (cur_word >> 32) == (w & _COUNT) else 0
+    prev = prev_word & _COUNT if (prev_word >> 32) == ((w - 1) & _COUNT) else 0
+    return prev, cur
+
+
 def _estimate(prev, cur, elapsed, period, sliding):
     # (float steps in the compiled form's order: both forms decide alike at the very edge)
     if sliding and prev:
@@ -124,11 +135,7 @@ class CounterTable:
             w = now_ns // period_ns
             elapsed = now_ns - w * period_ns
             _k, c0, c1, expiry = _SLOT.unpack_from(self.view, offset)
-            cells = (c0, c1)
-            cur_word = cells[w & 1]
-            prev_word = cells[(w - 1) & 1]
-            cur = cur_word & _COUNT if (cur_word >> 32) == (w & _COUNT) else 0
-            prev = prev_word & _COUNT if (prev_word >> 32) == ((w - 1) & _COUNT) else 0
+            prev, cur = _counts(c0, c1, w)
             left = limit - _estimate(prev, cur, elapsed, period_ns, sliding) - cost
             if left < 0:
                 return DENIED
@@ -151,11 +158,7 @@ class CounterTable:
             w = now_ns // period_ns
             elapsed = now_ns - w * period_ns
             _k, c0, c1, _e = _SLOT.unpack_from(self.view, offset)
-            cells = (c0, c1)
-            cur_word = cells[w & 1]
-            prev_word = cells[(w - 1) & 1]
-            cur = cur_word & _COUNT if (cur_word >> 32) == (w & _COUNT) else 0
-            prev = prev_word & _COUNT if (prev_word >> 32) == ((w - 1) & _COUNT) else 0
+            prev, cur = _counts(c0, c1, w)
         finally:
             self._unlock()
         return window_wait(prev, cur, elapsed, limit, period_ns, cost, sliding)

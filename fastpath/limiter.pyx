@@ -59,6 +59,11 @@ cpdef uint64_t hash_key(bytes data, uint64_t seed=0xCBF29CE484222325ULL):
     return h if h else 1
 
 
+cdef inline uint64_t _count(uint64_t word, int64_t w):
+    """The count a cell holds for window w (0 when it holds another window)."""
+    return word & _COUNT if (word >> 32) == (<uint64_t>w & _COUNT) else 0
+
+
 cdef inline double _estimate(uint64_t prev, uint64_t cur, int64_t elapsed, int64_t period,
                              bint sliding):
     if sliding and prev:
@@ -136,7 +141,7 @@ cdef class CounterTable:
                          long long cost, long long now_ns, bint sliding=True):
         cdef uint64_t *s = self._find(key, now_ns)
         cdef int64_t w, elapsed
-        cdef uint64_t cur_word, prev_word, cur, prev, wbits
+        cdef uint64_t cur_word, cur, prev, wbits
         cdef uint64_t *cell
         cdef double left
         cdef int64_t expiry
@@ -149,9 +154,8 @@ cdef class CounterTable:
         cell = s + 1 + (w & 1)
         while True:
             cur_word = tg_load(cell)
-            prev_word = tg_load(s + 1 + ((w - 1) & 1))
-            cur = cur_word & _COUNT if (cur_word >> 32) == wbits else 0
-            prev = prev_word & _COUNT if (prev_word >> 32) == ((<uint64_t>(w - 1)) & _COUNT) else 0
+            cur = _count(cur_word, w)
+            prev = _count(tg_load(s + 1 + ((w - 1) & 1)), w - 1)
             left = <double>limit - _estimate(prev, cur, elapsed, period_ns, sliding) - <double>cost
             if left < 0:
                 return DENIED
@@ -166,15 +170,13 @@ cdef class CounterTable:
                             long long cost, long long now_ns, bint sliding=True):
         cdef uint64_t *s = self._lookup(key)
         cdef int64_t w, elapsed
-        cdef uint64_t cur_word, prev_word, cur, prev
+        cdef uint64_t cur, prev
         if s == NULL:
             return 0
         w = now_ns // period_ns
         elapsed = now_ns - w * period_ns
-        cur_word = tg_load(s + 1 + (w & 1))
-        prev_word = tg_load(s + 1 + ((w - 1) & 1))
-        cur = cur_word & _COUNT if (cur_word >> 32) == (<uint64_t>w & _COUNT) else 0
-        prev = prev_word & _COUNT if (prev_word >> 32) == ((<uint64_t>(w - 1)) & _COUNT) else 0
+        cur = _count(tg_load(s + 1 + (w & 1)), w)
+        prev = _count(tg_load(s + 1 + ((w - 1) & 1)), w - 1)
         return window_wait(prev, cur, elapsed, limit, period_ns, cost, sliding)
 
     cpdef refund(self, uint64_t key, long long period_ns, long long cost, long long now_ns):

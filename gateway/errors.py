@@ -109,6 +109,28 @@ class AccountDenied(GatewayError):
     status = 403
 
 
+class Throttled(GatewayError):
+    """A throttle's limit was reached (``Retry-After`` says when to try again)."""
+
+    code = "APIC.0308"
+    status = 429
+
+
+class QuotaExhausted(GatewayError):
+    """The calling app's quota is used up for the period."""
+
+    code = "APIC.0501"
+    status = 405
+
+
+class LimitsUnavailable(GatewayError):
+    """Throttles are counted through Redis, Redis is away and ``fail_mode`` is ``closed``."""
+
+    code = "APIC.0601"
+    status = 503
+    cause_logged = True     # (the outage is logged once, when it starts)
+
+
 class AppNotAuthorized(GatewayError):
     """The app is not authorized for the API in the environment called."""
 

@@ -17,21 +17,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.errors import GatewayError
+from gateway.errors import LimitsUnavailable
 from gateway.pipeline import Wait
 
 from .cluster import ALLOWED, DENIED, NO_LEASE, ClusterBudgets
 from .throttle import debug_line, quota_exhausted, throttled
 
 _ROUNDS = 3     # lease rounds before a call that keeps losing the race is decided locally
-
-
-class LimitsUnavailable(GatewayError):
-    """Redis is away and ``fail_mode`` is ``closed``."""
-
-    code = "APIC.0601"
-    status = 503
-    cause_logged = True     # (the outage is logged once, when it starts)
 
 
 def _unavailable():

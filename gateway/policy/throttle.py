@@ -20,7 +20,7 @@ import time
 
 from fastpath import limiter
 
-from gateway.errors import GatewayError
+from gateway.errors import QuotaExhausted, Throttled
 
 UNIT_NS = {"second": 1_000_000_000, "minute": 60_000_000_000, "hour": 3_600_000_000_000,
            "day": 86_400_000_000_000}
@@ -30,16 +30,6 @@ _DENIED = limiter.DENIED
 _UNTRACKED = limiter.UNTRACKED
 _monotonic_ns = time.monotonic_ns
 _time_ns = time.time_ns
-
-
-class Throttled(GatewayError):
-    code = "APIC.0308"
-    status = 429
-
-
-class QuotaExhausted(GatewayError):
-    code = "APIC.0501"
-    status = 405
 
 
 def retry_after_line(wait_ns: int) -> bytes:
