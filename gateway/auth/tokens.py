@@ -292,6 +292,15 @@ def _key_set(document: Any, algorithms: tuple[str, ...], allow_secret: bool):
     return keys, problems, skipped
 
 
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode text (no lone surrogate): encodable as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _account(claims: dict) -> str:
     account = claims.get("account")
     if isinstance(account, str):
@@ -538,7 +547,11 @@ class JwtVerifier:
         user = claims.get("sub")
         if not isinstance(user, str) or not user:
             raise TokenRejected("claims", "token has no subject")
-        caller = Caller(user, _account(claims), MappingProxyType(claims))
+        account = _account(claims)
+        if not (_is_text(user) and _is_text(account)):
+            # (JSON may escape a lone surrogate: such a name cannot be keyed, logged or sent)
+            raise TokenRejected("claims", "token subject or account is not valid text")
+        caller = Caller(user, account, MappingProxyType(claims))
         if self._cache_size:
             self._cache[token] = _Entry(caller, exp, nbf, iat, key.fingerprint)
             if len(self._cache) > self._cache_size:

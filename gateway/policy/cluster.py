@@ -478,6 +478,10 @@ class ClusterBudgets:
                 async with asyncio.timeout(self.timeout):
                     # a write: a read-only replica or a full Redis is not "up"
                     await self._redis.set(key, b"1", px=10_000)
+                    # and a script (taking nothing off): a Redis that refuses the budgets'
+                    # scripts (an ACL without scripting) is not "up" either, or every probe
+                    # would find it up and the next lease down again, twice a second
+                    await self._release(keys=[key], args=[0])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
