@@ -57,6 +57,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     access_log: str | None = None
     watch_interval_s: float = 1.0
+    throttle_keys: int = 262_144            # live caller keys the node's throttle table holds
     worker: WorkerSettings | None = None   # template for the workers' settings
 
 
@@ -121,7 +122,7 @@ class Master:
         self.tls_listener = None   # the TLS one, when there is one
         # the throttle and quota counters every worker shares; made once, so budgets outlive
         # reloads and worker restarts
-        self.counters_fd = create_segment()
+        self.counters_fd = create_segment(settings.throttle_keys)
 
     # -- workers ---------------------------------------------------------------------------------
     def _spawn(self, wp: WorkerProcess):

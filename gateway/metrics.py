@@ -39,9 +39,8 @@ COUNTERS = {
     "acl_denials": ("tollgate_acl_denials", "Requests refused by an access control policy, by "
                     "policy name and entity (ip, account)", ("acl", "entity")),
     "throttle_fallback": ("tollgate_throttle_local_fallback", "Throttled calls decided by the "
-                          "node's own counters because Redis was unreachable (mode open), "
-                          "refused for it (closed), or decided locally because a burst of new "
-                          "callers spent every lease before them (contended)", ("mode",)),
+                          "node's own counters because Redis was unreachable (fail_mode open), "
+                          "or refused for it (closed)", ("mode",)),
 }
 
 

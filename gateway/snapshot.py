@@ -205,8 +205,11 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                                                     if a.name in (api.authorizer,
                                                                   api.backend.authorizer)))))
             if api.cors:
+                # a preflight needs no credentials, but an address the API's IP ACL refuses
+                # is refused here too (it would learn the API's methods and headers)
+                ip_acl = (acl,) if acl is not None and acl.__class__ is not AccountAcl else ()
                 compiled.preflight = CompiledApi(api.name, env, api.group,
-                                                 Preflight(api.method), (), stats,
+                                                 Preflight(api.method), ip_acl, stats,
                                                  compiled.fingerprint)
             try:
                 router.add(env, hosts, api.method, api.path, api.match_mode, compiled)

@@ -66,6 +66,14 @@ def test_zero_workers_refused(tmp_path):
     assert "--workers" in out.stderr
 
 
+@pytest.mark.parametrize("keys", ["0", "-5", "100000000"])
+def test_throttle_keys_out_of_range_refused(tmp_path, keys):
+    out = run("gateway", "--config", str(tmp_path / "x.yaml"), "--throttle-keys", keys,
+              timeout=10)
+    assert out.returncode == 2
+    assert "--throttle-keys must be between 1 and 67108864" in out.stderr
+
+
 def test_console_script_installed():
     exe = shutil.which("tollgate")
     if exe is None:

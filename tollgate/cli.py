@@ -42,6 +42,9 @@ def _gateway(args) -> int:
                     upstream_idle_timeout_s=args.upstream_idle_timeout,
                     send_timeout_s=args.send_timeout,
                     underscores_in_headers=args.underscores_in_headers)
+    if not 1 <= args.throttle_keys <= 1 << 26:
+        print("tollgate: --throttle-keys must be between 1 and 67108864", file=sys.stderr)
+        return 2
     if not args.listen[1] and not args.tls_listen[1]:
         print("tollgate: --listen and --tls-listen are both off: nothing to serve",
               file=sys.stderr)
@@ -53,7 +56,7 @@ def _gateway(args) -> int:
         tls_host=args.tls_listen[0], tls_port=args.tls_listen[1],
         status_host=args.status_listen[0], status_port=args.status_listen[1],
         workers=args.workers, access_log=args.access_log, worker=worker,
-        watch_interval_s=args.watch_interval)
+        watch_interval_s=args.watch_interval, throttle_keys=args.throttle_keys)
     return run_gateway(settings)
 
 
@@ -111,6 +114,10 @@ def parser() -> argparse.ArgumentParser:
                         "is closed (at most --drain-timeout)")
     g.add_argument("--upstream-idle-timeout", type=float, default=10.0,
                    help="seconds a pooled backend connection may stay idle")
+    g.add_argument("--throttle-keys", type=int, default=262_144, metavar="N",
+                   help="live caller keys (client addresses, apps, users per throttle) the "
+                        "gateway's shared throttle table holds, 32 bytes each (default 262144; "
+                        "rounded up to a power of two)")
     g.add_argument("--watch-interval", type=float, default=1.0,
                    help="seconds between checks of the config file for changes")
     g.add_argument("--underscores-in-headers", action="store_true",

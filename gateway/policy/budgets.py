@@ -23,7 +23,6 @@ from gateway.pipeline import Wait
 from .cluster import ALLOWED, DENIED, NO_LEASE, ClusterBudgets
 from .throttle import debug_line, quota_exhausted, throttled
 
-_ROUNDS = 3     # lease rounds before a call that keeps losing the race is decided locally
 
 
 def _unavailable():
@@ -40,8 +39,8 @@ class Budgets:
         self.cluster = ClusterBudgets(config, metrics)
         self.metrics = metrics
         self.fail_open = config.fail_mode == "open"
-        # the backstop of a wait: every lease round is bounded by timeout_ms already
-        self.wait_s = _ROUNDS * config.timeout_ms / 1000.0 + 1.0
+        # the backstop of a wait (every Redis call is bounded by timeout_ms already)
+        self.wait_s = 4 * config.timeout_ms / 1000.0 + 1.0
 
     async def close(self):
         await self.cluster.close()
@@ -87,7 +86,11 @@ class Budgets:
     async def _leased(self, stage, ex, dims):
         rule = stage.rule
         cluster = self.cluster
-        for _ in range(_ROUNDS):
+        # rounds until every dimension holds a lease or one is refused: each round either
+        # grants something (to this call or to one that came with it) or finds the budget
+        # exhausted (a 429 in _take), so it ends; bounded, before the wait's own backstop
+        deadline = time.monotonic() + self.wait_s / 2
+        while True:
             now = time.time_ns()
             await asyncio.gather(*(cluster.lease(key, limit, rule.period, 1, now)
                                    for _dimension, key, limit in dims))
@@ -97,13 +100,12 @@ class Budgets:
             missing = self._take(stage, ex, dims, time.time_ns())
             if missing is None:
                 return
-        # every round's grant was spent by the calls that arrived with this one (a burst of
-        # new callers), yet Redis never said the budget is exhausted (that is a 429 above):
-        # refusing would be wrong, waiting longer would make the burst wait; the node's own
-        # counters decide this call
-        if self.metrics is not None:
-            self.metrics.count("throttle_fallback", ("contended",))
-        stage.local(ex)
+            if time.monotonic() >= deadline:
+                # so many callers share what is left that this one never got a share in
+                # time: the budget is as good as spent (counting it elsewhere would let more
+                # than the limit through)
+                dimension, _key, limit = missing
+                raise throttled(rule, dimension, limit, 1_000_000_000, self.metrics)
 
     def _fallback(self, stage, ex):
         if self.metrics is not None:

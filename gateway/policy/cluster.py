@@ -177,6 +177,11 @@ class ClusterBudgets:
         self._keys: OrderedDict[bytes, Lease] = OrderedDict()
         self._tasks: set = set()
         self._fetches = 0        # acquire calls under way (bounded by max_fetches)
+        # a fetch waits for one of these before its Redis call (and its timeout) starts: a
+        # burst of new keys queues here, not in the connection pool, where waiting for a
+        # connection would count as Redis being slow
+        self._slots = asyncio.Semaphore(max_fetches)
+        self._confirm = None     # a probe deciding whether a timeout was an outage
         self._probe = None
         # a blocking pool: a call beyond max_connections waits for one (within its timeout)
         # instead of failing; no retries: a failed call is a failure, the probe does the rest
@@ -240,11 +245,10 @@ class ClusterBudgets:
             if not detail:
                 return _ALLOWED_PLAIN
             return ALLOWED, self._remaining(st, e) + st.tokens, period_ns - e
-        if st.exhausted:
-            if st.pending is None and self._up and now_ns >= st.retry_ns:
-                st.retry_ns = now_ns + self._retry_ns(period_ns)
-                self._start_fetch(key, st, w, e, self._want(st, cost, now_ns), False)
+        if st.exhausted and (now_ns < st.retry_ns or not self._up):
             return DENIED, 0, self._reset(st, e, cost)
+        # no lease, or an exhausted one whose re-ask is due: the caller waits for Redis's
+        # answer (a call made after Retry-After learns whether budget was freed meanwhile)
         return NO_LEASE, 0, 0
 
     def spend(self, key, period_ns: int, cost: int, now_ns: int) -> bool:
@@ -284,7 +288,7 @@ class ClusterBudgets:
         elif w < st.window:      # the clock stepped back: stay in the later window
             w, e = st.window, 0
         st.limit, st.period, st.sliding, st.offset = limit, period_ns, sliding, offset_ns
-        if st.tokens >= cost or st.exhausted:
+        if st.tokens >= cost or (st.exhausted and now_ns < st.retry_ns):
             return               # another call fetched meanwhile / take() will deny
         if st.pending is None:
             self._start_fetch(key, st, w, e, self._want(st, cost, now_ns), True)
@@ -349,15 +353,19 @@ class ClusterBudgets:
 
     async def _fetch(self, key, st, window, e, want):
         self._fetches += 1
-        started = time.perf_counter()
         try:
-            period = st.period
-            ttl = (2 * period if st.sliding else period) // MS + TTL_MARGIN_MS
-            tag = st.tag
-            async with asyncio.timeout(self.timeout):
-                grant, prev, cur = await self._acquire(
-                    keys=[f"{tag}{window - 1}", f"{tag}{window}", f"{tag}{window + 1}"],
-                    args=[st.limit, period, e, want, ttl, 1 if st.sliding else 0])
+            async with self._slots:
+                # the calls that joined this fetch since it was started (the same turn of the
+                # loop, typically) are asked for too: a burst of first calls is one round trip
+                want = max(want, min(st.waiters + 1, max(1, st.limit // CAP_DIVISOR)))
+                period = st.period
+                ttl = (2 * period if st.sliding else period) // MS + TTL_MARGIN_MS
+                tag = st.tag
+                started = time.perf_counter()
+                async with asyncio.timeout(self.timeout):
+                    grant, prev, cur = await self._acquire(
+                        keys=[f"{tag}{window - 1}", f"{tag}{window}", f"{tag}{window + 1}"],
+                        args=[st.limit, period, e, want, ttl, 1 if st.sliding else 0])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -459,6 +467,38 @@ class ClusterBudgets:
     def _failed(self, operation, exc):
         kind = error_kind(exc)
         self.stats.error(kind)
+        if kind == "timeout" and self._up and not self._closed:
+            # one slow answer is not an outage: a burst of work on this worker's own loop can
+            # delay reading a reply past timeout_ms.  A probe decides: down only if it is slow
+            # or failing too (meanwhile callers try again, each bounded)
+            if self._confirm is None or self._confirm.done():
+                self._confirm = asyncio.get_running_loop().create_task(
+                    self._confirm_outage(operation, exc))
+            return
+        self._down(operation, exc)
+
+    async def _confirm_outage(self, operation, exc):
+        try:
+            await self._check()
+        except asyncio.CancelledError:
+            raise
+        except Exception as probe_exc:
+            self.stats.error(error_kind(probe_exc))
+            self._down(operation, exc)
+
+    async def _check(self):
+        """One probe of Redis (bounded): a write and a script, as the budgets need."""
+        key = f"{self.prefix}:probe"
+        async with asyncio.timeout(self.timeout):
+            # a write: a read-only replica or a full Redis is not "up"
+            await self._redis.set(key, b"1", px=10_000)
+            # and a script (taking nothing off): a Redis that refuses the budgets' scripts
+            # (an ACL without scripting) is not "up" either, or every probe would find it up
+            # and the next lease down again, twice a second
+            await self._release(keys=[key], args=[0])
+
+    def _down(self, operation, exc):
+        kind = error_kind(exc)
         if self._up and not self._closed:
             self.up = False
             action = ("counted by each gateway alone" if self.fail_mode == "open"
@@ -470,18 +510,11 @@ class ClusterBudgets:
                 self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     async def _probe_until_up(self):
-        key = f"{self.prefix}:probe"
         while not self._closed:
             await asyncio.sleep(self.probe_interval)
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(self.timeout):
-                    # a write: a read-only replica or a full Redis is not "up"
-                    await self._redis.set(key, b"1", px=10_000)
-                    # and a script (taking nothing off): a Redis that refuses the budgets'
-                    # scripts (an ACL without scripting) is not "up" either, or every probe
-                    # would find it up and the next lease down again, twice a second
-                    await self._release(keys=[key], args=[0])
+                await self._check()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -504,10 +537,11 @@ class ClusterBudgets:
         pending = [t for t in self._tasks]
         if pending:
             await asyncio.wait(pending, timeout=max(self.timeout, 0.5))
-        for task in list(self._tasks) + ([self._probe] if self._probe else []):
+        checks = [t for t in (self._probe, self._confirm) if t is not None]
+        for task in list(self._tasks) + checks:
             task.cancel()
-        if self._probe is not None:
-            await asyncio.gather(self._probe, return_exceptions=True)
+        if checks:
+            await asyncio.gather(*checks, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._keys.clear()
         await self._redis.aclose()

@@ -29,6 +29,7 @@ cdef class ThrottleRule:
 cdef class ThrottleStage:
     cdef public ThrottleRule rule
     cdef public object table
+    cdef public object api_table
     cdef public object metrics
     cdef public object budgets
     cdef public object cluster

@@ -74,7 +74,10 @@ class ThrottleStage:
 
     def __init__(self, rule: ThrottleRule, counters, metrics, budgets=None):
         self.rule = rule
-        self.table = counters.throttles if counters is not None else None   # (None: checking only)
+        # callers' keys and the API's own key in separate tables: a flood of new callers can
+        # fill the first, never the second (None: compiled for checking only)
+        self.table = counters.throttles if counters is not None else None
+        self.api_table = counters.api_throttles if counters is not None else None
         self.metrics = metrics
         self.budgets = budgets          # gateway.policy.budgets.Budgets (Redis), or None
         self.cluster = budgets.cluster if budgets is not None else None
@@ -180,7 +183,7 @@ class ThrottleStage:
                     self._debug(ex, "user", left, limit)
                 if left < 0:
                     self._settle(left, user_key, "user", limit, now, ip_key, app_key, 0)
-        left = table.take(rule.api_key, rule.api_limit, period, 1, now, True)
+        left = self.api_table.take(rule.api_key, rule.api_limit, period, 1, now, True)
         if debug:
             self._debug(ex, "api", left, rule.api_limit)
         if left < 0:
@@ -199,7 +202,8 @@ class ThrottleStage:
         for taken_key in taken:
             if taken_key:
                 self.table.refund(taken_key, rule.period, 1, now)
-        wait = self.table.wait_ns(key, limit, rule.period, 1, now, True)
+        table = self.api_table if dimension == "api" else self.table
+        wait = table.wait_ns(key, limit, rule.period, 1, now, True)
         raise throttled(rule, dimension, limit, wait, self.metrics)
 
     def _debug(self, ex, dimension, left, limit):

@@ -170,3 +170,15 @@ def test_backend_cors_fields_are_replaced(make_gateway, raw):
     r = request(gw.port, "GET", "/b")
     assert headers_of(r, "Access-Control-Allow-Origin") == ["https://evil.test"], "untouched"
     assert headers_of(r, "Access-Control-Allow-Credentials") == ["true"]
+
+
+def test_a_preflight_from_an_address_the_ip_acl_refuses_is_refused(make_gateway, backend):
+    document = config(backend.address)
+    document["acls"] = [{"name": "block", "action": "DENY", "entity": "ip",
+                         "values": ["127.0.0.2"]}]
+    document["apis"][0]["environments"]["RELEASE"]["acl"] = "block"
+    gw = make_gateway(document)
+    sent = {"Origin": "https://app.test", "Access-Control-Request-Method": "GET"}
+    refused = request(gw.port, "OPTIONS", "/orders", sent, source="127.0.0.2")
+    assert refused.status == 403 and refused.json()["error_code"] == "APIC.0402"
+    assert request(gw.port, "OPTIONS", "/orders", sent, source="127.0.0.3").status == 200

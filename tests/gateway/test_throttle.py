@@ -248,3 +248,31 @@ def test_bad_policy_documents_are_refused_naming_the_path(tmp_path, change, path
         compile_snapshot(load_document(str(f)))
     text = str(err.value)
     assert path in text and says in text, text
+
+
+def test_a_flood_of_new_callers_filling_the_table_never_unlimits_an_api(make_gateway):
+    """With room for 1,024 caller keys, 1,500 client addresses fill the table: their own
+    dimension goes untracked (and is counted as such), yet every API's own limit holds,
+    including one first called after the flood."""
+    document = doc([{"name": "per-ip", "interval": 1, "unit": "day", "api_limit": 100_000,
+                     "ip_limit": 5},
+                    {"name": "small", "interval": 1, "unit": "day", "api_limit": 3}],
+                   [api("fill", "/fill", "per-ip"), api("victim", "/victim", "small")],
+                   trusted_proxies=["127.0.0.1"])
+    gw = make_gateway(document, extra_args=("--throttle-keys", "1024"))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        batch = b"".join(b"GET /fill HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.%d.%d\r\n\r\n"
+                         % (i // 250, i % 250) for i in range(1500))
+        s.sendall(batch)
+        data, answers = b"", 0
+        while answers < 1500:
+            chunk = s.recv(1 << 20)
+            assert chunk, "the gateway closed the connection"
+            data += chunk
+            answers = data.count(b"HTTP/1.1 ")
+    assert data.count(b"HTTP/1.1 200") == 1500
+    deadline = time.monotonic() + 5
+    while gw.metric("tollgate_throttle_untracked_total", policy="per-ip") == 0:
+        assert time.monotonic() < deadline, "the flood did not fill the table"
+        time.sleep(0.1)
+    assert statuses(gw.port, "/victim", 5) == [200, 200, 200, 429, 429]

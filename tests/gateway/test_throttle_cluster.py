@@ -163,3 +163,63 @@ def test_a_burst_of_new_callers_is_not_refused_while_redis_has_budget(make_gatew
         statuses.append(int(data.split(b" ", 2)[1]))
         s.close()
     assert statuses == [200] * 40
+
+
+def _burst(port, n, headers=lambda i: b""):
+    """n connections opened first, then one request sent on each at once; their statuses."""
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+    time.sleep(0.2)
+    for i, s in enumerate(conns):
+        s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n" + headers(i) + b"\r\n")
+    statuses = []
+    for s in conns:
+        data = b""
+        while b"\r\n" not in data:
+            data += s.recv(4096)
+        statuses.append(int(data.split(b" ", 2)[1]))
+        s.close()
+    return statuses
+
+
+def test_a_burst_over_a_small_limit_lets_exactly_the_limit_through(make_gateway, redis_server):
+    """Forty calls at once for a limit of 10: the leases go round the callers until Redis has
+    nothing left, and no call is counted anywhere else (exactly 10 pass, then none)."""
+    document = cluster_doc(redis_server, [{"name": "t", **HOUR, "api_limit": 10}],
+                           [api("a", "/a", "t")])
+    gw = make_gateway(document)
+    first = _burst(gw.port, 40)
+    assert first.count(200) == 10 and first.count(429) == 30, first
+    assert [request(gw.port, "GET", "/a").status for _ in range(5)] == [429] * 5
+
+
+@pytest.mark.once
+def test_a_burst_of_new_client_addresses_does_not_take_redis_for_down(make_gateway,
+                                                                     redis_server):
+    """Three hundred new client addresses at once, each needing its own lease, with the
+    default 50 ms Redis timeout and fail_mode closed: they queue for Redis round trips (the
+    worker's own load delays reading replies); none is refused as if Redis were away."""
+    document = doc([{"name": "t", **HOUR, "api_limit": 1_000_000, "ip_limit": 100}],
+                   [api("a", "/a", "t")], trusted_proxies=["127.0.0.1"],
+                   redis={"url": redis_server.url, "fail_mode": "closed"})
+    gw = make_gateway(document)
+    statuses = _burst(gw.port, 300,
+                      lambda i: b"X-Forwarded-For: 10.1.%d.%d\r\n" % (i // 200, i % 200))
+    assert statuses == [200] * 300, {s: statuses.count(s) for s in set(statuses)}
+    assert gw.metric("tollgate_redis_up") == 1
+
+
+@pytest.mark.once
+def test_a_client_that_waited_out_retry_after_gets_the_clusters_answer(make_gateway,
+                                                                       redis_server):
+    document = cluster_doc(redis_server, [{"name": "t", "interval": 2, "unit": "second",
+                                           "api_limit": 4}], [api("a", "/a", "t")])
+    gw = make_gateway(document, workers=2)
+    honoured = 0
+    for _ in range(6):
+        r = request(gw.port, "GET", "/a")
+        while r.status == 200:
+            r = request(gw.port, "GET", "/a")
+        assert r.status == 429
+        time.sleep(int(r.header("retry-after")))
+        honoured += request(gw.port, "GET", "/a").status == 200
+    assert honoured == 6
