@@ -7,6 +7,7 @@ import pytest
 
 from tests.gateway.test_app_auth import APPS, signed_request
 from tests.support.client import exchange, request
+from tests.support.gateway import GatewayProcess
 
 ALLOW_HEADERS = ["X-Stage", "X-Sdk-Date", "X-Sdk-Nonce", "X-Sdk-Content-Sha256",
                  "X-Proxy-Signed-Headers", "X-Auth-Token", "X-Apig-AppCode", "Authorization",
@@ -34,9 +35,23 @@ def config(backend_address):
                      api("own", "GET", "/own", http)]}
 
 
+@pytest.fixture(scope="module")
+def gateway_m(tmp_path_factory, backend_m):
+    """One gateway for the tests of the module's document (starting one per test is slow)."""
+    gw = GatewayProcess(config(backend_m.address), tmp_path_factory.mktemp("cors")).start()
+    yield gw
+    gw.stop()
+
+
 @pytest.fixture
-def gw(make_gateway, backend):
-    return make_gateway(config(backend.address))
+def backend(backend_m):
+    backend_m.requests.clear()      # (each test sees only what its own calls sent)
+    return backend_m
+
+
+@pytest.fixture
+def gw(gateway_m, backend):
+    return gateway_m
 
 
 def preflight(gw, path, method="GET", headers=None, stage=None):

@@ -9,6 +9,7 @@ import pytest
 
 from tests.gateway.test_app_auth import APPS
 from tests.support.client import request
+from tests.support.gateway import GatewayProcess
 
 PARAMS = [
     {"name": "limit", "location": "query", "type": "number", "min": 1, "max": 100,
@@ -44,9 +45,23 @@ def header(record, name):
     return [v for k, v in record["headers"] if k.lower() == name.lower()]
 
 
+@pytest.fixture(scope="module")
+def gateway_m(tmp_path_factory, backend_m):
+    """One gateway for the tests of the module's document (starting one per test is slow)."""
+    gw = GatewayProcess(config(backend_m.address), tmp_path_factory.mktemp("params")).start()
+    yield gw
+    gw.stop()
+
+
 @pytest.fixture
-def gw(make_gateway, backend):
-    return make_gateway(config(backend.address))
+def backend(backend_m):
+    backend_m.requests.clear()      # (each test sees only what its own calls sent)
+    return backend_m
+
+
+@pytest.fixture
+def gw(gateway_m, backend):
+    return gateway_m
 
 
 def refused(r, *words):
