@@ -436,6 +436,9 @@ class ClusterBudgets:
         except Exception as exc:
             self._failed("release", exc)
             return
+        if not isinstance(given, int):      # (not our script's answer: not a Redis we know)
+            self._failed("release", TypeError(f"unexpected answer {type(given).__name__}"))
+            return
         self.stats.observe("release", time.perf_counter() - started)
         self.stats.returned += given
 

@@ -23,16 +23,23 @@ MAX_HOPS = 16
 _FIELD = b"x-forwarded-for"
 
 
+def _port(text: bytes) -> bool:
+    """Is ``text`` a ':' followed by a port (1 to 5 digits)?"""
+    return text[:1] == b":" and 1 < len(text) <= 6 and text[1:].isdigit()
+
+
 def parse_entry(raw: bytes):
     """(version, int) of one X-Forwarded-For element (``1.2.3.4``, ``1.2.3.4:80``,
     ``2001:db8::1``, ``[2001:db8::1]``, ``[2001:db8::1]:80``), or None when it is not one."""
     if raw[:1] == b"[":
         end = raw.find(b"]")
-        if end < 0 or (end + 1 < len(raw) and raw[end + 1:end + 2] != b":"):
+        if end < 0 or (end + 1 < len(raw) and not _port(raw[end + 1:])):
             return None
         raw = raw[1:end]
     elif raw.count(b":") == 1:          # an IPv4 address with a port
-        raw = raw.partition(b":")[0]
+        raw, _, port = raw.partition(b":")
+        if not _port(b":" + port):
+            return None
     try:
         return parse_ip(raw.decode("ascii"))
     except UnicodeDecodeError:

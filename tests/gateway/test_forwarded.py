@@ -64,7 +64,8 @@ def test_the_walk_is_bounded():
 
 
 @pytest.mark.parametrize("raw", [b"", b"x", b"1.2.3", b"1.2.3.4.5", b"[::1", b"[::1]x",
-                                 b"1.2.3.4:80:90", b"::1]", b"1.2.3.4/8"])
+                                 b"1.2.3.4:80:90", b"::1]", b"1.2.3.4/8", b"1.2.3.4:junk",
+                                 b"1.2.3.4:", b"[::1]:", b"[::1]:8o", b"1.2.3.4:1234567"])
 def test_entries_that_are_not_addresses(raw):
     assert parse_entry(raw) is None
 
