@@ -41,6 +41,28 @@ def raw():
         assert not b.errors, b.errors
 
 
+@pytest.fixture(scope="module")
+def make_gateway_m(tmp_path_factory):
+    """``make_gateway`` for gateways a module's tests share (starting one per test is slow)."""
+    started = []
+
+    def make(config, **kwargs):
+        gw = GatewayProcess(config, tmp_path_factory.mktemp("gateway"), **kwargs)
+        started.append(gw)
+        return gw.start()
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def fresh_backend_m(backend_m):
+    """The module's backend, its record of requests emptied for this test."""
+    backend_m.requests.clear()
+    return backend_m
+
+
 @pytest.fixture
 def redis_server():
     """A real redis-server on a free port, for one test (kill, pause, resume, restart it)."""

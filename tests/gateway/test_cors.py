@@ -7,7 +7,6 @@ import pytest
 
 from tests.gateway.test_app_auth import APPS, signed_request
 from tests.support.client import exchange, request
-from tests.support.gateway import GatewayProcess
 
 ALLOW_HEADERS = ["X-Stage", "X-Sdk-Date", "X-Sdk-Nonce", "X-Sdk-Content-Sha256",
                  "X-Proxy-Signed-Headers", "X-Auth-Token", "X-Apig-AppCode", "Authorization",
@@ -36,17 +35,13 @@ def config(backend_address):
 
 
 @pytest.fixture(scope="module")
-def gateway_m(tmp_path_factory, backend_m):
-    """One gateway for the tests of the module's document (starting one per test is slow)."""
-    gw = GatewayProcess(config(backend_m.address), tmp_path_factory.mktemp("cors")).start()
-    yield gw
-    gw.stop()
+def gateway_m(make_gateway_m, backend_m):
+    return make_gateway_m(config(backend_m.address))
 
 
 @pytest.fixture
-def backend(backend_m):
-    backend_m.requests.clear()      # (each test sees only what its own calls sent)
-    return backend_m
+def backend(fresh_backend_m):
+    return fresh_backend_m
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 
 from tests.gateway.test_app_auth import APPS
 from tests.support.client import request
-from tests.support.gateway import GatewayProcess
 
 PARAMS = [
     {"name": "limit", "location": "query", "type": "number", "min": 1, "max": 100,
@@ -46,17 +45,13 @@ def header(record, name):
 
 
 @pytest.fixture(scope="module")
-def gateway_m(tmp_path_factory, backend_m):
-    """One gateway for the tests of the module's document (starting one per test is slow)."""
-    gw = GatewayProcess(config(backend_m.address), tmp_path_factory.mktemp("params")).start()
-    yield gw
-    gw.stop()
+def gateway_m(make_gateway_m, backend_m):
+    return make_gateway_m(config(backend_m.address))
 
 
 @pytest.fixture
-def backend(backend_m):
-    backend_m.requests.clear()      # (each test sees only what its own calls sent)
-    return backend_m
+def backend(fresh_backend_m):
+    return fresh_backend_m
 
 
 @pytest.fixture
