@@ -151,35 +151,52 @@ def _worker_of(master_pid, client_port):
     return None
 
 
+def _connections_held_by_both_workers(gw, per_worker=5, within_s=20.0):
+    """Idle connections to ``gw`` until each of its two workers holds ``per_worker`` of them
+    (a worker still starting accepts nothing, so this waits for it, within a bound)."""
+    owners, spare = {}, []
+    deadline = time.monotonic() + within_s
+    try:
+        while (len(owners) < 2 or min(map(len, owners.values())) < per_worker) \
+                and time.monotonic() < deadline:
+            s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            owner = None
+            while owner is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+                owner = _worker_of(gw.proc.pid, s.getsockname()[1])
+            held = owners.setdefault(owner, []) if owner else spare
+            (held if len(held) < per_worker else spare).append(s)
+            if len(spare) > 20:                 # (not needed: keep the count of sockets low)
+                spare.pop(0).close()
+    finally:
+        for s in spare:
+            s.close()
+    return [s for held in owners.values() for s in held], len(owners)
+
+
 def test_workers_of_a_node_share_one_budget(make_gateway):
     """Two workers, one budget: calls over connections held by both workers pass exactly
     ``api_limit`` times in total (each worker granting the limit would let twice through)."""
     gw = make_gateway(doc([{"name": "t", **HOUR, "api_limit": 30}], [api("a", "/a", "t")]),
                       workers=2)
-    conns, owners = [], {}
-    for _ in range(60):         # connections until both workers hold some (bounded)
-        s = socket.create_connection(("127.0.0.1", gw.port))
-        s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-        conns.append(s)
-        time.sleep(0.01)
-        owner = _worker_of(gw.proc.pid, s.getsockname()[1])
-        owners.setdefault(owner, []).append(s)
-        if len([o for o in owners if o]) >= 2 and len(conns) >= 10:
-            break
-    assert len([o for o in owners if o]) == 2, "the kernel gave every connection to one worker"
-    passed = refused = 0
-    for round_ in range(8):
-        for s in conns:
-            if round_:
+    conns, workers = _connections_held_by_both_workers(gw)
+    try:
+        assert workers == 2, "no connection reached the second worker within 20 s"
+        passed = refused = 0
+        for _ in range(8):
+            for s in conns:
                 s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = b""
-            while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + int(
-                    data.split(b"Content-Length: ")[1].split(b"\r\n")[0]):
-                data += s.recv(65536)
-            passed += data.startswith(b"HTTP/1.1 200")
-            refused += data.startswith(b"HTTP/1.1 429")
-    for s in conns:
-        s.close()
+                data = b""
+                while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + int(
+                        data.split(b"Content-Length: ")[1].split(b"\r\n")[0]):
+                    chunk = s.recv(65536)
+                    assert chunk, "the gateway closed a kept-alive connection"
+                    data += chunk
+                passed += data.startswith(b"HTTP/1.1 200")
+                refused += data.startswith(b"HTTP/1.1 429")
+    finally:
+        for s in conns:
+            s.close()
     assert passed == 30 and refused == 8 * len(conns) - 30
 
 
