@@ -24,7 +24,7 @@ from types import ModuleType
 
 #: The modules of fastpath, each with a ``.pxd`` beside it (setup.py compiles exactly these;
 #: from ``<name>.pyx`` when there is one, the ``.py`` being its interpreted twin).
-MODULES = ("http1", "limiter", "pathnorm", "router", "sdksign")
+MODULES = ("balancer", "http1", "limiter", "pathnorm", "router", "sdksign")
 
 FORCED_PURE = os.environ.get("TOLLGATE_NO_EXTENSIONS", "").strip() not in ("", "0")
 
@@ -81,7 +81,8 @@ request_head = http1.request_head
 response_head = http1.response_head
 sdksign = _LIVE["sdksign"]
 limiter = _LIVE["limiter"]
+balancer = _LIVE["balancer"]
 
 __all__ = ["IMPLEMENTATION", "MODULES", "load", "compiled_available",
            "normalize_path", "PathError", "Router", "RouteConflict", "http1", "RequestParser",
-           "ResponseParser", "request_head", "response_head", "sdksign", "limiter"]
+           "ResponseParser", "request_head", "response_head", "sdksign", "limiter", "balancer"]
