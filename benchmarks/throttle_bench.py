@@ -289,6 +289,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.transport = None
         self.waiter: asyncio.Future | None = None
+        self.keep_alive = True      # the last answer let the connection be used again
 
     def connection_made(self, transport):
         self.transport = transport
@@ -306,6 +307,7 @@ class _Conn(asyncio.Protocol):
                 self.transport.abort()
 
     def on_message_complete(self):
+        self.keep_alive = self.parser.should_keep_alive()
         self._done(self.parser.get_status_code())
 
     def _done(self, result):
@@ -371,6 +373,9 @@ class RateDriver:
                     if isinstance(result, Exception):
                         raise result
                     status = result
+                    if not conn.keep_alive:     # (Connection: close: the next call opens a
+                        conn.close()            # new one rather than racing the close)
+                        conn = None
                 except asyncio.TimeoutError:
                     error = "timeout"
                 except OSError as exc:
