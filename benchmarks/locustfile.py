@@ -21,10 +21,16 @@ Scenarios (user classes; name one or more on the command line, default all):
                      throttle, driven past its limit: a 429 (``APIC.0308``) is the expected
                      refusal, counted apart (as ``throttled (429) GET PATH``) and not as a
                      failure; any other answer but 2xx/3xx is a failure.  Runs only when named.
+* ``ChannelGet``  -- GET ``--channel-path`` (default ``/demo/channel``) of an API whose backend is a
+                     load balance channel; with ``--member-header NAME`` (a header each member
+                     sets to its own name) the calls are counted per member, as
+                     ``GET PATH [value]``, so the statistics show the balance.  Runs only when
+                     named.
 
 Every option can also be set in the environment (``LOCUST_GET_PATH``, ``LOCUST_POST_PATH``,
 ``LOCUST_MIX``, ``LOCUST_JSON_BYTES``, ``LOCUST_STAGE``, ``LOCUST_SIGNED_PATH``,
-``LOCUST_APP_KEY``, ``LOCUST_APP_SECRET``, ``LOCUST_THROTTLED_PATH``) and ``--stage`` adds ``X-Stage`` to every request.
+``LOCUST_APP_KEY``, ``LOCUST_APP_SECRET``, ``LOCUST_THROTTLED_PATH``, ``LOCUST_CHANNEL_PATH``,
+``LOCUST_MEMBER_HEADER``) and ``--stage`` adds ``X-Stage`` to every request.
 The defaults match ``tollgate/examples/gateway.yaml`` (which has no ``auth: app`` API and no
 throttle).  A response that is not 2xx or 3xx counts as a failure (but ThrottledGet's 429s).  See benchmarks/README.md.
 """
@@ -62,6 +68,11 @@ def _options(parser):
     parser.add_argument("--throttled-path", default="/demo/throttled",
                         env_var="LOCUST_THROTTLED_PATH",
                         help="path of the ThrottledGet scenario (an API bound to a throttle)")
+    parser.add_argument("--channel-path", default="/demo/channel", env_var="LOCUST_CHANNEL_PATH",
+                        help="path of the ChannelGet scenario (an API whose backend is a channel)")
+    parser.add_argument("--member-header", default="", env_var="LOCUST_MEMBER_HEADER",
+                        help="ChannelGet: a response header naming the member that answered "
+                             "(calls are then counted per member)")
 
 
 @events.init.add_listener
@@ -77,11 +88,13 @@ def _check_options(environment, **_kwargs):
             environment.user_classes = [c for c in environment.user_classes if c is not SignedGet]
             logging.getLogger(__name__).warning(
                 "SignedGet left out: no --app-key/--app-secret to sign its requests with")
-        if ThrottledGet in environment.user_classes and \
-                ThrottledGet.__name__ not in (options.user_classes or ()):
-            # it needs an API bound to a throttle, which the example configuration has not
-            environment.user_classes = [c for c in environment.user_classes
-                                        if c is not ThrottledGet]
+        for only_named in (ThrottledGet, ChannelGet):
+            # they need an API bound to a throttle, or a channel with live members, which the
+            # example configuration has not
+            if only_named in environment.user_classes and \
+                    only_named.__name__ not in (options.user_classes or ()):
+                environment.user_classes = [c for c in environment.user_classes
+                                            if c is not only_named]
 
 
 def json_document(size: int) -> bytes:
@@ -193,3 +206,27 @@ class ThrottledGet(_GatewayUser):
                 resp.success()
             else:
                 resp.failure(f"HTTP {resp.status_code}: only 2xx/3xx or a 429 refusal expected")
+
+
+class ChannelGet(_GatewayUser):
+    """GET on an API whose backend is a load balance channel.  With ``--member-header``, each
+    call is counted under the member that answered (``GET PATH [member]``): the statistics show
+    how the channel spread the load, and failures (anything but 2xx/3xx, e.g. a 502 when no
+    member could serve) show when members died."""
+
+    def on_start(self):
+        super().on_start()
+        self.member_header = self.environment.parsed_options.member_header
+
+    @task
+    def channel_get(self):
+        path = self.environment.parsed_options.channel_path
+        with self.client.get(path, headers=self.headers, name=f"GET {path}",
+                             catch_response=True) as resp:
+            if not 200 <= resp.status_code < 400:
+                resp.failure(f"HTTP {resp.status_code}")
+                return
+            if self.member_header:
+                member = resp.headers.get(self.member_header) or "-"
+                resp.request_meta["name"] = f"GET {path} [{member[:64]}]"
+            resp.success()

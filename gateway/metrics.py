@@ -41,6 +41,16 @@ COUNTERS = {
     "throttle_fallback": ("tollgate_throttle_local_fallback", "Throttled calls decided by the "
                           "node's own counters because Redis was unreachable (fail_mode open), "
                           "or refused for it (closed)", ("mode",)),
+    "member_ejections": ("tollgate_channel_member_ejections", "Channel members taken out of "
+                         "balancing by failures of real traffic (passive checks), by channel",
+                         ("channel",)),
+    "channel_retries": ("tollgate_channel_retries", "Calls sent again to another member of a "
+                        "channel after a failure, by channel", ("channel",)),
+    "conditional_backend": ("tollgate_conditional_backend_calls", "Calls a conditional "
+                            "backend served instead of the API's default backend, by API, "
+                            "environment and conditional backend", ("api", "env", "backend")),
+    "channel_unavailable": ("tollgate_channel_unavailable", "Calls answered 502 at once because "
+                            "no member of the channel could serve, by channel", ("channel",)),
 }
 
 

@@ -25,7 +25,9 @@ from .policy.cors import Preflight, cors
 from .policy.params import ParamCheck, forwards_defaults
 from .policy.acl import AccountAcl, compile_acls
 from .policy.iprules import IpSet
+from .backends.conditional import ConditionalBackends
 from .backends.http import BackendConfigError, HttpBackend
+from .channels.plan import ChannelPlan
 from .exchange import CompiledApi
 from .backends.mock import MockBackend
 from .config import ConfigError, Document
@@ -69,10 +71,11 @@ def _iam(doc, base_dir, errors):
 
 
 class Snapshot:
-    __slots__ = ("router", "apis", "version", "document", "certificates", "files", "trusted")
+    __slots__ = ("router", "apis", "version", "document", "certificates", "files", "trusted",
+                 "channel_plans")
 
     def __init__(self, router, apis, version, document, certificates=None, files=(),
-                 trusted=None):
+                 trusted=None, channel_plans=()):
         self.router = router
         self.apis = apis          # {(api name, env): CompiledApi}
         self.version = version    # content hash of the document: which config is live
@@ -80,6 +83,7 @@ class Snapshot:
         self.certificates = certificates    # gateway.tls.CertificateStore, or None
         self.files = files        # the TLS files it read: a SIGHUP reloads when one changed
         self.trusted = trusted    # trusted_proxies (an IpSet), None when there are none
+        self.channel_plans = channel_plans  # the channels' balancers (gateway.channels.plan)
 
 
 def document_version(doc: Document) -> str:
@@ -137,6 +141,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
     quota_stage = (QuotaStage(app_quotas, counters, metrics, budgets) if app_quotas else None)
     acls = compile_acls(doc.acls, metrics)     # (once: shared by the APIs bound to each)
     acl_configs = {a.name: a for a in doc.acls}
+    channels = {c.name: c for c in doc.channels}
+    plans = {}          # (channel, TLS settings) -> ChannelPlan, shared by the APIs using it
     router = Router()
     apis = {}
     owner = {}
@@ -150,13 +156,16 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
         for env, binding in api.environments.items():
             signature_key = (signature_keys.get(binding.signature_key)
                              if binding.signature_key is not None else None)
-            rewrite = None
-            if api.backend.params or signature_key is not None or forwards_defaults(api.params):
-                rewrite = RequestRewrite(api.backend.params, api.params,
-                                         _TEMPLATE_PARAM.findall(api.path), signature_key)
             try:
                 handler = _backend(api, env, group, runtime, base_dir, tls_contexts,
-                                   f"{where}.backend", used_contexts, tls_files, rewrite)
+                                   f"{where}.backend", used_contexts, tls_files,
+                                   _rewrite(api, api.backend, signature_key), channels, plans)
+                conditional = [_backend(api, env, group, runtime, base_dir, tls_contexts,
+                                        f"{where}.conditional_backends[{j}].backend",
+                                        used_contexts, tls_files,
+                                        _rewrite(api, cb.backend, signature_key), channels,
+                                        plans, cb.backend)
+                               for j, cb in enumerate(api.conditional_backends)]
             except BackendConfigError as exc:
                 errors.append(f"{where}.backend: {exc} (environment {env})")
                 continue
@@ -191,8 +200,11 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 check = ParamCheck.of(api.params)
                 if check is not None:
                     stages.append(check)
-            if signature_key is not None and api.backend.type == "http":
+            if signature_key is not None and (api.backend.type == "http" or any(
+                    cb.backend.type == "http" for cb in api.conditional_backends)):
                 stages.append(_body_digest)
+            if conditional:         # (after the parameters: conditions read their defaults)
+                stages.append(ConditionalBackends.build(api, conditional, metrics, env))
             if api.backend.authorizer in authorizers:   # (last: just before the backend call)
                 stages.append(AuthorizerStage(authorizers[api.backend.authorizer], api.name,
                                               metrics))
@@ -203,7 +215,11 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                                                  acl_configs.get(binding.acl), *(
                                                     a for a in doc.authorizers
                                                     if a.name in (api.authorizer,
-                                                                  api.backend.authorizer)))))
+                                                                  api.backend.authorizer)),
+                                                 *(channels[b.channel] for b in (
+                                                     api.backend, *(cb.backend for cb in
+                                                                    api.conditional_backends))
+                                                   if b.channel in channels))))
             if api.cors:
                 # a preflight needs no credentials, but an address the API's IP ACL refuses
                 # is refused here too (it would learn the API's methods and headers)
@@ -238,7 +254,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
         version = digest.hexdigest()[:12]
     files = tuple(certificate_files(doc.certificates, base_dir)) + tuple(sorted(tls_files))
     trusted = IpSet(doc.trusted_proxies) if doc.trusted_proxies else None
-    return Snapshot(router, apis, version, doc, certificates, files, trusted)
+    return Snapshot(router, apis, version, doc, certificates, files, trusted,
+                    tuple(plans.values()))
 
 
 def _digests(base_dir, seen, *values) -> bytes:
@@ -259,9 +276,20 @@ def _digests(base_dir, seen, *values) -> bytes:
     return out.digest()
 
 
+def _rewrite(api, backend, signature_key):
+    """The backend parameters and signature of ``backend`` (None: the head is built as is)."""
+    if backend.params or signature_key is not None or forwards_defaults(api.params):
+        return RequestRewrite(backend.params, api.params, _TEMPLATE_PARAM.findall(api.path),
+                              signature_key)
+    return None
+
+
 def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="backend",
-             used_contexts=None, tls_files=None, rewrite=None):
-    backend = api.backend
+             used_contexts=None, tls_files=None, rewrite=None, channels=None, plans=None,
+             backend=None):
+    """The handler of ``backend`` (the API's own when None) for ``api`` in ``env``."""
+    if backend is None:
+        backend = api.backend
     if backend.type == "mock":
         mock = backend.mock
         if mock is None:
@@ -269,8 +297,8 @@ def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="b
         return MockBackend(mock.status, {k: v for k, v in mock.headers.items() if not (
             api.cors and k.lower().startswith("access-control-"))}, mock.body)   # (CORS sets them)
     if backend.type == "http":
-        if backend.url is None:
-            raise BackendConfigError("an http backend needs 'url'")
+        if backend.url is None and backend.channel is None:
+            raise BackendConfigError("an http backend needs 'url' or 'channel'")
         variables = group.variables.get(env, {})
 
         def substitute(match):
@@ -279,10 +307,11 @@ def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="b
                 raise BackendConfigError(f"variable #{name}# is not defined for environment {env}")
             return variables[name]
 
-        url = _VARIABLE.sub(substitute, backend.url)
+        url = _VARIABLE.sub(substitute, backend.url or backend.path or "/")
         method = backend.method or api.method
         tls_context = None
-        if url.startswith("https://"):
+        # a channel's members are called over TLS when the backend has tls settings
+        if url.startswith("https://") or (backend.channel is not None and backend.tls is not None):
             tls = backend.tls
             settings = (None if tls is None else
                         (tls.verify, tls.ca_file, tls.client_cert, tls.client_key,
@@ -294,10 +323,23 @@ def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="b
                 tls_context = cache[settings] = backend_context(tls, base_dir, f"{where}.tls")
             if used_contexts is not None:
                 used_contexts.add(settings)
+        plan = None
+        if backend.channel is not None:
+            server_name = backend.tls.server_name if backend.tls else None
+            plan_key = (backend.channel, tls_context, server_name)
+            plan = plans.get(plan_key) if plans is not None else None
+            if plan is None:
+                plan = ChannelPlan(channels[backend.channel],
+                                   runtime.pool if runtime is not None else None, tls_context,
+                                   server_name,
+                                   runtime.health_table if runtime is not None else None,
+                                   runtime.metrics if runtime is not None else None)
+                if plans is not None:
+                    plans[plan_key] = plan
         return HttpBackend(runtime, url, method, backend.timeout_ms, backend.retries,
                            backend.host_header, prefix=api.match_mode == "prefix",
                            tls_context=tls_context,
                            server_name=backend.tls.server_name if backend.tls else None,
                            websocket_idle_ms=backend.websocket_idle_timeout_ms,
-                           rewrite=rewrite)
+                           rewrite=rewrite, channel=plan)
     raise BackendConfigError(f"backend type {backend.type!r} is not supported in this version")

@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 import msgspec
 import uvloop
@@ -39,6 +40,7 @@ from .policy.counters import NodeCounters
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline
 from .snapshot import compile_snapshot
+from .channels.table import HealthTable
 from .tls import front_context, verify_clients
 
 log = logging.getLogger("tollgate.gateway")
@@ -57,6 +59,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     tls_listen_fd: int = -1         # the master's TLS listening socket; -1: bind tls_host:tls_port
     push_interval_s: float = 0.5
     counters_fd: int = -1           # the node's shared counters (gateway.policy.counters)
+    health_fd: int = -1             # the node's channel member health (gateway.channels.table)
     limits: Limits = Limits()
 
 
@@ -77,6 +80,11 @@ class Worker:
         # the node's throttle and quota counters, shared with the other workers
         self.counters = NodeCounters(settings.counters_fd)
         self.budgets = None                 # Redis budgets when the document has a redis section
+        # the health of channel members, written by the master's checker and by every worker's
+        # passive checks (a private table when the worker runs alone)
+        self.health_table = HealthTable(settings.health_fd if settings.health_fd >= 0 else None)
+        self._health_generation = -1
+        self._health_sync_at = 0.0
         self.pipeline = Pipeline(self)
         self.snapshot = None
         self.config_bytes = b""
@@ -145,6 +153,7 @@ class Worker:
             self.spawn(previous_budgets.close())
         self.pipeline.router = snapshot.router
         self.pipeline.trusted = snapshot.trusted
+        self._health_generation = -1        # (the new plans read the table at the next tick)
         self.config_bytes = data
         self._certificate_files = {p: _file_state(p) for p in snapshot.files}
         verify_clients(self.tls_context, snapshot.certificates)
@@ -286,6 +295,7 @@ class Worker:
             if now >= next_slow:
                 next_slow = now + 1.0
                 self.pool.sweep(now)
+            self._sync_health(now)
             if self.access_log is not None:
                 self.access_log.flush()
             if now >= next_push:
@@ -296,6 +306,21 @@ class Worker:
             if os.getppid() == 1 and self.settings.channel_fd >= 0:
                 log.error("worker %d: the master is gone; draining", self.settings.index)
                 self.drain()
+
+    def _sync_health(self, now):
+        """Channel members' health from the node's table into this worker's balancers: when
+        the table changed, and every 0.5 s (passive back-offs end with time)."""
+        plans = self.snapshot.channel_plans if self.snapshot is not None else ()
+        if not plans:
+            return
+        generation = self.health_table.generation()
+        if generation == self._health_generation and now < self._health_sync_at:
+            return
+        self._health_generation = generation
+        self._health_sync_at = now + 0.5
+        now_ns = time.monotonic_ns()
+        for plan in plans:
+            plan.sync(now_ns)
 
     def drain(self):
         if self.draining:

@@ -28,6 +28,8 @@ cdef class HttpBackend(Handler):
     cdef public Py_ssize_t replay_limit
     cdef public double websocket_idle_s
     cdef public object rewrite
+    cdef public object channel
+    cdef public bytes channel_host
 
     # ``call`` typed: ProxyCall's methods are C calls, not Python method lookups
     @cython.locals(call=ProxyCall)
@@ -36,13 +38,14 @@ cdef class HttpBackend(Handler):
     cpdef on_body(self, Exchange ex, bytes chunk)
     @cython.locals(call=ProxyCall)
     cpdef on_request_end(self, Exchange ex)
-    @cython.locals(call=ProxyCall)
+    @cython.locals(call=ProxyCall, where=str)
     cpdef on_timeout(self, Exchange ex)
     @cython.locals(call=ProxyCall)
     cpdef on_abort(self, Exchange ex)
     @cython.locals(call=ProxyCall)
     cpdef on_client_paused(self, Exchange ex, bint paused)
-    @cython.locals(n=Py_ssize_t, path=str, target=bytes, query=bytes, method=bytes, framing=bytes)
+    @cython.locals(n=Py_ssize_t, path=str, target=bytes, query=bytes, method=bytes, framing=bytes,
+                   host=bytes)
     cpdef bytes build_head(self, Exchange ex)
 
 
@@ -60,6 +63,8 @@ cdef class ProxyCall(UpstreamOwner):
     cdef public bint idempotent
     cdef public bint connecting
     cdef public bint finished
+    cdef public object target
+    cdef public list tried
 
     cpdef setup(self, HttpBackend backend, Exchange ex)
     @cython.locals(backend=HttpBackend, conn=UpstreamConnection)
@@ -68,6 +73,9 @@ cdef class ProxyCall(UpstreamOwner):
     cpdef send_body(self, bytes data)
     cdef _remember(self, bytes data)
     cdef _retry(self, bint fresh)
+    cdef bint _pick(self)
+    cdef bint _pick_another(self)
+    cdef _settle(self)
     cpdef drop_upstream(self)
     cpdef int upstream_head(self, UpstreamConnection conn, int status, Head head, bytes body) except -1
     cpdef upstream_body(self, bytes chunk)

@@ -49,9 +49,15 @@ class HttpBackend(Handler):
     """
 
     def __init__(self, runtime, url, method, timeout_ms, retries, host_header, prefix,
-                 tls_context=None, server_name=None, websocket_idle_ms=None, rewrite=None):
+                 tls_context=None, server_name=None, websocket_idle_ms=None, rewrite=None,
+                 channel=None):
         self.runtime = runtime
         self.pool = runtime.pool if runtime is not None else None   # typed: C calls per request
+        # a load balance channel (gateway.channels.plan.ChannelPlan): ``url`` is then the path,
+        # and each call's member is picked by the channel
+        self.channel = channel
+        if channel is not None:
+            url = ("https://" if tls_context is not None else "http://") + "channel" + url
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise BackendConfigError(f"backend url {url!r}: expected http:// or https://")
@@ -72,9 +78,17 @@ class HttpBackend(Handler):
         self.key = (parts.hostname, port, tls_context,
                     (server_name or parts.hostname) if tls_context is not None else None)
         # the pool's list of idle connections to this backend, looked up once
-        self.idle = runtime.pool.slot(self.key) if runtime is not None else None
-        self.authority = parts.netloc
-        self.host_header = (host_header or parts.netloc).encode("latin-1")
+        self.idle = (runtime.pool.slot(self.key)
+                     if runtime is not None and channel is None else None)
+        if channel is None:
+            self.authority = parts.netloc
+            self.host_header = (host_header or parts.netloc).encode("latin-1")
+        else:
+            self.authority = f"channel {channel.name}"
+            # the client's Host goes to the members, unless the API sets one
+            self.host_header = host_header.encode("latin-1") if host_header else None
+        # (a client without Host: HTTP/1.0)
+        self.channel_host = channel.name.encode() if channel is not None else b""
         self.path_parts = _path_template(parts.path or "/")
         self.replay_limit = runtime.limits.replay_body_bytes if runtime is not None else 0
         self.path_has_params = len(self.path_parts) > 1
@@ -106,9 +120,13 @@ class HttpBackend(Handler):
 
     def on_timeout(self, ex):
         call = ex.handler_state
+        where = self.authority
         if call is not None:
+            if call.target is not None:
+                where = call.target.authority
+                self.channel.failed(call.target, False, "no answer in time")
             call.drop_upstream()
-        ex.fail(BackendTimeout("Backend timeout", f"no response from {self.authority} "
+        ex.fail(BackendTimeout("Backend timeout", f"no response from {where} "
                                                    f"within {self.timeout_s * 1000:.0f} ms"))
 
     def on_abort(self, ex):
@@ -153,9 +171,11 @@ class HttpBackend(Handler):
         if ex.head.websocket:
             framing = _UPGRADE      # (hop-by-hop: the client's are not copied; it has no body)
         # the client's end-to-end fields are copied from its head, the gateway's own added
-        return request_head(ex.head, method, target, self.host_header, ex.conn.client_ip_bytes,
+        host = self.host_header
+        if host is None:
+            host = ex.host_bytes or self.channel_host
+        return request_head(ex.head, method, target, host, ex.conn.client_ip_bytes,
                             ex.host_bytes, ex.rid, framing, ex.conn.tls, ex.forward_chain)
-
 
     def _rewritten_head(self, ex):
         """build_head for an API with backend parameters or a signature key."""
@@ -173,10 +193,12 @@ class HttpBackend(Handler):
             target += b"?" + query
         method = self.method or _METHODS.get(ex.method) or ex.method.encode()
         framing = self._framing(ex, method)
-        head = request_head(ex.head, method, target, self.host_header, ex.conn.client_ip_bytes,
+        host = self.host_header
+        if host is None:
+            host = ex.host_bytes or self.channel_host
+        head = request_head(ex.head, method, target, host, ex.conn.client_ip_bytes,
                             ex.host_bytes, ex.rid, framing, ex.conn.tls, ex.forward_chain)
-        return rewrite.finish_head(head, lines, method, target, self.host_header,
-                                   ex.body_digest)
+        return rewrite.finish_head(head, lines, method, target, host, ex.body_digest)
 
     def _framing(self, ex, method):
         if ex.head.websocket:
@@ -231,13 +253,21 @@ class ProxyCall(UpstreamOwner):
         self.stale_replays = 0
         self.connecting = False
         self.finished = False
+        self.target = None             # a channel's member serving the call (picked at dispatch)
+        self.tried = None              # the members tried before it (retries go elsewhere)
 
     # -- sending ----------------------------------------------------------------------------
     def dispatch(self, fresh):
         backend = self.backend
         # the upstream time runs from here: a new connection's connect and TLS handshake count
         self.ex.upstream_started = monotonic()
-        conn = None if fresh else backend.pool.take(backend.idle)
+        if backend.channel is None:
+            idle = backend.idle
+        else:
+            if self.target is None and not self._pick():
+                return
+            idle = self.target.idle
+        conn = None if fresh else backend.pool.take(idle)
         if conn is not None:
             self.attach(conn)
         else:
@@ -248,28 +278,73 @@ class ProxyCall(UpstreamOwner):
         backend = self.backend
         runtime = backend.runtime
         while True:
+            target = self.target
             try:
-                conn = await runtime.pool.connect(backend.key)
+                conn = await runtime.pool.connect(backend.key if target is None else target.key)
                 if conn.closed:
                     # accepted and closed before we could send: nothing reached the backend
                     raise ConnectionResetError("closed by the backend right after connecting")
             except (OSError, TimeoutError) as exc:
                 if self.finished or self.ex.done:
+                    self._settle()
                     return
+                tls_refused = isinstance(exc, ssl.SSLError)
+                if target is not None and not tls_refused:   # (a refused certificate: no
+                    backend.channel.failed(target, True,     # member is healthier)
+                                           f"connect: {exc or type(exc).__name__}")
                 # (a certificate the gateway refuses is refused again: no retry)
-                if self.retries_left > 0 and not isinstance(exc, ssl.SSLError):
+                if self.retries_left > 0 and not tls_refused:
                     self.retries_left -= 1
-                    continue
+                    if target is None or self._pick_another():
+                        continue
+                    return
                 self.connecting = False
-                detail = f"connect to {backend.authority}: {exc or type(exc).__name__}"
+                where = backend.authority if target is None else target.authority
+                self._settle()
+                detail = f"connect to {where}: {exc or type(exc).__name__}"
                 self.ex.fail(BackendUnavailable("Backend unavailable", detail))
                 return
             break
         self.connecting = False
         if self.finished or self.ex.done:
             conn.close()
+            self._settle()
             return
         self.attach(conn)
+
+    # -- channel members --------------------------------------------------------------------
+    def _pick(self):
+        """Pick the channel member for the call; answer 502 at once when none can serve."""
+        channel = self.backend.channel
+        target = channel.pick(self.ex, self.tried)
+        if target is None:
+            self.connecting = False
+            self.finished = True
+            if self.tried:
+                detail = f"channel {channel.name}: no other member to retry on"
+            else:
+                detail = f"channel {channel.name}: no healthy member"
+            self.ex.fail(BackendUnavailable("Backend unavailable", detail))
+            return False
+        self.target = target
+        return True
+
+    def _pick_another(self):
+        """A retry: the member tried so far is set aside, another one picked."""
+        target = self.target
+        if self.tried is None:
+            self.tried = [target.index]
+        else:
+            self.tried.append(target.index)
+        self._settle()
+        return self._pick()
+
+    def _settle(self):
+        """The call is done with its member (its in-flight count)."""
+        target = self.target
+        if target is not None:
+            self.target = None
+            self.backend.channel.release(target)
 
     def attach(self, conn):
         self.upstream = conn
@@ -328,12 +403,16 @@ class ProxyCall(UpstreamOwner):
         self.upstream = None
         if conn is not None:
             conn.close()
+        if not self.connecting:
+            self._settle()      # (a connect under way settles when it returns)
 
     # -- events from the upstream connection ----------------------------------------------------
     def upstream_head(self, conn, status, head, body):
         ex = self.ex
         ex.upstream_elapsed = monotonic() - ex.upstream_started
         ex.conn.set_deadline(UPSTREAM, self.backend.timeout_s)   # from now on, a read-idle timeout
+        if self.target is not None:
+            self.backend.channel.succeeded(self.target)
         if head.chunked:
             ex.respond_head(status, head, b"", -1, body)
             return CHUNKED
@@ -350,6 +429,8 @@ class ProxyCall(UpstreamOwner):
     def upstream_done(self, conn, reusable):
         self.upstream = None
         self.finished = True
+        if self.target is not None:
+            self._settle()
         ex = self.ex
         if reusable and ex.request_complete and self.queued is None:
             self.backend.pool.give_back(conn, ex.conn.clock.now)
@@ -360,12 +441,18 @@ class ProxyCall(UpstreamOwner):
     def upstream_bad_response(self, conn, detail):
         self.upstream = None
         self.finished = True
+        where = self.backend.authority
+        if self.target is not None:
+            where = self.target.authority
+            self._settle()
         self.ex.fail(BackendUnavailable("Backend returned an invalid response",
-                                        f"{self.backend.authority}: {detail}"))
+                                        f"{where}: {detail}"))
 
     def upstream_switched(self, conn, head, rest):
         self.upstream = None
         self.finished = True
+        if self.target is not None:
+            self._settle()
         ex = self.ex
         ex.upstream_elapsed = monotonic() - ex.upstream_started
         open_tunnel(ex, conn.transport, head, rest, self.backend.websocket_idle_s)
@@ -374,17 +461,27 @@ class ProxyCall(UpstreamOwner):
         self.upstream = None
         ex = self.ex
         if ex.done or self.finished:
+            self._settle()
             return
+        target = self.target
+        what = "closed the connection" if exc is None else f"failed: {exc}"
+        stale = conn.uses > 1 and not conn.got_bytes
+        if target is not None and not stale:
+            self.backend.channel.failed(target, False, what)
         if not ex.response_started and not conn.got_bytes and self.replayable:
-            if conn.uses > 1 and self.idempotent and self.stale_replays < _MAX_STALE_REPLAYS:
+            if stale and self.idempotent and self.stale_replays < _MAX_STALE_REPLAYS:
                 # keep-alive race: the backend closed the pooled connection as we reused it
                 self.stale_replays += 1
                 self._retry(fresh=True)
                 return
             if self.idempotent and self.retries_left > 0:
                 self.retries_left -= 1
-                self._retry(fresh=True)
+                if target is None or self._pick_another():
+                    self._retry(fresh=True)
                 return
         self.finished = True
-        what = "closed the connection" if exc is None else f"failed: {exc}"
-        ex.fail(BackendUnavailable("Backend unavailable", f"{self.backend.authority} {what}"))
+        where = self.backend.authority
+        if target is not None:
+            where = target.authority
+            self._settle()
+        ex.fail(BackendUnavailable("Backend unavailable", f"{where} {what}"))

@@ -807,13 +807,18 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
         if api.app_api_key and api.auth != "app":
             error(f"{p}.app_api_key", "app keys and secrets are accepted by APIs with auth: app "
                                      "only")
-        if api.conditional_backends:
-            refuse(f"{p}.conditional_backends", "conditional backends")
+        for j, cb in enumerate(api.conditional_backends):
+            cp = f"{p}.conditional_backends[{j}].backend"
+            if cb.backend.type in ("function", "data"):
+                refuse(f"{cp}.type", f"'{cb.backend.type}' backends")
+            if cb.backend.type != "http" and cb.backend.params:
+                error(f"{cp}.params", "backend parameters apply to http backends")
+            if cb.backend.authorizer is not None:
+                error(f"{cp}.authorizer", "a backend authorizer is set on the API's backend "
+                                          "(it runs whichever backend serves)")
         b = api.backend
         if b.type in ("function", "data"):
             refuse(f"{p}.backend.type", f"'{b.type}' backends")
-        if b.channel is not None:
-            refuse(f"{p}.backend.channel", "load balance channels")
         if b.type != "http":
             if b.params:
                 error(f"{p}.backend.params", "backend parameters apply to http backends")

@@ -164,3 +164,33 @@ def test_throttled_get_runs_only_when_named(throttled_gateway, tmp_path):
                              "/demo/throttled", seconds=2)
     assert stats.get(("GET", "/demo/hello"), (0, 0))[0] > 0, stats
     assert not any("/demo/throttled" in name for _type, name in stats), stats
+
+
+# --- ChannelGet: an API whose backend is a load balance channel ---------------------------------
+
+
+def test_channel_get_counts_calls_per_member(tmp_path_factory, tmp_path):
+    from tests.support.backend import Backend
+
+    heavy, light = Backend().start(), Backend().start()
+    config = {"version": 1, "groups": [{"name": "demo"}],
+              "channels": [{"name": "pool", "port": 80, "members": [
+                  {"host": "127.0.0.1", "port": heavy.port, "weight": 3},
+                  {"host": "127.0.0.1", "port": light.port, "weight": 1}]}],
+              "apis": [{"name": "pooled", "group": "demo", "method": "GET",
+                        "path": "/demo/channel", "backend": {"channel": "pool", "path": "/echo"},
+                        "environments": {"RELEASE": {}}}]}
+    gw = GatewayProcess(config, tmp_path_factory.mktemp("locust-channel")).start()
+    try:
+        out, stats = run_locust(gw.url, tmp_path, "ChannelGet", "--member-header", "X-Backend")
+    finally:
+        gw.stop()
+        heavy.stop()
+        light.stop()
+    assert out.returncode == 0, out.stderr[-3000:]
+    to_heavy = stats.get(("GET", f"GET /demo/channel [{heavy.port}]"), (0, 0))
+    to_light = stats.get(("GET", f"GET /demo/channel [{light.port}]"), (0, 0))
+    assert to_heavy[1] == 0 and to_light[1] == 0, stats
+    assert to_light[0] > 0, stats
+    # smooth weighted round robin, one worker: 3 to 1 (give or take the calls in flight)
+    assert abs(to_heavy[0] - 3 * to_light[0]) <= 12, stats

@@ -168,13 +168,13 @@ class _Conn(asyncio.Protocol):
 class Backend:
     """Start with ``Backend().start()``; stop with ``.stop()``."""
 
-    def __init__(self, idle_close_s: float | None = None, ssl_context=None):
+    def __init__(self, idle_close_s: float | None = None, ssl_context=None, port: int = 0):
         self.idle_close_s = idle_close_s
         self.ssl_context = ssl_context      # serve https with it
         self.requests: list[dict] = []
         self.connections = 0
         self.open: set = set()      # transports of the connections open now
-        self.port = 0
+        self.port = port            # 0: a free port; a stopped backend starts again on its own
         self._loop = None
         self._thread = None
         self._server = None
@@ -185,7 +185,8 @@ class Backend:
         def run():
             self._loop = asyncio.new_event_loop()
             sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self.port))
             self.port = sock.getsockname()[1]
             self._server = self._loop.run_until_complete(
                 self._loop.create_server(lambda: _Conn(self), sock=sock, ssl=self.ssl_context))

@@ -73,11 +73,10 @@ apis:
 # --------------------------------------------------------------------------------------------------
 # Valid documents
 
-def test_the_contract_example_fails_only_with_not_supported_yet_errors():
-    errors = errors_of(contract_example())
-    assert errors, "the contract example uses features refused today"
-    assert all("not supported in this version" in e for e in errors), errors
-    assert not any(e.startswith("apis[0].auth:") for e in errors), errors   # (app: served)
+def test_the_contract_example_is_accepted_whole():
+    doc = parse_document(contract_example())
+    assert doc.channels[0].members[1].backup is True
+    assert doc.apis[0].conditional_backends[0].conditions[1].value == ("1", "yes")
 
 
 def test_the_contract_example_minus_refused_features_parses_from_yaml():

@@ -432,7 +432,6 @@ def test_backend_parameters_and_signature_keys_are_for_http_backends():
     (mock_api(backend={"type": "function", "function": "pkg.mod:fn"}), "apis[0].backend.type"),
     (mock_api(backend={"type": "data", "data": {"datasource": "z", "statement": "SELECT 1"}}),
      "apis[0].backend.type"),
-    (mock_api(backend={"type": "http", "channel": "c", "path": "/x"}), "apis[0].backend.channel"),
 ])
 def test_unimplemented_features_are_refused(api, path):
     refused = [e for e in check(apis=[api], authorizers=[{"name": "z", "url": "http://h/"}],
@@ -455,17 +454,32 @@ def test_definitions_of_unused_kinds_are_accepted():
 
 
 # --------------------------------------------------------------------------------------------------
-# Fields the contract grew: checked now, refused until this version serves them
+# Conditional backends
 
-@pytest.mark.parametrize(("sections", "path"), [
-    ({"apis": [mock_api(conditional_backends=[{
+def _conditional(**backend):
+    return mock_api(conditional_backends=[{
         "name": "canary", "conditions": [{"source": "source_ip", "op": "cidr", "value": "10.0.0.0/8"}],
-        "backend": {"type": "mock", "mock": {"body": "canary"}}}])]}, "apis[0].conditional_backends"),
+        "backend": backend}])
+
+
+def test_a_conditional_backend_is_accepted():
+    assert check(apis=[_conditional(type="mock", mock={"body": "canary"})]) == []
+
+
+@pytest.mark.parametrize(("backend", "error"), [
+    ({"type": "function", "function": "pkg.mod:fn"},
+     "apis[0].conditional_backends[0].backend.type: 'function' backends are not supported in this "
+     "version"),
+    ({"type": "mock", "mock": {}, "params": [{"name": "X-A", "location": "header",
+                                              "origin": "constant", "value": "v"}]},
+     "apis[0].conditional_backends[0].backend.params: backend parameters apply to http backends"),
+    ({"type": "http", "url": "http://h/", "authorizer": "z"},
+     "apis[0].conditional_backends[0].backend.authorizer: a backend authorizer is set on the API's "
+     "backend (it runs whichever backend serves)"),
 ])
-def test_new_contract_fields_are_refused_in_this_version(sections, path):
-    errors = check(**sections)
-    assert errors == [e for e in errors if e.endswith("not supported in this version")], errors
-    assert [e.split(": ", 1)[0] for e in errors] == [path]
+def test_conditional_backends_refuse_what_they_cannot_serve(backend, error):
+    assert error in check(apis=[_conditional(**backend)],
+                          authorizers=[{"name": "z", "type": "backend", "function": "pkg.mod:fn"}])
 
 
 def test_new_contract_definitions_alone_are_accepted():
