@@ -57,6 +57,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     tls_listen_fd: int = -1         # the master's TLS listening socket; -1: bind tls_host:tls_port
     push_interval_s: float = 0.5
     counters_fd: int = -1           # the node's shared counters (gateway.policy.counters)
+    health_fd: int = -1             # the node's channel member health (gateway.channels.table)
     limits: Limits = Limits()
 
 

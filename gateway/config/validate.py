@@ -812,8 +812,6 @@ def _refuse_unsupported(doc: Document, error: Any) -> None:
         b = api.backend
         if b.type in ("function", "data"):
             refuse(f"{p}.backend.type", f"'{b.type}' backends")
-        if b.channel is not None:
-            refuse(f"{p}.backend.channel", "load balance channels")
         if b.type != "http":
             if b.params:
                 error(f"{p}.backend.params", "backend parameters apply to http backends")

@@ -432,7 +432,6 @@ def test_backend_parameters_and_signature_keys_are_for_http_backends():
     (mock_api(backend={"type": "function", "function": "pkg.mod:fn"}), "apis[0].backend.type"),
     (mock_api(backend={"type": "data", "data": {"datasource": "z", "statement": "SELECT 1"}}),
      "apis[0].backend.type"),
-    (mock_api(backend={"type": "http", "channel": "c", "path": "/x"}), "apis[0].backend.channel"),
 ])
 def test_unimplemented_features_are_refused(api, path):
     refused = [e for e in check(apis=[api], authorizers=[{"name": "z", "url": "http://h/"}],
