@@ -23,6 +23,7 @@ import asyncio
 import logging
 import random
 import ssl
+import time
 
 import httptools
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -85,7 +86,9 @@ class MemberCheck:
         self.checker = checker
         self.slot = slot
         self.host, self.port = address
-        self.view = UNKNOWN
+        # a member checked before (enabled again, or its channel got its check back) starts
+        # from the node's view of it
+        self.view = checker.table.state(slot) if slot >= 0 else UNKNOWN
         self.successes = 0
         self.failures = 0
         self.task = None
@@ -256,8 +259,9 @@ class HealthChecker:
     def _unchecked(self, slot: int):
         """A member of a channel without a health check: no active verdict holds any more;
         a passive ejection in force stays (the workers readmit it when it is over)."""
-        if self.table.state(slot) == HEALTHY or (self.table.state(slot) == UNHEALTHY
-                                                  and self.table.passive_until(slot) == 0):
+        state = self.table.state(slot)
+        if state == HEALTHY or (state == UNHEALTHY
+                                and self.table.passive_until(slot) <= time.monotonic_ns()):
             self.table.set_state(slot, UNKNOWN)
 
     def stop(self) -> None:

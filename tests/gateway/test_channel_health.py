@@ -206,21 +206,30 @@ def test_a_reload_keeps_the_state_of_members_that_stay(make_gateway, backend):
     closed = free_port()
     other = free_port()
     check = http_check("/health", healthy_threshold=3, unhealthy_threshold=1)
-    gw = make_gateway(document([channel("lots", backend.port, check, members=[
-        {"host": "127.0.0.1"}, {"host": "127.0.0.1", "port": closed}])]))
-    wait_states(gw, {("lots", backend.port): "healthy", ("lots", closed): "unhealthy"})
+    gw = make_gateway(document([
+        channel("lots", backend.port, check, members=[
+            {"host": "127.0.0.1"}, {"host": "127.0.0.1", "port": closed}]),
+        channel("unchecked", closed, check),
+        channel("paused", closed, check)]))
+    wait_states(gw, {("lots", backend.port): "healthy", ("lots", closed): "unhealthy",
+                     ("unchecked", closed): "unhealthy", ("paused", closed): "unhealthy"})
     before = json.loads(gw.status("/readyz")[1])["config_version"]
-    gw.write_config(document([channel("lots", backend.port, {**check, "path": "/health2"},
-                                      members=[{"host": "127.0.0.1", "weight": 5},
-                                               {"host": "127.0.0.1", "port": other}])]))
+    gw.write_config(document([
+        channel("lots", backend.port, {**check, "path": "/health2"},
+                members=[{"host": "127.0.0.1", "weight": 5}, {"host": "127.0.0.1", "port": other}]),
+        channel("unchecked", closed),                                       # check removed
+        channel("paused", closed, check, members=[{"host": "127.0.0.1", "enabled": False}])]))
     deadline = time.monotonic() + 10
     while json.loads(gw.status("/readyz")[1])["config_version"] == before:
         assert time.monotonic() < deadline, gw.log()
         time.sleep(0.05)
     # at once: the kept member is still healthy (3 probes would take 2 s to earn it again),
     # the removed one is gone, the new one starts unknown
+    # (a channel without its check any more: its members' checked states are cleared; a
+    # disabled member is not checked and keeps its state)
     now = states(gw)
-    assert now == {("lots", backend.port): "healthy", ("lots", other): "unknown"}, now
+    assert now == {("lots", backend.port): "healthy", ("lots", other): "unknown",
+                   ("unchecked", closed): "unknown", ("paused", closed): "unhealthy"}, now
     assert channels_status(gw)["lots"]["members"][0]["weight"] == 5
     wait_states(gw, {("lots", other): "unhealthy"})
     # the kept member's checks go on with the new settings
@@ -229,6 +238,8 @@ def test_a_reload_keeps_the_state_of_members_that_stay(make_gateway, backend):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert transitions(gw, "lots", backend.port, "unknown -> healthy") == 1
+    assert states(gw)[("paused", closed)] == "unhealthy"
+    assert states(gw)[("unchecked", closed)] == "unknown"
     assert gw.metric("tollgate_channel_member_health", channel="lots",
                      member=f"127.0.0.1:{closed}") == 0          # no series for a removed member
 
