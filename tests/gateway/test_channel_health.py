@@ -4,14 +4,18 @@ send garbage, members coming back, a worker's passive ejection, reloads, one che
 whatever the number of workers, ``/status/channels`` and the metrics."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
+import ssl
 import time
 
 import pytest
 
 from gateway.channels.table import HealthTable, member_key
+from tests.support.backend import Backend
+from tests.support.certs import TestCA
 from tests.support.gateway import free_port
 
 pytestmark = pytest.mark.slow
@@ -260,3 +264,23 @@ def test_two_workers_one_check_per_node(make_gateway, backend):
     assert counted >= 3
     assert seen_before <= counted + 1, (seen_before, counted)
     assert counted <= seen_after, (counted, seen_after)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_https_checks_do_not_verify_the_members_certificate(make_gateway, backend, tmp_path):
+    cert, key = TestCA(tmp_path / "pki").issue("member", ["member.test"])   # untrusted, other name
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    tls = Backend(ssl_context=ctx).start()
+    try:
+        gw = make_gateway(document([
+            channel("tls", tls.port, http_check("/health", protocol="https")),
+            channel("plain", backend.port, http_check("/health", protocol="https"))]))
+        wait_states(gw, {("tls", tls.port): "healthy", ("plain", backend.port): "unhealthy"})
+        probe = next(r for r in tls.requests if r["target"] == "/health")
+        assert dict((k.lower(), v) for k, v in probe["headers"])["host"] == \
+            f"127.0.0.1:{tls.port}"
+        assert transitions(gw, "plain", backend.port, "unknown -> unhealthy (TLS failure") == 1
+    finally:
+        tls.stop()
+        gc.collect()
