@@ -12,8 +12,10 @@
   snapshot atomically.  Reload triggers: SIGHUP to the master, or a change of the file (polled
   every ``watch_interval_s``; mtime, size and inode).
 * SIGTERM/SIGINT: the workers drain and exit, then the master exits.
-* The status listener (``/metrics``, ``/healthz``, ``/readyz``) runs here, on metric totals the
-  workers push (see :mod:`gateway.metrics`).
+* The status listener (``/metrics``, ``/healthz``, ``/readyz``, ``/status/channels``) runs here,
+  on metric totals the workers push (see :mod:`gateway.metrics`).
+* The channel members' active health checks run here, once per node (:mod:`gateway.channels`),
+  into a health table in shared memory the workers map (made once, like the counters).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import fastpath
 
+from .channels.checker import HealthChecker
+from .channels.table import HealthTable, create_health_segment
 from .config import ConfigError, load_document
 from .config import warnings as config_warnings
 from .metrics import ClusterCollector
@@ -73,6 +77,11 @@ class CheckedConfig(msgspec.Struct, frozen=True):
 
 def check_file(path) -> CheckedConfig:
     """Load and compile without serving; raise ConfigError or OSError (unreadable)."""
+    return _check(path)[0]
+
+
+def _check(path):
+    """(CheckedConfig, the loaded document): check_file, and the document the master serves."""
     with open(path, "rb"):
         pass                         # an unreadable file is an OSError, not a config error
     doc = load_document(path)
@@ -83,7 +92,8 @@ def check_file(path) -> CheckedConfig:
     warnings = config_warnings(doc)
     if snapshot.certificates is not None:
         warnings += snapshot.certificates.warnings
-    return CheckedConfig(snapshot.version, warnings, counts, snapshot.certificates is not None)
+    return (CheckedConfig(snapshot.version, warnings, counts, snapshot.certificates is not None),
+            doc)
 
 
 def config_dir(path) -> str:
@@ -123,6 +133,9 @@ class Master:
         # the throttle and quota counters every worker shares; made once, so budgets outlive
         # reloads and worker restarts
         self.counters_fd = create_segment(settings.throttle_keys)
+        # the channel members' health, shared with the workers; checked here, once per node
+        self.health_fd = create_health_segment()
+        self.checker = HealthChecker(HealthTable(self.health_fd), loop)
 
     # -- workers ---------------------------------------------------------------------------------
     def _spawn(self, wp: WorkerProcess):
@@ -135,12 +148,13 @@ class Master:
             config=s.config, host=s.host, port=s.port, index=wp.index,
             access_log=s.access_log, channel_fd=write_fd, listen_fd=listen_fd,
             tls_host=s.tls_host, tls_port=s.tls_port, tls_listen_fd=tls_fd,
-            counters_fd=self.counters_fd)
+            counters_fd=self.counters_fd, health_fd=self.health_fd)
         # run from the directory this master imported gateway from: ``-m`` puts the working
         # directory first on sys.path, and a worker must run the very same code as its master
         wp.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.worker", msgspec.json.encode(settings).decode()],
-            pass_fds=tuple(fd for fd in (write_fd, listen_fd, tls_fd, self.counters_fd) if fd >= 0),
+            pass_fds=tuple(fd for fd in (write_fd, listen_fd, tls_fd, self.counters_fd,
+                                         self.health_fd) if fd >= 0),
             close_fds=True,
             cwd=IMPORT_ROOT)
         os.close(write_fd)
@@ -218,7 +232,7 @@ class Master:
     def reload(self, reason):
         path = self.settings.config
         try:
-            checked = check_file(path)
+            checked, doc = _check(path)
         except OSError as exc:
             self.reloads_failed += 1
             log.error("reload (%s): cannot read %s (%s); still serving configuration %s", reason,
@@ -238,6 +252,7 @@ class Master:
         self.reloads_ok += 1
         log.info("reload (%s): config %s -> %s", reason, self.config_version, version)
         self.config_version = version
+        self.checker.apply(doc)
         self._signal_workers(signal.SIGHUP)
 
     def _file_state(self):
@@ -287,11 +302,13 @@ class Master:
                                                      "config_version": w.version}
                                                     for w in self.workers]})
             return (200 if ok else 503), b"application/json", body
+        if path == b"/status/channels":
+            return 200, b"application/json", msgspec.json.encode(self.checker.status())
         return 404, b"text/plain", b"not found\n"
 
     # -- running -------------------------------------------------------------------------------
     async def run(self):
-        checked = check_file(self.settings.config)
+        checked, doc = _check(self.settings.config)
         _log_warnings(self.settings.config, checked)
         version = self.config_version = checked.version
         s = self.settings
@@ -304,6 +321,7 @@ class Master:
                                                             sock=status)
         for wp in self.workers:
             self._spawn(wp)
+        self.checker.apply(doc)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
@@ -326,6 +344,7 @@ class Master:
             return
         self.stopping = True
         log.info("stopping: draining workers")
+        self.checker.stop()
         self._signal_workers(signal.SIGTERM)
         self.close_listener()
         self.loop.create_task(self._wait_workers())

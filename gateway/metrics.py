@@ -424,6 +424,9 @@ class ClusterCollector:
         for name in sorted(implementations or {master.implementation}):
             impl.add_metric([name], 1)
         yield impl
+        checker = getattr(master, "checker", None)
+        if checker is not None:     # channel member health: the master's checker and table
+            yield from checker.metric_families()
 
 
 def _redis_metrics(acc, ups):
