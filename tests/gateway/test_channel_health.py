@@ -219,7 +219,9 @@ def test_a_reload_keeps_the_state_of_members_that_stay(make_gateway, backend):
                      ("unchecked", closed): "unhealthy", ("paused", closed): "unhealthy"})
     before = json.loads(gw.status("/readyz")[1])["config_version"]
     gw.write_config(document([
-        channel("lots", backend.port, {**check, "path": "/health2"},
+        # (two failures to be unhealthy: the new member's first probe, at once, cannot decide
+        # it before the states below are read)
+        channel("lots", backend.port, {**check, "path": "/health2", "unhealthy_threshold": 2},
                 members=[{"host": "127.0.0.1", "weight": 5}, {"host": "127.0.0.1", "port": other}]),
         channel("unchecked", closed),                                       # check removed
         channel("paused", closed, check, members=[{"host": "127.0.0.1", "enabled": False}])]))
