@@ -146,13 +146,13 @@ class ChannelPlan:
     def failed(self, target, hard, why):
         """Real traffic to ``target`` failed: ``hard`` (refused, connect timeout) ejects at
         once, otherwise after SOFT_FAILURES in a row."""
+        if target.slot < 0:
+            return      # (no row in a full health table: nothing could readmit it)
         target.failures += 1
         if not hard and target.failures < SOFT_FAILURES:
             return
         target.failures = 0
         self.balancer.set_up(target.index, False)
-        if target.slot < 0:
-            return
         table = self.table
         if table.state(target.slot) == UNHEALTHY:
             return                      # (another worker, or the checker, said it already)

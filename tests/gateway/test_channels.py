@@ -7,6 +7,7 @@ port in ``X-Backend``).
 """
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -73,6 +74,13 @@ def proxied(b):
 
 def _is_check(record):
     return ("User-Agent", "tollgate-health-check") in record["headers"]
+
+
+def member_states(gw) -> dict:
+    status, body = gw.status("/status/channels")
+    assert status == 200, body
+    (channel,) = json.loads(body)["channels"]
+    return {m["port"]: m["state"] for m in channel["members"]}
 
 
 def closed_port():
@@ -181,7 +189,9 @@ def test_a_member_killed_under_load_costs_no_get_call(make_gateway, backends):
     # ejected at once: the dead member got nothing more (its port refuses connections)
     assert len(proxied(a)) == seen_at_kill
     log = gw.log_path.read_text()
-    assert f"channel pool member {LOCAL}:{a.port}: ejected by traffic" in log
+    assert log.count(f"channel pool member {LOCAL}:{a.port}: ejected by traffic") == 1, log
+    gw.wait_metric("tollgate_channel_member_ejections_total", 1, channel="pool")
+    assert member_states(gw) == {a.port: "unhealthy", b.port: "unknown"}
 
 
 def test_a_post_is_not_sent_twice_but_the_next_call_avoids_the_dead_member(make_gateway, backends):
