@@ -18,7 +18,8 @@ from tests.support.backend import Backend
 from tests.support.certs import TestCA
 from tests.support.gateway import free_port
 
-pytestmark = pytest.mark.slow
+# (the checker runs in the master, in Python whatever the fastpath form: once is enough)
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 
 def document(channels):

@@ -142,6 +142,7 @@ def test_uri_hash_keeps_a_path_on_one_member(make_gateway, backends):
     assert len(set(where.values())) >= 3
 
 
+@pytest.mark.once
 def test_wlc_sends_new_calls_to_the_member_with_fewer_in_flight(make_gateway, backends):
     a, b = backends(2)
     gw = make_gateway(channel_doc([member(a), member(b)], balance="wlc", timeout_ms=20000))
@@ -247,6 +248,7 @@ def check(**fields):
             "unhealthy_threshold": 1, **fields}
 
 
+@pytest.mark.once
 def test_backups_take_over_and_hand_back(make_gateway, backends):
     primary, backup = backends(2)
     gw = make_gateway(channel_doc([member(primary), member(backup, backup=True)],
@@ -259,6 +261,7 @@ def test_backups_take_over_and_hand_back(make_gateway, backends):
     assert served_by(gw, 5) == {primary.port: 5}
 
 
+@pytest.mark.once
 def test_an_http_check_with_a_wrong_status_keeps_traffic_away(make_gateway, backends):
     a, b = backends(2)
     # the backends answer 200 where 201 is expected

@@ -21,6 +21,9 @@ from gateway.channels.table import (
 )
 from tests.support.gateway import ROOT
 
+# (pure Python whatever the fastpath form: once is enough)
+pytestmark = pytest.mark.once
+
 
 def test_member_key_is_channel_host_and_port():
     assert member_key("lots", "127.0.0.1", 9001) == member_key("lots", "127.0.0.1", 9001)
