@@ -124,7 +124,10 @@ class HttpBackend(Handler):
         if call is not None:
             if call.target is not None:
                 where = call.target.authority
-                self.channel.failed(call.target, False, "no answer in time")
+                # (still connecting: a connect that outlasts the call is a dead member)
+                self.channel.failed(call.target, call.connecting,
+                                    "no connection in time" if call.connecting
+                                    else "no answer in time")
             call.drop_upstream()
         ex.fail(BackendTimeout("Backend timeout", f"no response from {where} "
                                                    f"within {self.timeout_s * 1000:.0f} ms"))
@@ -288,12 +291,13 @@ class ProxyCall(UpstreamOwner):
                 if self.finished or self.ex.done:
                     self._settle()
                     return
-                tls_refused = isinstance(exc, ssl.SSLError)
-                if target is not None and not tls_refused:   # (a refused certificate: no
-                    backend.channel.failed(target, True,     # member is healthier)
+                if target is not None:      # (a failed TLS handshake too: the request
+                    backend.channel.failed(target, True,     # never reached that member)
                                            f"connect: {exc or type(exc).__name__}")
-                # (a certificate the gateway refuses is refused again: no retry)
-                if self.retries_left > 0 and not tls_refused:
+                # (the one backend of a url refuses its certificate again: no retry there;
+                # a channel's next member may be fine)
+                if self.retries_left > 0 and (target is not None
+                                              or not isinstance(exc, ssl.SSLError)):
                     self.retries_left -= 1
                     if target is None or self._pick_another():
                         continue
@@ -444,6 +448,7 @@ class ProxyCall(UpstreamOwner):
         where = self.backend.authority
         if self.target is not None:
             where = self.target.authority
+            self.backend.channel.failed(self.target, False, f"invalid response: {detail}")
             self._settle()
         self.ex.fail(BackendUnavailable("Backend returned an invalid response",
                                         f"{where}: {detail}"))

@@ -31,7 +31,7 @@ from math import gcd
 
 from fastpath import balancer as _balancer
 
-from .table import UNHEALTHY, HealthTable, member_key
+from .table import UNHEALTHY, member_key
 
 log = logging.getLogger("tollgate.gateway")
 
@@ -54,6 +54,9 @@ class Target:
         self.slot = slot                # its row in the node's health table (-1: none)
         self.failures = 0               # soft failures in a row (passive)
         self.probation = False          # readmitted after a back-off: a success ends the series
+        # without a row (no table, or a full one): this worker's own passive state
+        self.local_ejections = 0
+        self.local_until = 0            # monotonic ns; 0: not ejected here
 
 
 def effective_weights(channel) -> list[int]:
@@ -98,7 +101,8 @@ class ChannelPlan:
         self.by_client = channel.balance == "source_hash"
         self.by_path = channel.balance == "uri_hash"
         self.active = channel.health_check is not None
-        self.table = table if table is not None else HealthTable()
+        # (None when only checking a document: nothing is served, nothing is ejected)
+        self.table = table
         self.metrics = metrics
         self.labels = (channel.name,)
         self.targets = []
@@ -107,7 +111,7 @@ class ChannelPlan:
             key = (m.host, port, tls_context,
                    (server_name or m.host) if tls_context is not None else None)
             idle = pool.slot(key) if pool is not None else None
-            slot = self.table.slot(member_key(channel.name, m.host, port))
+            slot = table.slot(member_key(channel.name, m.host, port)) if table is not None else -1
             self.targets.append(Target(i, m.host, port, key, idle, slot))
         weights = effective_weights(channel)
         self.balancer = _balancer.Balancer(
@@ -140,28 +144,37 @@ class ChannelPlan:
             target.failures = 0
         if target.probation:
             target.probation = False
+            target.local_ejections = 0
             if target.slot >= 0:
                 self.table.reset_ejections(target.slot)
 
     def failed(self, target, hard, why):
         """Real traffic to ``target`` failed: ``hard`` (refused, connect timeout) ejects at
         once, otherwise after SOFT_FAILURES in a row."""
-        if target.slot < 0:
-            return      # (no row in a full health table: nothing could readmit it)
         target.failures += 1
-        if not hard and target.failures < SOFT_FAILURES:
+        if not hard and target.failures < SOFT_FAILURES and not target.probation:
             return
         target.failures = 0
+        target.probation = False
         self.balancer.set_up(target.index, False)
-        table = self.table
-        if table.state(target.slot) == UNHEALTHY:
-            return                      # (another worker, or the checker, said it already)
-        ejections = table.ejections(target.slot) + 1
-        backoff = 0 if self.active else min(BACKOFF_MAX_S, BACKOFF_S << min(ejections - 1, 8))
-        table.eject(target.slot, time.monotonic_ns() + backoff * 1_000_000_000)
+        now = time.monotonic_ns()
+        if target.slot < 0:
+            # no row to share it through (or for the checker to readmit it): this worker
+            # backs off alone
+            target.local_ejections += 1
+            backoff = min(BACKOFF_MAX_S, BACKOFF_S << min(target.local_ejections - 1, 8))
+            target.local_until = now + backoff * 1_000_000_000
+        else:
+            ejections = self.table.eject_once(
+                target.slot, now, 0 if self.active else BACKOFF_S * 1_000_000_000,
+                BACKOFF_MAX_S * 1_000_000_000)
+            if not ejections:
+                return                  # (another worker, or the checker, said it already)
+            backoff = 0 if self.active else min(BACKOFF_MAX_S,
+                                                BACKOFF_S << min(ejections - 1, 16))
         if self.metrics is not None:
             self.metrics.count("member_ejections", self.labels)
-        if self.active:
+        if self.active and target.slot >= 0:
             log.warning("channel %s member %s: ejected by traffic (%s); back when its health "
                         "check passes", self.name, target.authority, why)
         else:
@@ -176,6 +189,10 @@ class ChannelPlan:
         balancer = self.balancer
         for t in self.targets:
             if t.slot < 0:
+                if t.local_until and now_ns >= t.local_until:
+                    t.local_until = 0
+                    t.probation = True
+                    balancer.set_up(t.index, True)
                 continue
             up = table.state(t.slot) != UNHEALTHY
             if not up and not self.active:
@@ -188,3 +205,5 @@ class ChannelPlan:
                 balancer.set_up(t.index, up)
                 if up:
                     t.failures = 0
+                    # (back after a back-off another worker ended: on probation here too)
+                    t.probation = not self.active

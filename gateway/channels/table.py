@@ -194,6 +194,25 @@ class HealthTable:
         finally:
             self._unlock()
 
+    def eject_once(self, slot: int, now_ns: int, backoff_ns: int, max_backoff_ns: int) -> int:
+        """A worker's passive ejection of a member that is not ejected already (one check and
+        write under the lock: two workers failing on it at once eject it once).  UNHEALTHY
+        until ``now_ns`` + ``backoff_ns`` doubled for each ejection in a row before (at most
+        ``max_backoff_ns``); returns the member's ejections so far, 0 when it was UNHEALTHY."""
+        at = self._check(slot)
+        self._lock()
+        try:
+            state, count = struct.unpack_from("<II", self.map, at + _STATE)
+            if state == UNHEALTHY:
+                return 0
+            count = min(count + 1, 0xFFFF_FFFF)
+            until = now_ns + min(max_backoff_ns, backoff_ns << min(count - 1, 16))
+            struct.pack_into("<IIQ", self.map, at + _STATE, UNHEALTHY, count, until)
+            self._bump()
+            return count
+        finally:
+            self._unlock()
+
     def readmit(self, slot: int) -> None:
         """A passive back-off is over (no active check decides): UNKNOWN again, the back-off
         cleared; the ejections are kept (the next back-off grows) until :meth:`reset_ejections`."""

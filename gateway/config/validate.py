@@ -248,13 +248,19 @@ class _Validator:
 
     def check_channel(self, p: str, channel: Channel) -> None:
         groups = self.unique(f"{p}.member_groups", channel.member_groups)
+        if len(channel.members) > MAX_CHANNEL_MEMBERS:
+            self.error(f"{p}.members", f"at most {MAX_CHANNEL_MEMBERS} members, not "
+                                      f"{len(channel.members)}")
         seen: dict[tuple[str, int], int] = {}
         for j, member in enumerate(channel.members):
             mp = f"{p}.members[{j}]"
             self.ref(f"{mp}.group", "member group", member.group, groups)
-            if not _is_host(member.host):
+            if member.host.startswith("["):
+                self.error(f"{mp}.host", f"write an IPv6 address without brackets "
+                                         f"('{member.host.strip('[]')}'; the port is apart)")
+            elif not _is_host(member.host):
                 self.error(f"{mp}.host", f"invalid host '{member.host}'")
-            address = (member.host, member.port or channel.port)
+            address = (member.host.lower(), member.port or channel.port)
             if address in seen:
                 self.error(mp, f"the same host and port as {p}.members[{seen[address]}]")
             seen.setdefault(address, j)
@@ -522,7 +528,10 @@ class _Validator:
             if (b.url is None) == (b.channel is None):
                 self.error(p, "an http backend needs url or channel (one of them)")
             elif b.channel is not None:
-                self.ref(f"{p}.channel", "channel", b.channel, self.channels)
+                if self.ref(f"{p}.channel", "channel", b.channel, self.channels) and \
+                        b.channel in self.channels and \
+                        not self.doc.channels[self.channels[b.channel]].members:
+                    self.error(f"{p}.channel", f"channel '{b.channel}' has no members")
                 if b.path is None:
                     self.error(f"{p}.path", "a channel backend needs path")
             elif b.path is not None:
@@ -762,6 +771,10 @@ def _route_shape(path: str) -> str:
     segments = path.rstrip("/").split("/")
     return "/".join("{+}" if s.endswith("+}") and s.startswith("{") else
                     "{}" if s.startswith("{") else _normal_segment(s) for s in segments) or "/"
+
+
+#: members of one channel (the balancer's bound)
+MAX_CHANNEL_MEMBERS = 4096
 
 
 def _is_host(host: str) -> bool:
