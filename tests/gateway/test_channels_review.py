@@ -92,3 +92,84 @@ def test_a_member_untracked_by_a_full_health_table_comes_back_after_its_back_off
     time.sleep(6.5)                                 # the first back-off (5 s) is over
     # a is back in the balancer: it serves its share again
     wait_until("a serves again", lambda: a.port in served_by(gw, 4), within=5)
+
+
+# --------------------------------------------------------------------------------------------------
+# IPv6 members
+
+class _V6Backend:
+    """A minimal HTTP backend on [::1]: answers every request 200 with its port."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket(socket.AF_INET6)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("::1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.heads = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        import threading
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                self.heads.append(head)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Backend: %d\r\n\r\nok"
+                             % self.port)
+
+    def stop(self):
+        self.sock.close()
+
+
+def test_a_bracketed_ipv6_member_is_served_or_refused_at_load(make_gateway):
+    v6 = _V6Backend()
+    try:
+        # "::1" works; "[::1]" (as in a url) passes validation, so it must work too (or be
+        # refused at load with the member's path)
+        gw = make_gateway(channel_doc([{"host": "[::1]", "port": v6.port}]))
+        assert served_by(gw, 3) == {v6.port: 3}
+    finally:
+        v6.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation: member counts the balancer refuses
+
+def _validate(tmp_path, doc):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.support.gateway import ROOT
+    path = tmp_path / "doc.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return subprocess.run([sys.executable, "-m", "tollgate", "validate", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("count", [0, 4097])
+def test_a_channel_with_a_member_count_the_balancer_refuses_is_named_by_path(tmp_path, count):
+    doc = channel_doc([{"host": LOCAL, "port": 1000 + i} for i in range(count)])
+    done = _validate(tmp_path, doc)
+    assert done.returncode == 1
+    # the error names the field, as every configuration error does (not the balancer's words)
+    assert "channels[0].members" in done.stdout + done.stderr, done.stdout + done.stderr
