@@ -173,3 +173,32 @@ def test_a_channel_with_a_member_count_the_balancer_refuses_is_named_by_path(tmp
     assert done.returncode == 1
     # the error names the field, as every configuration error does (not the balancer's words)
     assert "channels[0].members" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# A black hole member: its connects never complete
+
+@pytest.fixture
+def black_hole():
+    """A port whose connects hang: a listener with a full accept queue that never accepts."""
+    import socket
+    listener = socket.socket()
+    listener.bind((LOCAL, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection((LOCAL, port), timeout=2)   # the queue's one place
+    yield port
+    filler.close()
+    listener.close()
+
+
+def test_a_connect_that_outlasts_the_call_timeout_ejects_the_member_at_once(make_gateway, backends,
+                                                                            black_hole):
+    (b,) = backends(1)
+    gw = make_gateway(channel_doc([member(black_hole), member(b)], timeout_ms=1000))
+    # the first call goes to the black hole (wrr: the first member first): its connect is still
+    # pending when the call's time is up -- a connect that timed out, which ejects at once
+    first = request(gw.port, "GET", "/x")
+    assert first.status == 504
+    # from now on the live member serves everything (not one more call waits on the black hole)
+    assert served_by(gw, 4) == {b.port: 4}
