@@ -1,16 +1,22 @@
 """What a load balance channel costs on the hot path, and what its members' failures cost clients.
 
-Throughput (the default): two upstream nginx servers (benchmarks.run's ``upstream.conf``, each in
-its own work subdirectory) and one Tollgate (``--workers``, default 1) serving two APIs of the
-same shape (``GET``, prefix, ``auth: none``):
+Throughput (the default): one upstream nginx (benchmarks.run's ``upstream.conf``) listening on
+two ports, which answers with the port that took the call (``X-Port``), and one Tollgate
+(``--workers``, default 1) serving two APIs of the same shape (``GET``, prefix, ``auth: none``):
 
-* ``plain`` (``GET /p/json``): ``url: http://UPSTREAM1/``, the gateway's own plain proxy;
-* ``channel`` (``GET /c/json``): ``channel: pool, path: /``, the channel ``pool`` having upstreams
-  1 and 2 as members (``balance: wrr``, equal weights) and an active health check (``protocol:
-  http`` on ``/json``, ``interval_s`` 2, ``timeout_s`` 1).
+* ``plain`` (``GET /p/json``): ``url: http://UPSTREAM:PORT1/``, the gateway's own plain proxy;
+* ``channel`` (``GET /c/json``): ``channel: pool, path: /``, the channel ``pool`` having the two
+  ports as members (``balance: wrr``, equal weights; two members, two keep-alive pools) and an
+  active health check (``protocol: http`` on ``/json``, ``interval_s`` 2, ``timeout_s`` 1).
 
-Before measuring, the channel must spread calls (both upstreams' ``stub_status`` request
-counters move under a burst of channel calls, the plain API's reach upstream 1 only) and
+One upstream process serves both members so that the upstream's CPU per call is the same for
+both targets: what differs is the gateway's work.  (With ``--separate-upstreams`` the members are
+two nginx processes: on a machine with two CPUs, two upstreams each serving half the calls cost
+more in all than one serving them all, and the ratio then measures the upstreams too.)
+
+Before measuring, the channel must spread calls (answers from both ports, or with separate
+upstreams both upstreams' ``stub_status`` request counters move; the plain API's reach port or
+upstream 1 only) and
 ``/status/channels`` on the status listener must show both members ``healthy``.  wrk (``-t1
 -c50``) drives the targets interleaved over ``--reps`` runs of ``--duration`` s, order rotating,
 after a warm-up of each.  Goal: channel >= 0.95x plain (req/s, ratio of medians).
@@ -104,10 +110,17 @@ class Upstream:
     port: int
     status_port: int
     service: harness.Service | None = None
+    #: a second port the same nginx listens on (0: none): two channel members served by one
+    #: process, whose answers say which port took them (``X-Port``)
+    port2: int = 0
 
     @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def addr2(self) -> str:
+        return f"127.0.0.1:{self.port2}"
 
     @property
     def status_url(self) -> str:
@@ -121,6 +134,13 @@ class Upstream:
         conf = harness.render(harness.HERE / "nginx" / "upstream.conf",
                               self.workdir / "upstream.conf", WORKERS=1, WORKDIR=self.workdir,
                               PORT=self.port, STATUS_PORT=self.status_port, BODY=harness.BODY)
+        if self.port2:
+            first = f"listen 127.0.0.1:{self.port} backlog=4096;"
+            text = conf.read_text()
+            assert first in text, "upstream.conf changed: no listen line to add a port after"
+            conf.write_text(text.replace(first, f"{first}\n        listen 127.0.0.1:{self.port2} "
+                                         f"backlog=4096;\n        add_header X-Port "
+                                         f"$server_port always;", 1))
         svc = harness.Service(self.name, [harness.NGINX, "-p", str(self.workdir), "-c",
                                           str(conf), "-g", "daemon off;"],
                               self.workdir, f"http://{self.addr}")
@@ -139,6 +159,46 @@ class Upstream:
             harness._SERVICES.remove(svc)
         svc.proc = None
         return n
+
+
+def start_shared_upstream(workdir: Path) -> Upstream:
+    """One upstream nginx listening on two ports: the channel's two members."""
+    up = Upstream("upstream", workdir / "upstream", harness.free_port(), harness.free_port(),
+                  port2=harness.free_port())
+    up.start()
+    return up
+
+
+def port_of_answer(url: str) -> tuple[int, str | None]:
+    """(status, X-Port) of GET url."""
+    import http.client
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+    try:
+        conn.request("GET", parts.path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("X-Port")
+    finally:
+        conn.close()
+
+
+def check_shared_spread(gw: harness.Service, up: Upstream) -> list[str]:
+    """Channel calls reach both ports of the shared upstream, plain calls the first only."""
+    seen = []
+    for path, want in (("/c/json", {str(up.port), str(up.port2)}), ("/p/json", {str(up.port)})):
+        ports: dict[str, int] = {}
+        for _ in range(SPREAD_CALLS):
+            status, port = port_of_answer(gw.url + path)
+            if status != 200:
+                raise RuntimeError(f"GET {path} answered {status}; log tail:\n{gw.log_tail()}")
+            ports[str(port)] = ports.get(str(port), 0) + 1
+        seen.append(f"{SPREAD_CALLS} x GET {path}: answered on ports "
+                    + ", ".join(f"{p} {n}" for p, n in sorted(ports.items())))
+        if set(ports) != want or (len(want) == 2 and min(ports.values()) < SPREAD_CALLS // 4):
+            raise RuntimeError(f"unexpected spread: {seen[-1]}")
+    return seen
 
 
 def start_upstreams(workdir: Path) -> list[Upstream]:
@@ -227,7 +287,8 @@ def check_spread(gw: harness.Service, ups: list[Upstream]) -> list[str]:
 
 def start_gateway(workdir: Path, ups: list[Upstream], args, name: str = "tollgate"
                   ) -> harness.Service:
-    conf = auth_bench.write_config(gateway_config(ups[0].addr, ups[1].addr),
+    second = ups[1].addr if len(ups) > 1 else ups[0].addr2
+    conf = auth_bench.write_config(gateway_config(ups[0].addr, second),
                                    workdir / f"{name}.yaml")
     ok, out = auth_bench.validate(args.tollgate_cmd, conf)
     if not ok:
@@ -248,10 +309,12 @@ def gateway_errors(gw: harness.Service, lines: int = 40) -> str | None:
 
 def throughput(args, workdir: Path) -> int:
     info = harness.machine_info()
-    ups = start_upstreams(workdir)
+    ups = start_upstreams(workdir) if args.separate_upstreams else [
+        start_shared_upstream(workdir)]
     gw = start_gateway(workdir, ups, args)
     states = wait_healthy(gw)
-    seen = [f"/status/channels: {states_text(states)}"] + check_spread(gw, ups)
+    seen = [f"/status/channels: {states_text(states)}"] + (
+        check_spread(gw, ups) if len(ups) > 1 else check_shared_spread(gw, ups[0]))
     targets = {n: harness.Target(n, gw, gw.url + TARGETS[n][1]) for n in TARGETS}
     names = list(TARGETS)
 
@@ -303,6 +366,10 @@ def measure(target: harness.Target, ups: list[Upstream], rep: int, args) -> harn
     """auth_bench.measure_target (upstream 1 as the harness's upstream), plus upstream 2: its
     requests (``up2_requests``) and CPU per request (``up2_cpu_us``), which ``other_load`` (the
     machine's other processes, in % of all CPUs) does not count."""
+    if len(ups) == 1:
+        r = auth_bench.measure_target(target, ups[0].service, ups[0].status_url, rep, args)
+        r.up2_requests, r.up2_cpu_us = 0, 0.0
+        return r
     up2 = ups[1]
     n2, cpu2 = up2.requests(), up2.service.cpu()
     _b, _s, total0 = harness.system_cpu()
@@ -328,7 +395,11 @@ def throughput_report(args, names, runs, info, load, notes, seen) -> tuple[str, 
           f"prefix `/p`, `url` to upstream 1) and `GET /c/json` (`channel`: the same API shape, "
           f"backend `channel: {CHANNEL}, path: /`; members upstreams 1 and 2, `wrr`, equal "
           f"weights, health check `http` on `{HEALTH['path']}` every {HEALTH['interval_s']} s, "
-          f"timeout {HEALTH['timeout_s']} s); two upstream nginx (1 worker each) answering a "
+          f"timeout {HEALTH['timeout_s']} s); "
+          + ("two upstream nginx (1 worker each)" if args.separate_upstreams else
+             "one upstream nginx (1 worker) listening on two ports, the members (so the "
+             "upstream's CPU per call is the same for both targets)")
+          + f" answering a "
           f"{len(harness.BODY)}-byte JSON document. wrk `-t{args.threads} -c{args.connections} "
           f"-d{args.duration}s --latency`, {args.reps} reps, targets interleaved (order rotates "
           f"each rep), after a {args.warmup}s warm-up of each; medians. 127.0.0.1 only. CPU "
@@ -366,11 +437,15 @@ def throughput_report(args, names, runs, info, load, notes, seen) -> tuple[str, 
                   f"| {x.upstream_cpu_us + x.up2_cpu_us:.1f} ({x.upstream_cpu_us:.1f} + "
                   f"{x.up2_cpu_us:.1f}) | {x.other_load:.0f}% "
                   f"| {'; '.join(x.problems) if x.problems else 'none'} |")
-    md += ["", "\"upstream 1 / 2 reqs\": requests each upstream served during the run (health "
-           "checks included, one every 2 s per member). \"upstreams CPU us/req\": CPU time of "
-           "the two upstream nginx per request wrk completed: two upstreams each serving half "
-           "the calls cost more in all than one serving them all, and on a machine with few "
-           "CPUs they compete with the gateway and wrk (compare the gateway's CPU us/req). "
+    md += ["", ("\"upstream 1 / 2 reqs\": requests each upstream served during the run (health "
+            "checks included, one every 2 s per member). \"upstreams CPU us/req\": CPU time of "
+            "the two upstream nginx per request wrk completed: two upstreams each serving half "
+            "the calls cost more in all than one serving them all, and on a machine with few "
+            "CPUs they compete with the gateway and wrk (compare the gateway's CPU us/req). "
+            if args.separate_upstreams else
+            "\"upstream 1 / 2 reqs\": requests the one upstream served during the run, on both "
+            "of its ports (health checks included, one every 2 s per member); \"upstreams CPU "
+            "us/req\": its CPU time per request wrk completed. ") +
            "\"other load\": CPU time of the machine's other processes during the run, in % of "
            "all CPUs (see `benchmarks.auth_bench`)."]
     return "\n".join(md) + "\n", ok
@@ -569,6 +644,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
     p.add_argument("--warmup", type=int, default=harness.WARMUP_SECONDS,
                    help=f"seconds of wrk warm-up of each target (default {harness.WARMUP_SECONDS})")
+    p.add_argument("--separate-upstreams", action="store_true",
+                   help="throughput: the two members are two nginx processes (default: one nginx "
+                        "listening on two ports, so the upstream's cost per call is the plain "
+                        "API's)")
     p.add_argument("--chaos", action="store_true",
                    help="kill a member under load and start it again, instead of throughput")
     p.add_argument("--chaos-seconds", type=int, default=20, help="chaos: wrk's span (default 20)")
