@@ -12,6 +12,10 @@ import pytest
 from tests.support.authorizer import AuthorizerServer
 from tests.support.client import exchange, request
 
+# (custom authorizers (gateway/auth/custom.py) are Python in either form: CI runs this module in
+# the compiled pass only)
+pytestmark = pytest.mark.once
+
 FUNCTIONS = '''
 import asyncio, os, time
 

@@ -22,6 +22,10 @@ import fastpath
 from tests.conftest import proxy_config
 from tests.support.gateway import ROOT, GatewayProcess, free_port
 
+# (process management is the master's and the worker's Python in either form: CI runs this module
+# in the compiled pass only)
+pytestmark = pytest.mark.once
+
 
 
 

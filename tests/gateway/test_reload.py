@@ -16,7 +16,9 @@ import pytest
 
 from tests.conftest import proxy_config
 
-pytestmark = pytest.mark.slow
+# (reloads are the master's and the worker's Python in either form: CI runs this module in the
+# compiled pass only)
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 
 

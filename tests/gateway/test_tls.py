@@ -20,6 +20,10 @@ from tests.conftest import proxy_config
 from tests.support.certs import TestCA
 from tests.support.gateway import GatewayProcess, free_port
 
+# (TLS termination (gateway/tls.py, gateway/http/tls_server.py) is Python in either form: CI runs
+# this module in the compiled pass only)
+pytestmark = pytest.mark.once
+
 ROOT_ARGS = [sys.executable, "-m", "tollgate"]
 
 
