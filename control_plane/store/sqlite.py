@@ -65,12 +65,16 @@ class SqliteStore(Store):
         loop = asyncio.get_running_loop()
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        wconn = await loop.run_in_executor(self._wpool, self._connect, True)
-        self._w = _SqliteConn(self._wpool, wconn)
-        async with self._writer() as c:
-            await _migrate(c)
-        rconn = await loop.run_in_executor(self._rpool, self._connect, False)
-        self._r = _SqliteConn(self._rpool, rconn)
+        try:
+            wconn = await loop.run_in_executor(self._wpool, self._connect, True)
+            self._w = _SqliteConn(self._wpool, wconn)
+            async with self._writer() as c:
+                await _migrate(c)
+            rconn = await loop.run_in_executor(self._rpool, self._connect, False)
+            self._r = _SqliteConn(self._rpool, rconn)
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     def _connect(self, writer: bool) -> sqlite3.Connection:
