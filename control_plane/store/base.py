@@ -251,7 +251,10 @@ class Store(abc.ABC):
         writers wait meanwhile (keep it short).  A ``transaction()`` of ``tx`` joins it."""
         async with self._writer() as conn:
             tx = _Tx(self, conn)
-            yield tx
+            try:
+                yield tx
+            finally:
+                tx._conn = None             # over: a later call on tx raises StoreError
         for callback in tx.after_commit:
             callback()
 
@@ -536,19 +539,24 @@ class _Tx(Store):
         self._store, self._conn = store, conn
         self.after_commit: list = []
 
+    def _live(self) -> _Conn:
+        if self._conn is None:
+            raise StoreError("the transaction is over: use the store")
+        return self._conn
+
     def _reader(self):
-        return contextlib.nullcontext(self._conn)
+        return contextlib.nullcontext(self._live())
 
     def _writer(self):
-        return contextlib.nullcontext(self._conn)
+        return contextlib.nullcontext(self._live())
 
     @contextlib.asynccontextmanager
     async def _read(self):
-        yield self._conn
+        yield self._live()
 
     @contextlib.asynccontextmanager
     async def _write(self):
-        yield self._conn, self
+        yield self._live(), self
 
     @contextlib.asynccontextmanager
     async def transaction(self):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.store import (Conflict, NotFound, SchemaTooNew, StaleRevision, body_hash,
-                                 open_store)
+from control_plane.store import (Conflict, NotFound, SchemaTooNew, StaleRevision, StoreError,
+                                 body_hash, open_store)
 from tests.support.postgres import PostgresServer, find_bindir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,6 +186,9 @@ def test_transaction_commits_together_or_rolls_back_wholly(url):
                 await inner.replace("apis", "keep", {"name": "keep", "y": 2}, "alice")
         assert (await s.get("apis", "b")) is not None
         assert (await s.get("apis", "keep")).body == {"name": "keep", "y": 2}
+        with pytest.raises(StoreError):                  # a finished transaction is not reused
+            await tx.create("apis", "late", {}, "alice")
+        assert await s.get("apis", "late") is None
     run(url, fn)
 
 
@@ -341,6 +344,31 @@ def test_watch_across_two_control_planes_on_postgresql(pg_server):
             rev = await b.add_publish({"from": "b"}, "", "alice")
             assert await asyncio.wait_for(waiter, 10) == rev       # NOTIFY, well before 60 s
             assert await a.latest_publish() == (rev, {"from": "b"})
+        finally:
+            await a.close()
+            await b.close()
+    asyncio.run(main())
+
+
+def test_watch_survives_a_lost_listen_connection_on_postgresql(pg_server):
+    """The LISTEN connection is killed by the server: it is re-opened, and a publish made on
+    another control plane after that still wakes the watcher."""
+    url = pg_server.create_database()
+
+    async def main():
+        a, b = await open_store(url), await open_store(url)
+        try:
+            pid = a._listener.get_server_pid()
+            pg_server.sql(f"SELECT pg_terminate_backend({pid})", database=url.rsplit("/", 1)[1])
+            waiter = asyncio.ensure_future(a.watch(0, 60))
+            for _ in range(200):                    # until the listener is back
+                if a._listener is not None and a._listener.get_server_pid() != pid \
+                        and not a._listener.is_closed():
+                    break
+                await asyncio.sleep(0.05)
+            assert a._listener.get_server_pid() != pid
+            rev = await b.add_publish({"from": "b"}, "", "alice")
+            assert await asyncio.wait_for(waiter, 10) == rev
         finally:
             await a.close()
             await b.close()
