@@ -213,6 +213,9 @@ setup(
         "httpx>=0.27",
         # throttles shared by the gateways of a cluster: asyncio client, EVALSHA scripts
         "redis>=5",
+        # the control plane's store on PostgreSQL (several control planes on one database):
+        # asyncio-native, pools, LISTEN/NOTIFY for publishes
+        "asyncpg>=0.29",
     ],
     extras_require={
         # websockets: the WebSocket client and backend of the tunnel tests
