@@ -14,7 +14,7 @@ What the model cannot say is declared in the two tables below, one line per fiel
 * :data:`_SECRETS` and :data:`_GENERATED`: the fields masked in every read and the values generated
   when a create does not give them (shown once, in the answer to that create).
 
-Bodies are the JSON form of one list item (``msgspec.to_builtins`` of its Struct, or what a client
+Bodies are the JSON form of one list item (:func:`to_body` of its Struct, or what a client
 sent): plain dicts, lists and scalars.  No function here changes the body it is given.
 
 Path patterns (in :class:`Ref` and :class:`Secret`): fields joined by ``.``; ``[*]`` every item of a
@@ -37,7 +37,7 @@ from gateway.config.model import RELEASE, Document
 __all__ = [
     "MASK", "SETTINGS", "SETTINGS_FIELDS", "KINDS", "Kind", "Ref", "Secret", "Generated",
     "SecretError", "Settings", "kind", "to_body", "name_of", "refs_of", "users_of", "mask",
-    "generate_secrets", "keep_secrets", "path_join",
+    "generate_secrets", "keep_secrets", "path_join", "steps", "ALL_KINDS",
 ]
 
 #: What a secret reads as after the create that made (or received) it.
@@ -228,6 +228,8 @@ def _build() -> dict[str, Kind]:
 _TABLE = _build()
 #: Every resource kind by URL name, in document order (the settings pseudo-kind is not in it).
 KINDS: dict[str, Kind] = {k: v for k, v in _TABLE.items() if k != SETTINGS}
+#: The kinds and the settings pseudo-kind (last).
+ALL_KINDS: tuple[Kind, ...] = tuple(_TABLE.values())
 
 
 def kind(name: str) -> Kind:
@@ -252,7 +254,8 @@ _TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|(\[\*\])|(\.\*)|(\{\*\})|(\.)")
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
-def _tokens(pattern: str) -> list[tuple[str, str | None]]:
+def steps(pattern: str) -> list[tuple[str, str | None]]:
+    """A path pattern as steps ``(op, field)``: ``field``, ``items``, ``values``, ``keys``."""
     out: list[tuple[str, str | None]] = []
     pos = 0
     while pos < len(pattern):
@@ -313,7 +316,7 @@ def refs_of(kind_name: str, body: Mapping[str, Any]) -> list[tuple[str, str, str
     Implicit names (``RELEASE``) are left out."""
     found = []
     for ref in kind(kind_name).refs:
-        for path, value in _walk(body, _tokens(ref.path)):
+        for path, value in _walk(body, steps(ref.path)):
             if isinstance(value, str) and value not in ref.implicit:
                 found.append((path, ref.kind, value))
     return found
@@ -386,7 +389,7 @@ def _secret_key_string(value: str) -> bool:
 
 
 def _containers(body: Any, secret: Secret | Generated) -> Iterator[tuple[str, Any]]:
-    return _walk(body, _tokens(secret.container)) if secret.container else iter([("", body)])
+    return _walk(body, steps(secret.container)) if secret.container else iter([("", body)])
 
 
 def _secret_values(body: Any, secret: Secret) -> Iterator[tuple[str, Any, Any, Any]]:
@@ -446,7 +449,7 @@ def _same_place(stored: Any, cpath: str, container_pattern: str, new_container: 
     reordered)."""
     if not container_pattern:
         return stored
-    by_path = dict(_walk(stored, _tokens(container_pattern)))
+    by_path = dict(_walk(stored, steps(container_pattern)))
     name = new_container.get("name") if isinstance(new_container, dict) else None
     if name is not None:
         for candidate in by_path.values():
