@@ -25,12 +25,12 @@ import msgspec
 from gateway.config import ConfigError, Document, parse_document, validate
 from gateway.snapshot import compile_snapshot
 
-from .kinds import (KINDS, SETTINGS, SETTINGS_FIELDS, SecretError, keep_secrets, kind, name_of,
-                    to_body)
+from .kinds import (KINDS, SETTINGS, SETTINGS_FIELDS, SecretError, generate_secrets, keep_secrets,
+                    kind, name_of, to_body)
 
 __all__ = [
     "Problem", "DocumentError", "split", "assemble", "check", "locate", "with_resource",
-    "decode_body", "normalize", "merge_patch", "apply_patch",
+    "decode_body", "normalize", "merge_patch", "create_body", "replace_body", "apply_patch",
 ]
 
 
@@ -240,15 +240,37 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
-def apply_patch(kind_name: str, stored: Mapping[str, Any], patch: Any) -> dict[str, Any]:
-    """The body a PATCH makes of ``stored``: merged (RFC 7386), the ``"******"`` sent for secrets
-    kept as stored, then decoded and normalized.  Raises :class:`DocumentError` (paths inside
-    the body); a mask with no stored secret behind it is a problem at its path."""
-    merged = merge_patch(stored, patch)
-    if isinstance(merged, Mapping):
+def _prepare(kind_name: str, body: Any, stored: Mapping[str, Any] | None
+             ) -> tuple[dict[str, Any], dict[str, str]]:
+    if isinstance(body, Mapping):
         try:
-            merged = keep_secrets(kind_name, merged, stored)
+            body = keep_secrets(kind_name, body, stored)
         except SecretError as exc:
-            raise DocumentError([Problem(kind=kind_name, name=name_of(kind_name, merged),
+            raise DocumentError([Problem(kind=kind_name, name=name_of(kind_name, body),
                                          path=exc.path, message=exc.message)]) from None
-    return normalize(kind_name, merged)
+        body, generated = generate_secrets(kind_name, body)
+    else:
+        generated = {}
+    return normalize(kind_name, body), generated
+
+
+def create_body(kind_name: str, body: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The body a create stores, and the secrets generated for it (``{path: value}``, to show
+    once): generated fields filled, decoded, normalized.  A ``"******"`` is refused (there is no
+    stored secret for it to keep).  Raises :class:`DocumentError`."""
+    return _prepare(kind_name, body, None)
+
+
+def replace_body(kind_name: str, body: Any, stored: Mapping[str, Any]
+                 ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The body a replace stores: the ``"******"`` sent back for a secret keeps the stored one; a
+    generated field left out is generated again (and returned, to show once)."""
+    return _prepare(kind_name, body, stored)
+
+
+def apply_patch(kind_name: str, stored: Mapping[str, Any], patch: Any
+                ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The body a PATCH makes of ``stored``: merged (RFC 7386), the ``"******"`` sent for secrets
+    kept as stored, a generated field set to null generated again (a rotation), then decoded and
+    normalized.  Raises :class:`DocumentError` (paths inside the body)."""
+    return _prepare(kind_name, merge_patch(stored, patch), stored)

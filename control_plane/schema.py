@@ -16,7 +16,6 @@ settings and the whole configuration; the REST app may add its own paths.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import msgspec
@@ -84,7 +83,7 @@ def components() -> dict[str, Any]:
     a ``<Struct>Page`` list envelope per kind."""
     structs = [*(k.struct for k in ALL_KINDS), Document, ErrorBody]
     _, schemas = msgspec.json.schema_components(structs, ref_template=REF)
-    schemas = copy.deepcopy(schemas)
+    schemas = msgspec.json.decode(msgspec.json.encode(schemas))   # (JSON: tuple defaults -> [])
     schemas["Error"] = schemas.pop("ErrorBody")
     schemas["Error"]["title"] = "Error"
     for k in ALL_KINDS:
