@@ -294,3 +294,21 @@ def test_a_mask_without_a_stored_secret_behind_it_is_refused_with_its_path(
         K.keep_secrets(kind_name, body, stored)
     assert info.value.path == path
     assert "give the value" in str(info.value)
+
+
+def test_users_of_is_exactly_what_the_gateway_refuses_after_a_delete():
+    """Delete each resource of the rich example in turn: the references the gateway's validator
+    then reports unknown are exactly the users users_of named (the rule's API destination aside:
+    the gateway lets it dangle)."""
+    from control_plane.document import locate
+    base = rich()
+    for kind_name in K.KINDS:
+        for i, body in enumerate(base[kind_name]):
+            name = body["name"]
+            expected = {(k, n, p) for k, n, p in K.users_of(base, kind_name, name)
+                        if not (k == "rules" and ".api" in p)}
+            raw = copy.deepcopy(base)
+            del raw[kind_name][i]
+            errors = [e for e in validate(msgspec.convert(raw, Document)) if ": unknown " in e]
+            found = {(p.kind, p.name, p.path) for p in (locate(e, raw) for e in errors)}
+            assert found == expected, (kind_name, name)
