@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import json
 
-import msgspec
 import pytest
 
 from control_plane import document as D
