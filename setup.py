@@ -221,6 +221,8 @@ setup(
         # websockets: the WebSocket client and backend of the tunnel tests
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "Cython>=3.0",
                  "locust>=2.20", "websockets>=13",
+                 # the control plane's OpenAPI document is checked against its own resources
+                 "jsonschema>=4.18",
                  # the vendor's signer: clients of APP-auth APIs sign with it (the reference)
                  "huaweicloudsdkcore>=3.1.219"],
         "load": ["locust>=2.20"],
