@@ -216,6 +216,10 @@ setup(
         # the control plane's store on PostgreSQL (several control planes on one database):
         # asyncio-native, pools, LISTEN/NOTIFY for publishes
         "asyncpg>=0.29",
+        # the control plane's REST admin: an ASGI app (routing, streaming request bodies,
+        # lifespan) served by uvicorn on uvloop, the event loop the data plane already uses
+        "starlette>=0.37",
+        "uvicorn>=0.29",
     ],
     extras_require={
         # websockets: the WebSocket client and backend of the tunnel tests

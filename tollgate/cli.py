@@ -86,6 +86,37 @@ def _validate(args) -> int:
     return 0
 
 
+def _control_plane(args) -> int:
+    """Serve the REST admin on uvicorn (uvloop); SIGTERM / Ctrl-C stop it cleanly."""
+    import os
+
+    import uvicorn
+
+    from control_plane.app import create_app
+    from control_plane.store import DEFAULT_URL
+
+    admin_token = args.admin_token or os.environ.get("TOLLGATE_ADMIN_TOKEN") or None
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    app = create_app(args.store or DEFAULT_URL, admin_token=admin_token, announce=announce)
+    host, port = args.listen
+    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="h11",
+                            lifespan="on", log_level="warning", access_log=False,
+                            server_header=False)
+    server = uvicorn.Server(config)
+    print(f"tollgate control plane: serving http://{host}:{port}/v1/ (store "
+          f"{_masked_url(args.store or DEFAULT_URL)})", flush=True)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _masked_url(url: str) -> str:
+    from control_plane.kinds import mask
+    return mask("datasources", {"url": url})["url"]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tollgate", description="Tollgate API gateway")
     sub = p.add_subparsers(dest="part", required=True)
@@ -125,6 +156,20 @@ def parser() -> argparse.ArgumentParser:
                         "CGI/WSGI backends read X_Foo as X-Foo); a name that reads as a framing, "
                         "hop-by-hop or gateway-set header (Transfer_Encoding) is dropped even so")
     g.set_defaults(run=_gateway)
+    c = sub.add_parser("control-plane", help="run the control plane (REST admin)",
+                       description="Serve the REST admin of the configuration (/v1/...). "
+                                   "Every call needs a bearer token; the first read-write "
+                                   "token is --admin-token, or one generated at the first "
+                                   "start and printed once.")
+    c.add_argument("--listen", type=host_port, default=("127.0.0.1", 9080),
+                   help="HOST:PORT to serve on (default 127.0.0.1:9080)")
+    c.add_argument("--store", default=None, metavar="URL",
+                   help="sqlite:///FILE (default sqlite:///tollgate-control-plane.db) or "
+                        "postgresql://USER:PASSWORD@HOST/DB")
+    c.add_argument("--admin-token", default=None, metavar="TOKEN",
+                   help="the first read-write token (default: $TOLLGATE_ADMIN_TOKEN; else one "
+                        "is generated at the first start and printed once)")
+    c.set_defaults(run=_control_plane)
     v = sub.add_parser("validate", help="check a configuration document without serving it",
                        description="Load FILE as the gateway would and print every error with "
                                    "its path (exit 1), or OK with the APIs served per "

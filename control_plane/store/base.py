@@ -268,6 +268,15 @@ class Store(abc.ABC):
         async with self.transaction() as tx:
             yield tx._conn, tx
 
+    async def lock(self) -> None:
+        """Inside a transaction: wait for the other writers now (the lock of the counter row
+        every write takes), so that what the transaction reads next is what its writes change
+        (read, check, then write without a writer in between).  SQLite's write transactions
+        hold the lock from their start; outside a transaction this does nothing useful."""
+        async with self._write() as (c, _):
+            await c.fetchone(f"SELECT value FROM counters WHERE name = ?{c.for_update}",
+                             RESOURCE_COUNTER)
+
     # -- resources ----------------------------------------------------------------------
 
     async def get(self, kind: str, name: str) -> Record | None:
