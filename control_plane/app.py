@@ -427,7 +427,7 @@ def _page(request: Request) -> tuple[int, int]:
 
 
 def _resource_headers(kind_name: str, record) -> dict[str, str]:
-    return {"ETag": _etag(record.revision)}
+    return {"ETag": _etag(record.revision), "X-Resource-Id": record.id}
 
 
 def _lister(kind_name: str):

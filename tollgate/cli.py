@@ -106,6 +106,11 @@ def _control_plane(args) -> int:
                             lifespan="on", log_level="warning", access_log=False,
                             server_header=False)
     server = uvicorn.Server(config)
+    # uvicorn stops gracefully on SIGTERM / SIGINT, then raises the signal again for the
+    # handlers it found: let those be quiet ones, so that a clean stop exits 0
+    import signal
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     print(f"tollgate control plane: serving http://{host}:{port}/v1/ (store "
           f"{_masked_url(args.store or DEFAULT_URL)})", flush=True)
     server.run()
