@@ -227,6 +227,8 @@ setup(
                  "locust>=2.20", "websockets>=13",
                  # the control plane's OpenAPI document is checked against its own resources
                  "jsonschema>=4.18",
+                 # fuzzing the control plane's REST app from its own OpenAPI document
+                 "schemathesis>=3.30",
                  # the vendor's signer: clients of APP-auth APIs sign with it (the reference)
                  "huaweicloudsdkcore>=3.1.219"],
         "load": ["locust>=2.20"],
