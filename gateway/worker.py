@@ -167,7 +167,9 @@ class Worker:
             for warning in snapshot.certificates.warnings:
                 log.warning("%s: %s", path, warning)
         if not initial:
-            log.info("worker %d: configuration %s is live", self.settings.index, snapshot.version)
+            log.info("worker %d: configuration %s is live (%d of %d compiled APIs kept from the "
+                     "last one)", self.settings.index, snapshot.version, snapshot.reused,
+                     len(snapshot.apis))
             self._end_stale_tunnels(snapshot)
             self.send({"t": "reload", "ok": True, "version": snapshot.version})
         return True
