@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
 import os
 import signal
@@ -42,7 +43,7 @@ from .config import ConfigError, load_document
 from .config import warnings as config_warnings
 from .metrics import ClusterCollector
 from .policy.counters import create_segment
-from .snapshot import compile_snapshot
+from .snapshot import compile_snapshot, paused_gc
 from .worker import WorkerSettings, bind_listener
 
 log = logging.getLogger("tollgate.gateway")
@@ -80,12 +81,16 @@ def check_file(path) -> CheckedConfig:
     return _check(path)[0]
 
 
-def _check(path):
-    """(CheckedConfig, the loaded document): check_file, and the document the master serves."""
-    with open(path, "rb"):
-        pass                         # an unreadable file is an OSError, not a config error
-    doc = load_document(path)
-    snapshot = compile_snapshot(doc, runtime=None, base_dir=config_dir(path))
+def _check(path, previous=None):
+    """(CheckedConfig, the loaded document, its snapshot, the SHA-256 of the bytes checked):
+    check_file, and the document the master serves; ``previous``, the snapshot of the last
+    check, lets the compile reuse what did not change."""
+    with open(path, "rb") as f:     # an unreadable file is an OSError, not a config error
+        data = f.read()
+    with paused_gc():
+        doc = load_document(path, data=data)
+        snapshot = compile_snapshot(doc, runtime=None, base_dir=config_dir(path),
+                                    previous=previous)
     counts = {env: 0 for env in doc.environment_names()}
     for _api, env in snapshot.apis:
         counts[env] = counts.get(env, 0) + 1
@@ -93,7 +98,7 @@ def _check(path):
     if snapshot.certificates is not None:
         warnings += snapshot.certificates.warnings
     return (CheckedConfig(snapshot.version, warnings, counts, snapshot.certificates is not None),
-            doc)
+            doc, snapshot, hashlib.sha256(data).digest())
 
 
 def config_dir(path) -> str:
@@ -123,6 +128,7 @@ class Master:
         self.reloads_ok = 0
         self.reloads_failed = 0
         self.config_version = ""
+        self.checked = None         # the snapshot of the last good check (reused by the next)
         self.implementation = fastpath.IMPLEMENTATION
         self.stopping = False
         self._stat = None
@@ -136,6 +142,10 @@ class Master:
         # the channel members' health, shared with the workers; checked here, once per node
         self.health_fd = create_health_segment()
         self.checker = HealthChecker(HealthTable(self.health_fd), loop)
+        # the SHA-256 of the document bytes this master validated last, read by the workers:
+        # they decode those bytes without validating them again (they still compile them)
+        self.checked_fd = os.memfd_create("tollgate-checked")
+        os.pwrite(self.checked_fd, bytes(32), 0)
 
     # -- workers ---------------------------------------------------------------------------------
     def _spawn(self, wp: WorkerProcess):
@@ -148,13 +158,14 @@ class Master:
             config=s.config, host=s.host, port=s.port, index=wp.index,
             access_log=s.access_log, channel_fd=write_fd, listen_fd=listen_fd,
             tls_host=s.tls_host, tls_port=s.tls_port, tls_listen_fd=tls_fd,
-            counters_fd=self.counters_fd, health_fd=self.health_fd)
+            counters_fd=self.counters_fd, health_fd=self.health_fd,
+            checked_fd=self.checked_fd)
         # run from the directory this master imported gateway from: ``-m`` puts the working
         # directory first on sys.path, and a worker must run the very same code as its master
         wp.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.worker", msgspec.json.encode(settings).decode()],
             pass_fds=tuple(fd for fd in (write_fd, listen_fd, tls_fd, self.counters_fd,
-                                         self.health_fd) if fd >= 0),
+                                         self.health_fd, self.checked_fd) if fd >= 0),
             close_fds=True,
             cwd=IMPORT_ROOT)
         os.close(write_fd)
@@ -232,7 +243,7 @@ class Master:
     def reload(self, reason):
         path = self.settings.config
         try:
-            checked, doc = _check(path)
+            checked, doc, snapshot, digest = _check(path, self.checked)
         except OSError as exc:
             self.reloads_failed += 1
             log.error("reload (%s): cannot read %s (%s); still serving configuration %s", reason,
@@ -243,6 +254,7 @@ class Master:
             log.error("reload (%s) refused, still serving configuration %s:\n%s", reason,
                       self.config_version, exc)
             return
+        self.checked = snapshot
         version = checked.version
         if version == self.config_version:
             log.info("reload (%s): %s is unchanged; still serving configuration %s", reason,
@@ -253,6 +265,7 @@ class Master:
         log.info("reload (%s): config %s -> %s", reason, self.config_version, version)
         self.config_version = version
         self.checker.apply(doc)
+        os.pwrite(self.checked_fd, digest, 0)
         self._signal_workers(signal.SIGHUP)
 
     def _file_state(self):
@@ -308,7 +321,8 @@ class Master:
 
     # -- running -------------------------------------------------------------------------------
     async def run(self):
-        checked, doc = _check(self.settings.config)
+        checked, doc, self.checked, digest = _check(self.settings.config)
+        os.pwrite(self.checked_fd, digest, 0)
         _log_warnings(self.settings.config, checked)
         version = self.config_version = checked.version
         s = self.settings

@@ -7,6 +7,7 @@ apart on purpose -- the features of the contract this version does not implement
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -40,6 +41,7 @@ _PARAM_REF = re.compile(r"\{([^{}]*)\}")
 #: a path parameter name (as the router takes it: fastpath.router)
 _PATH_PARAM = r"[A-Za-z_][A-Za-z0-9_-]{0,63}"
 _PARAM_NAME = re.compile(rf"({_PATH_PARAM})(\+?)")
+_TEMPLATE_PARAM = re.compile(rf"\{{({_PATH_PARAM})(\+?)\}}")
 #: a literal path segment: RFC 3986 pchar, percent-escapes included
 _PCHAR = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -83,9 +85,13 @@ def warnings(doc: Document) -> list[str]:
     return found
 
 
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+@functools.lru_cache(maxsize=1024)
 def _key(key: str) -> str:
     """A dict key as a path step: ``.TEST`` or ``["content type"]``."""
-    return f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", key) else f'["{key}"]'
+    return f".{key}" if _KEY_NAME.fullmatch(key) else f'["{key}"]'
 
 
 class _Validator:
@@ -444,7 +450,7 @@ class _Validator:
             elif _normal_segment(segment) in (".", ".."):
                 self.error(p, f"'{segment}' is not allowed as a path segment")
             elif "{" in segment or "}" in segment:
-                m = re.fullmatch(rf"\{{({_PATH_PARAM})(\+?)\}}", segment)
+                m = _TEMPLATE_PARAM.fullmatch(segment)
                 if not m:
                     self.error(p, f"a parameter is a whole segment written {{name}} or {{name+}}, "
                                f"got '{segment}'")
@@ -668,22 +674,8 @@ class _Validator:
             self.error(p, "unbalanced '{' or '}'")
 
     def check_url_shape(self, p: str, url: str, where: str) -> None:
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            self.error(p, f"{where}invalid url: {exc}")
-            return
-        if parts.username is not None or parts.password is not None:
-            self.error(p, f"{where}credentials do not belong in the url (use backend params)")
-        elif not parts.hostname or not _is_host(parts.hostname):
-            self.error(p, f"{where}invalid host in '{url}'")
-        elif port == 0:
-            self.error(p, f"{where}invalid port 0")
-        if parts.query or parts.fragment or "?" in url:
-            self.error(p, f"{where}a backend url has no query (use backend params)")
-        if any(c.isspace() or not c.isprintable() for c in url):
-            self.error(p, f"{where}spaces or control characters in the url")
+        for problem in _url_shape_problems(url):
+            self.error(p, f"{where}{problem}")
 
     # ----------------------------------------------------------------------------------------------
 
@@ -778,11 +770,39 @@ MAX_CHANNEL_MEMBERS = 4096
 
 
 def _is_host(host: str) -> bool:
+    # (the name first: most hosts are names or IPv4 addresses, which it matches without the
+    # cost of an exception)
+    if len(host) <= 253 and _HOST.fullmatch(host):
+        return True
     try:
         ipaddress.ip_address(host.strip("[]"))
         return True
     except ValueError:
-        return bool(_HOST.fullmatch(host)) and len(host) <= 253
+        return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _url_shape_problems(url: str) -> tuple[str, ...]:
+    """What is wrong with the shape of a backend url (variables substituted): a pure function
+    of the url, remembered, since many APIs of a document share one backend address."""
+    problems = []
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return (f"invalid url: {exc}",)
+    if parts.username is not None or parts.password is not None:
+        problems.append("credentials do not belong in the url (use backend params)")
+    elif not parts.hostname or not _is_host(parts.hostname):
+        problems.append(f"invalid host in '{url}'")
+    elif port == 0:
+        problems.append("invalid port 0")
+    if parts.query or parts.fragment or "?" in url:
+        problems.append("a backend url has no query (use backend params)")
+    # (every whitespace character but the space is unprintable: one C-level scan for both)
+    if " " in url or not url.isprintable():
+        problems.append("spaces or control characters in the url")
+    return tuple(problems)
 
 
 def _topic_ok(topic: str, wildcards: bool) -> bool:
