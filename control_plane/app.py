@@ -353,11 +353,11 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
           roles=(READ_WRITE,))
     route("/v1/tokens/{name}", {"DELETE": (True, _delete_token)}, roles=(READ_WRITE,))
     route("/v1/audit", {"GET": (False, _audit)})
-    from .publishing import Distribution, routes as publishing_routes
+    from .publishing import Distribution, openapi_paths, routes as publishing_routes
     state.distribution = Distribution()
     for template, methods, options in publishing_routes(state.distribution):
         route(template, methods, **options)
-    document = schema.openapi(extra_paths=_extra_paths())
+    document = schema.openapi(extra_paths={**_extra_paths(), **openapi_paths()})
     encoded = msgspec.json.encode(document)
 
     async def openapi(request, token, st):

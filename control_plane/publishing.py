@@ -439,3 +439,74 @@ def routes(distribution: Distribution) -> list[tuple[str, dict[str, tuple[bool, 
         ("/v1/gateways", {"GET": (False, list_gateways)}, {}),
         ("/v1/gateway/config", {"GET": (False, distribution.config)}, {"roles": (GATEWAY,)}),
     ]
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The OpenAPI entries of the routes above."""
+    from .schema import REF
+    err = {"description": "error", "content": {"application/json": {"schema": {"$ref": REF.format(
+        name="Error")}}}}
+    errors = {c: err for c in ("400", "401", "403")}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    env_q = {"name": "env", "in": "query", "required": False,
+             "schema": {"type": "string", "default": RELEASE}}
+    number = lambda n: {"name": n, "in": "path", "required": True,  # noqa: E731
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+    note = {"type": "string", "maxLength": _NOTE_MAX}
+    done = {"201": {"description": "published: the new revision and the versions recorded",
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["revision", "versions"], "properties": {
+                            "revision": {"type": "integer"},
+                            "versions": {"type": "object",
+                                         "additionalProperties": {"type": "integer"}}}}}}},
+            "404": err, "409": err, "422": err, **errors}
+
+    def body(props: dict, required: list[str]) -> dict:
+        return {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": required, "additionalProperties": False,
+            "properties": {**props, "note": note}}}}}
+
+    def post(op: str, summary: str, props: dict, required: list[str], params=(name,)) -> dict:
+        return {"parameters": list(params), "post": {
+            "operationId": op, "summary": summary, "requestBody": body(props, required),
+            "responses": done}}
+
+    def get(op: str, summary: str, params: list) -> dict:
+        return {"parameters": params, "get": {"operationId": op, "summary": summary,
+                                              "responses": {"200": {"description": "found"},
+                                                            "404": err, **errors}}}
+    env = {"env": {"type": "string"}}
+    return {
+        "/v1/apis/{name}/publish": post("publish_api", "Publish the API as edited now",
+                                        env, ["env"]),
+        "/v1/apis/{name}/rollback": post(
+            "rollback_api", "Publish a version of the API again",
+            {**env, "version": {"type": "integer", "minimum": 1}}, ["env", "version"]),
+        "/v1/apis/{name}/offline": post("offline_api", "Stop serving the API in an environment",
+                                        env, ["env"]),
+        "/v1/publish": post("publish", "Publish many APIs (or all) as one revision",
+                            {**env, "apis": {"anyOf": [
+                                {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                                {"const": "all"}]}}, ["env", "apis"], params=()),
+        "/v1/apis/{name}/versions": get("api_versions", "The versions published in an "
+                                        "environment, newest first", [name, env_q]),
+        "/v1/apis/{name}/versions/{v}": get("api_version", "One version (secrets masked)",
+                                            [name, number("v"), env_q]),
+        "/v1/apis/{name}/versions/{a}/diff/{b}": get(
+            "api_version_diff", "The fields that differ ({path, before, after}, masked)",
+            [name, number("a"), number("b"), env_q]),
+        "/v1/publishes": get("publishes", "The publish revisions, newest first", []),
+        "/v1/gateways": get("gateways", "The gateways following this control plane", []),
+        "/v1/gateway/config": {"get": {
+            "operationId": "gateway_config",
+            "summary": "For gateway tokens: the latest published document (not masked) when "
+                       "its revision is not `after`, else when one is published within `wait` "
+                       "seconds, else 304",
+            "parameters": [{"name": "after", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                           {"name": "wait", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 60,
+                                       "default": 30}}],
+            "responses": {"200": {"description": "{revision, document}"},
+                          "304": {"description": "nothing newer"}, "503": err, **errors}}},
+    }

@@ -206,6 +206,7 @@ def test_publish_errors_change_nothing(cp, admin, gateway):
     assert admin.post("/v1/apis/a/publish", content=b"{not json").status_code == 400
     assert admin.get("/v1/apis/a/versions/x").status_code == 400
     assert admin.get("/v1/apis/a/versions/7").status_code == 404
+    assert "/v1/apis/{name}/publish" in admin.get("/v1/openapi.json").json()["paths"]
     # a document the gateway would refuse is not published: the published (old) a still owns
     # GET /a, and a new API on the same route is published alone
     ok(admin.patch("/v1/apis/a", json={"path": "/moved"}), 200)
