@@ -28,6 +28,7 @@ Errors: ``{"error_code", "error_msg", "path", "errors": [Problem]}``; every answ
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import inspect
@@ -275,6 +276,14 @@ class _TimedStore:
 class _State:
     store: Any = None
     raw_store: Store | None = None
+    distribution: Any = None       # the gateways' endpoint (publishing.Distribution)
+    loop: Any = None
+
+    def stopping(self) -> None:
+        """The server is stopping: answer the gateways' long polls now (safe from a signal
+        handler)."""
+        if self.loop is not None and self.distribution is not None:
+            self.loop.call_soon_threadsafe(self.distribution.stop)
 
 
 def create_app(store: Store | str | None = None, *, admin_token: str | None = None,
@@ -292,6 +301,7 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
         try:
             state.raw_store = raw
             state.store = _TimedStore(raw, metrics)
+            state.loop = asyncio.get_running_loop()
             generated = await ensure_admin_token(raw, admin_token)
             if generated is not None:
                 announce("tollgate control plane: the first read-write token (shown this once, "
@@ -343,7 +353,11 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
           roles=(READ_WRITE,))
     route("/v1/tokens/{name}", {"DELETE": (True, _delete_token)}, roles=(READ_WRITE,))
     route("/v1/audit", {"GET": (False, _audit)})
-    document = schema.openapi(extra_paths=_extra_paths())
+    from .publishing import Distribution, openapi_paths, routes as publishing_routes
+    state.distribution = Distribution()
+    for template, methods, options in publishing_routes(state.distribution):
+        route(template, methods, **options)
+    document = schema.openapi(extra_paths={**_extra_paths(), **openapi_paths()})
     encoded = msgspec.json.encode(document)
 
     async def openapi(request, token, st):

@@ -43,6 +43,7 @@ from .config import ConfigError, load_document
 from .config import warnings as config_warnings
 from .metrics import ClusterCollector
 from .policy.counters import create_segment
+from .follow import Follower, FollowSettings, prepare_state_dir, sync_dir
 from .snapshot import compile_snapshot, paused_gc
 from .worker import WorkerSettings, bind_listener
 
@@ -64,6 +65,8 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     watch_interval_s: float = 1.0
     throttle_keys: int = 262_144            # live caller keys the node's throttle table holds
     worker: WorkerSettings | None = None   # template for the workers' settings
+    #: follow a control plane (``config`` is then the state directory's published.json)
+    follow: FollowSettings | None = None
 
 
 class CheckedConfig(msgspec.Struct, frozen=True):
@@ -146,6 +149,8 @@ class Master:
         # they decode those bytes without validating them again (they still compile them)
         self.checked_fd = os.memfd_create("tollgate-checked")
         os.pwrite(self.checked_fd, bytes(32), 0)
+        self.follower = None        # the watch of the control plane, when following one
+        self.follow_revision = 0    # the revision of the state directory's document at start
 
     # -- workers ---------------------------------------------------------------------------------
     def _spawn(self, wp: WorkerProcess):
@@ -240,26 +245,34 @@ class Master:
                     pass
 
     # -- configuration ---------------------------------------------------------------------------
-    def reload(self, reason):
-        path = self.settings.config
+    def reload(self, reason, candidate=None) -> bool:
+        """Check the configuration file (or ``candidate``, a file beside it that replaces it
+        once checked) and, when it changed, make the workers load it.  False when refused."""
+        path = candidate or self.settings.config
         try:
             checked, doc, snapshot, digest = _check(path, self.checked)
         except OSError as exc:
             self.reloads_failed += 1
             log.error("reload (%s): cannot read %s (%s); still serving configuration %s", reason,
                       path, exc.strerror or exc, self.config_version)
-            return
+            return False
         except ConfigError as exc:
             self.reloads_failed += 1
             log.error("reload (%s) refused, still serving configuration %s:\n%s", reason,
                       self.config_version, exc)
-            return
+            if candidate:
+                os.unlink(candidate)
+            return False
+        if candidate:       # (the workers, and a restart, read the file: it is this one now)
+            os.replace(candidate, self.settings.config)
+            sync_dir(os.path.dirname(self.settings.config))
+            self._stat = self._file_state()
         self.checked = snapshot
         version = checked.version
         if version == self.config_version:
             log.info("reload (%s): %s is unchanged; still serving configuration %s", reason,
                      path, version)
-            return
+            return True
         _log_warnings(path, checked)
         self.reloads_ok += 1
         log.info("reload (%s): config %s -> %s", reason, self.config_version, version)
@@ -267,6 +280,7 @@ class Master:
         self.checker.apply(doc)
         os.pwrite(self.checked_fd, digest, 0)
         self._signal_workers(signal.SIGHUP)
+        return True
 
     def _file_state(self):
         try:
@@ -297,7 +311,9 @@ class Master:
 
     @property
     def ready(self):
-        return not self.stopping and all(wp.ready and wp.proc is not None for wp in self.workers)
+        # (a gateway following a control plane is ready once it serves a publish)
+        return not self.stopping and all(wp.ready and wp.proc is not None for wp in self.workers) \
+            and (self.follower is None or self.follower.applied > 0)
 
     def status_response(self, method, path):
         if method not in (b"GET", b"HEAD"):
@@ -311,6 +327,8 @@ class Master:
         if path == b"/readyz":
             ok = self.ready
             body = msgspec.json.encode({"ready": ok, "config_version": self.config_version,
+                                        **({"revision": self.follower.applied}
+                                           if self.follower is not None else {}),
                                         "workers": [{"pid": w.pid, "ready": w.ready,
                                                      "config_version": w.version}
                                                     for w in self.workers]})
@@ -321,6 +339,8 @@ class Master:
 
     # -- running -------------------------------------------------------------------------------
     async def run(self):
+        if self.settings.follow is not None:
+            self.follower = Follower(self.settings.follow, self, self.follow_revision)
         checked, doc, self.checked, digest = _check(self.settings.config)
         os.pwrite(self.checked_fd, digest, 0)
         _log_warnings(self.settings.config, checked)
@@ -349,6 +369,8 @@ class Master:
                         "until the configuration has one (certificates)")
         watchers = [self.loop.create_task(self._watch_workers()),
                     self.loop.create_task(self._watch_file())]
+        if self.follower is not None:
+            watchers.append(self.loop.create_task(self.follower.run()))
         await self._done
         for task in watchers:
             task.cancel()
@@ -450,6 +472,19 @@ class StatusProtocol(asyncio.Protocol):
 def run_gateway(settings: GatewaySettings) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s master[{os.getpid()}] %(levelname)s %(message)s")
+    follow_revision = 0
+    if settings.follow is not None:
+        # the configuration is the last document applied from the control plane
+        state_dir = os.path.abspath(settings.follow.state_dir)
+        try:
+            published, follow_revision = prepare_state_dir(state_dir)
+        except OSError as exc:
+            print(f"tollgate: cannot use the state directory {state_dir}: {exc}",
+                  file=sys.stderr)
+            return 2
+        settings = msgspec.structs.replace(
+            settings, config=published,
+            follow=msgspec.structs.replace(settings.follow, state_dir=state_dir))
     # workers run from another directory (see _spawn): hand them absolute paths
     settings = msgspec.structs.replace(
         settings, config=os.path.abspath(settings.config),
@@ -466,6 +501,7 @@ def run_gateway(settings: GatewaySettings) -> int:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     master = Master(settings, loop)
+    master.follow_revision = follow_revision
     try:
         loop.run_until_complete(master.run())
     except OSError as exc:

@@ -49,6 +49,33 @@ def _gateway(args) -> int:
         print("tollgate: --listen and --tls-listen are both off: nothing to serve",
               file=sys.stderr)
         return 2
+    follow = None
+    if args.control_plane:
+        import os
+        import socket
+
+        from gateway.follow import FollowSettings
+
+        token = args.token or os.environ.get("TOLLGATE_GATEWAY_TOKEN")
+        if args.config:
+            print("tollgate: --config and --control-plane exclude each other (a gateway serves "
+                  "a file, or follows a control plane)", file=sys.stderr)
+            return 2
+        if not args.control_plane.startswith(("http://", "https://")):
+            print("tollgate: --control-plane must be an http:// or https:// URL",
+                  file=sys.stderr)
+            return 2
+        if not token:
+            print("tollgate: --control-plane needs --token (or $TOLLGATE_GATEWAY_TOKEN): a "
+                  "token of role gateway", file=sys.stderr)
+            return 2
+        follow = FollowSettings(url=args.control_plane, token=token, state_dir=args.state_dir,
+                                gateway_id=args.gateway_id or
+                                f"{socket.gethostname()}:{args.listen[1] or args.tls_listen[1]}")
+        args.config = os.path.join(args.state_dir, "published.json")   # (made absolute later)
+    elif not args.config:
+        print("tollgate: --config FILE (or --control-plane URL) is required", file=sys.stderr)
+        return 2
     worker = WorkerSettings(config=args.config, host=args.listen[0], port=args.listen[1],
                             limits=limits)
     settings = GatewaySettings(
@@ -56,7 +83,7 @@ def _gateway(args) -> int:
         tls_host=args.tls_listen[0], tls_port=args.tls_listen[1],
         status_host=args.status_listen[0], status_port=args.status_listen[1],
         workers=args.workers, access_log=args.access_log, worker=worker,
-        watch_interval_s=args.watch_interval, throttle_keys=args.throttle_keys)
+        watch_interval_s=args.watch_interval, throttle_keys=args.throttle_keys, follow=follow)
     return run_gateway(settings)
 
 
@@ -105,7 +132,12 @@ def _control_plane(args) -> int:
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="h11",
                             lifespan="on", log_level="warning", access_log=False,
                             server_header=False)
-    server = uvicorn.Server(config)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            app.state.tollgate.stopping()      # gateways waiting on a long poll are answered
+
+    server = Server(config)
     # uvicorn stops gracefully on SIGTERM / SIGINT, then raises the signal again for the
     # handlers it found: let those be quiet ones, so that a clean stop exits 0
     import signal
@@ -128,7 +160,21 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gateway", help="run the data plane (reverse proxy)",
                        description="Serve the APIs of a configuration file. SIGHUP or a change "
                                    "of the file reloads it; SIGTERM drains and exits.")
-    g.add_argument("--config", required=True, help="configuration document (YAML or JSON)")
+    g.add_argument("--config", default=None,
+                   help="configuration document (YAML or JSON); not with --control-plane")
+    g.add_argument("--control-plane", default=None, metavar="URL",
+                   help="follow this control plane (http://HOST:PORT): serve what is published "
+                        "there, applied live; instead of --config")
+    g.add_argument("--token", default=None, metavar="TOKEN",
+                   help="with --control-plane: a token of role gateway (default: "
+                        "$TOLLGATE_GATEWAY_TOKEN)")
+    g.add_argument("--state-dir", default="tollgate-gateway-state", metavar="DIR",
+                   help="with --control-plane: where the last applied document is kept "
+                        "(published.json, served at a restart while the control plane is down; "
+                        "default ./tollgate-gateway-state)")
+    g.add_argument("--gateway-id", default=None, metavar="ID",
+                   help="with --control-plane: this gateway's name in the control plane's list "
+                        "of gateways (default HOSTNAME:PORT)")
     g.add_argument("--listen", type=listener, default=("127.0.0.1", 8080),
                    help="HOST:PORT to serve plain HTTP on (default 127.0.0.1:8080), or 'off'")
     g.add_argument("--tls-listen", type=listener, default=("127.0.0.1", 0), metavar="HOST:PORT",
