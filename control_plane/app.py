@@ -357,7 +357,11 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
     state.distribution = Distribution()
     for template, methods, options in publishing_routes(state.distribution):
         route(template, methods, **options)
-    document = schema.openapi(extra_paths={**_extra_paths(), **openapi_paths()})
+    from . import assets
+    for template, methods, options in assets.routes():
+        route(template, methods, **options)
+    document = schema.openapi(extra_paths={**_extra_paths(), **openapi_paths(),
+                                           **assets.openapi_paths()})
     encoded = msgspec.json.encode(document)
 
     async def openapi(request, token, st):

@@ -53,7 +53,7 @@ from .app import (ApiError, _all_resources, _int_param, _invalid, _json, _page, 
                   _settings, MAX_BODY)
 from .kinds import mask
 
-__all__ = ["routes", "gateway_apis", "diff", "stored_document"]
+__all__ = ["routes", "gateway_apis", "diff", "stored_document", "needs"]
 
 _NOTE_MAX = 1000
 
@@ -142,6 +142,56 @@ def diff(before: dict, after: dict, kind_name: str = "apis") -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------
+# What an API needs before it can be published (an imported asset arrives without these)
+
+_VARIABLE_REF = re.compile(r"#([^#/?{}\s]*)#")
+
+
+def needs(body: dict, env: str, groups: dict[str, dict], channels: dict[str, dict]
+          ) -> list[D.Problem]:
+    """What API ``body`` lacks to be served in ``env``: the environment variables its backends
+    use that its group does not define there, and the channels it uses that have no members
+    (``groups``, ``channels``: the current bodies by name).  Empty when it can be published."""
+    name = body.get("name")
+    group = groups.get(body.get("group")) or {}
+    defined = (group.get("variables") or {}).get(env) or {}
+    found: list[D.Problem] = []
+    backends = [("backend", body.get("backend") or {})] + [
+        (f"conditional_backends[{i}].backend", cb.get("backend") or {})
+        for i, cb in enumerate(body.get("conditional_backends") or ())]
+    for where, backend in backends:
+        for field in ("url", "path"):
+            text = backend.get(field)
+            for var in sorted(set(_VARIABLE_REF.findall(text))) if isinstance(text, str) else ():
+                if var not in defined:
+                    found.append(D.Problem(
+                        kind="apis", name=name, path=f"{where}.{field}",
+                        message=f"variable '{var}' is not defined for environment '{env}' "
+                                f"(groups/{body.get('group')}: variables.{env}.{var})"))
+        channel = backend.get("channel")
+        if channel in channels and not channels[channel].get("members"):
+            found.append(D.Problem(kind="apis", name=name, path=f"{where}.channel",
+                                   message=f"channel '{channel}' has no members "
+                                           f"(channels/{channel}: members)"))
+    return found
+
+
+def _check_needs(change: dict[str, dict[str, dict | None]],
+                 resources: dict[str, list[dict]]) -> None:
+    """409 naming what the APIs of ``change`` lack to be published (see :func:`needs`)."""
+    groups = {g["name"]: g for g in resources.get("groups", ())}
+    channels = {c["name"]: c for c in resources.get("channels", ())}
+    problems = [p for env, apis in change.items() for body in apis.values() if body is not None
+                for p in needs(body, env, groups, channels)]
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ApiError(409, "TG.0409", f"apis {first.name!r} cannot be published until it has "
+                                       f"what it uses: {first.path}: {first.message}{more}",
+                       path=first.path, errors=problems)
+
+
+# --------------------------------------------------------------------------------------------------
 # Publishing
 
 def _published(stored: tuple[int, dict] | None) -> dict[str, dict[str, dict]]:
@@ -198,6 +248,7 @@ async def _publish(st, who: str, note: str, change: dict[str, dict[str, dict | N
         numbers = await _next_versions(tx, change)
         settings, _ = await _settings(tx)
         resources = await _all_resources(tx)
+        _check_needs(change, resources)
         envs = _env_names(settings, resources)
         for env in change:
             if env not in envs:
@@ -221,6 +272,9 @@ async def _publish(st, who: str, note: str, change: dict[str, dict[str, dict | N
             raise _invalid(exc) from None
         revision = await tx.add_publish({"document": document, "published": published},
                                         note, who)
+        if RELEASE in change:          # published in RELEASE: no longer an import to publish
+            from .assets import forget_imported
+            await forget_imported(tx, [a for a, b in change[RELEASE].items() if b is not None])
         versions = {}
         for (env, api), n in numbers.items():
             got = await tx.add_api_version(api, env, change[env][api], revision, note, who)

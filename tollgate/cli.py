@@ -1,7 +1,9 @@
 """``tollgate <command> ...``: the command line above all parts.
 
-``tollgate gateway`` runs the data plane; ``tollgate validate FILE`` checks a configuration
-document the way the gateway would load it, for users' own CI.
+``tollgate gateway`` runs the data plane; ``tollgate control-plane`` the REST admin; ``tollgate
+up`` both (the gateway following the control plane); ``tollgate assets`` exports and imports
+integration assets; ``tollgate validate FILE`` checks a configuration document the way the
+gateway would load it, for users' own CI.
 """
 from __future__ import annotations
 
@@ -149,6 +151,93 @@ def _control_plane(args) -> int:
     return 0 if server.started else 1
 
 
+def _admin_client(args):
+    import os
+
+    import httpx
+
+    token = args.token or os.environ.get("TOLLGATE_ADMIN_TOKEN")
+    if not token:
+        raise SystemExit("tollgate: --token (or $TOLLGATE_ADMIN_TOKEN) is required: an admin "
+                         "token of the control plane")
+    return httpx.Client(base_url=args.control_plane.rstrip("/"), timeout=300.0,
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def _print_refusal(response) -> int:
+    try:
+        error = response.json()
+    except ValueError:
+        print(f"tollgate: the control plane answered {response.status_code}: "
+              f"{response.text[:500]}", file=sys.stderr)
+        return 1
+    print(f"tollgate: refused ({response.status_code} {error.get('error_code')}): "
+          f"{error.get('error_msg')}", file=sys.stderr)
+    for problem in error.get("errors") or ():
+        where = "/".join(p for p in (problem.get("kind"), problem.get("name")) if p)
+        path = f": {problem['path']}" if problem.get("path") else ""
+        print(f"  {where or '(file)'}{path}: {problem.get('message')}", file=sys.stderr)
+    return 1
+
+
+def _assets(args) -> int:
+    """``tollgate assets export --out FILE`` / ``tollgate assets import FILE``."""
+    import json
+    import os
+
+    import httpx
+
+    try:
+        with _admin_client(args) as client:
+            if args.action == "export":
+                response = client.get("/v1/assets")
+                if response.status_code != 200:
+                    return _print_refusal(response)
+                data = response.json()
+                tmp = args.out + ".new"
+                with open(tmp, "w") as f:
+                    json.dump(data, f, indent=2)
+                    f.write("\n")
+                os.replace(tmp, args.out)
+                counts = ", ".join(f"{len(v)} {k}" for k, v in data["assets"].items() if v)
+                print(f"exported to {args.out}: {counts or 'nothing'}")
+                return 0
+            try:
+                with open(args.file, "rb") as f:
+                    body = f.read()
+            except OSError as exc:
+                print(f"tollgate: {args.file}: cannot read: {exc.strerror or exc}",
+                      file=sys.stderr)
+                return 1
+            params = {"mode": args.mode, **({"prefix": args.prefix} if args.prefix else {})}
+            response = client.post("/v1/assets", params=params, content=body,
+                                   headers={"Content-Type": "application/json"})
+            if response.status_code != 200:
+                return _print_refusal(response)
+            done = response.json()
+    except httpx.TransportError as exc:
+        print(f"tollgate: cannot reach the control plane at {args.control_plane}: {exc}",
+              file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{len(v)} {k}" for k, v in done["imported"].items())
+    print(f"imported: {counts or 'nothing'}")
+    if done["reconfigure"]:
+        print("to configure again (asset files hold no secrets or instance data):")
+    for entry in done["reconfigure"]:
+        print(f"  {entry['kind']}/{entry['name']}:")
+        for item in entry["items"]:
+            mark = " [needed to publish]" if item["blocks_publish"] else ""
+            print(f"    {item['field']}: {item['what']}{mark}")
+        for path, value in (entry.get("generated") or {}).items():
+            print(f"    new {path}: {value}")
+    return 0
+
+
+def _up(args) -> int:
+    from tollgate.up import run_up
+    return run_up(args)
+
+
 def _masked_url(url: str) -> str:
     from control_plane.kinds import mask
     return mask("datasources", {"url": url})["url"]
@@ -221,6 +310,48 @@ def parser() -> argparse.ArgumentParser:
                    help="the first read-write token (default: $TOLLGATE_ADMIN_TOKEN; else one "
                         "is generated at the first start and printed once)")
     c.set_defaults(run=_control_plane)
+    a = sub.add_parser("assets", help="export or import the integration assets of a control "
+                                      "plane",
+                       description="Asset files hold the integration assets (groups, APIs "
+                                   "published in RELEASE, channels, authorizers, apps, "
+                                   "products, data sources) without secrets or instance data.")
+    a.add_argument("--control-plane", default="http://127.0.0.1:9080", metavar="URL",
+                   help="the control plane (default http://127.0.0.1:9080)")
+    a.add_argument("--token", default=None, metavar="TOKEN",
+                   help="an admin token (default: $TOLLGATE_ADMIN_TOKEN); import needs a "
+                        "read-write one")
+    asub = a.add_subparsers(dest="action", required=True)
+    ae = asub.add_parser("export", help="write the asset file")
+    ae.add_argument("--out", required=True, metavar="FILE")
+    ai = asub.add_parser("import", help="import an asset file (all or nothing) and list what "
+                                        "must be configured again")
+    ai.add_argument("file", metavar="FILE")
+    ai.add_argument("--mode", choices=("add", "merge"), default="add",
+                    help="add (default): refuse names that exist; merge: replace them (keeping "
+                         "their secrets and instance data)")
+    ai.add_argument("--prefix", default=None, metavar="P",
+                    help="put P before every imported name (and the references to them)")
+    for parser_ in (ae, ai):
+        parser_.set_defaults(run=_assets)
+    u = sub.add_parser("up", help="run a control plane and a gateway following it, in one command",
+                       description="Run the control plane (SQLite in --state-dir) and a gateway "
+                                   "following it. The admin token is printed at the first start "
+                                   "only. Ctrl-C or SIGTERM stops both.")
+    u.add_argument("--state-dir", default="tollgate-state", metavar="DIR",
+                   help="the control plane's store and the gateway's state (default "
+                        "./tollgate-state)")
+    u.add_argument("--listen", type=host_port, default=("127.0.0.1", 8080),
+                   help="the gateway's HOST:PORT (default 127.0.0.1:8080)")
+    u.add_argument("--control-plane-listen", type=host_port, default=("127.0.0.1", 9080),
+                   metavar="HOST:PORT", help="the control plane's (default 127.0.0.1:9080)")
+    u.add_argument("--status-listen", type=host_port, default=("127.0.0.1", 9091),
+                   metavar="HOST:PORT",
+                   help="the gateway's /metrics, /healthz, /readyz (default 127.0.0.1:9091)")
+    u.add_argument("--admin-token", default=None, metavar="TOKEN",
+                   help="set the read-write token 'admin' to TOKEN (default: "
+                        "$TOLLGATE_ADMIN_TOKEN; else one is generated at the first start and "
+                        "printed once)")
+    u.set_defaults(run=_up)
     v = sub.add_parser("validate", help="check a configuration document without serving it",
                        description="Load FILE as the gateway would and print every error with "
                                    "its path (exit 1), or OK with the APIs served per "
