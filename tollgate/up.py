@@ -123,6 +123,11 @@ def run_up(args) -> int:
              "--listen", f"{gw_host}:{gw_port}", "--status-listen", f"{st_host}:{st_port}"],
             env={**env, "TOLLGATE_GATEWAY_TOKEN": gateway_token}, preexec_fn=_die_with_parent)
         children.insert(0, gateway)           # stopped first
+        while not _serving(gw_host, gw_port):
+            if gateway.poll() is not None or stopping:
+                print("tollgate up: the gateway did not start", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
         print(f"tollgate up: control plane {cp_url}/v1/ (store {store_path})", flush=True)
         print(f"tollgate up: gateway http://{_local(gw_host)}:{gw_port} (serves what is "
               f"published; status http://{_local(st_host)}:{st_port}/readyz, /metrics)",
