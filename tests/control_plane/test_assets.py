@@ -373,7 +373,8 @@ class Up:
              "--status-listen", f"127.0.0.1:{self.ports['status']}", *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -395,6 +396,8 @@ class Up:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.reader.join(10)
+        self.proc.stdout.close()
         return self.proc.returncode
 
 
@@ -463,3 +466,16 @@ def test_tollgate_up_with_a_given_admin_token_and_with_a_taken_port(tmp_path):
     finally:
         assert taken.stop() == 0, taken.output
     assert clash.returncode != 0
+
+
+def test_an_api_served_nowhere_may_use_an_empty_channel_a_served_one_may_not():
+    from gateway.config import ConfigError, parse_document
+
+    doc = {"version": 1, "groups": [{"name": "g"}], "channels": [{"name": "c", "port": 80}],
+           "apis": [{"name": "a", "group": "g", "method": "GET", "path": "/a",
+                     "backend": {"channel": "c", "path": "/"}}]}
+    parse_document(json.dumps(doc).encode(), "json")           # an imported API, not published
+    doc["apis"][0]["environments"] = {"RELEASE": {}}
+    with pytest.raises(ConfigError) as refused:
+        parse_document(json.dumps(doc).encode(), "json")
+    assert refused.value.errors == ["apis[0].backend.channel: channel 'c' has no members"]
