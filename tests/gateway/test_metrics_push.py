@@ -208,3 +208,53 @@ def test_reload_that_removes_an_api_keeps_its_totals(make_gateway):
     m = wait_exact(gw, counts)
     assert m[(REQ, (("api", "api-1"), ("env", "RELEASE"), ("status", "2xx")))] == 2 + 2
     assert m[("tollgate_config_reloads_total", (("result", "ok"),))] == 2
+
+
+def test_auth_failures_pushed_as_they_change(make_gateway):
+    """Labelled counters (auth failures here) are pushed as changed rows too: their totals stay
+    exact over pushes that do not carry them, across two workers."""
+    doc = many_mock_apis(10)
+    doc["apps"] = [{"name": "shop", "key": "shop-key-0001", "secret": "shop-secret-0001"}]
+    for api in doc["apis"]:
+        api["auth"] = "app"
+        api["environments"] = {"RELEASE": {"apps": ["shop"]}}
+    gw = make_gateway(doc, workers=2)
+    sent = {}
+    workers = set()
+
+    def refused(i, times):
+        for _ in range(times):
+            c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+            try:
+                c.request("GET", f"/m{i}")             # no credentials
+                r = c.getresponse()
+                r.read()
+            finally:
+                c.close()
+            assert r.status == 401, r.status
+            workers.add(r.getheader("X-Request-Id")[:16])
+            sent[f"api-{i}"] = sent.get(f"api-{i}", 0) + 1
+
+    def wait_auth_exact():
+        deadline = time.monotonic() + 15
+        got = None
+        while time.monotonic() < deadline:
+            got = {dict(k[1])["api"]: v for k, v in scrape(gw).items()
+                   if k[0] == "tollgate_auth_failures_total"
+                   and dict(k[1])["reason"] == "missing"}
+            if got == sent:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"auth failures {got} != sent {sent}")
+        time.sleep(1.2)                                 # more pushes without them: kept
+        assert {dict(k[1])["api"]: v for k, v in scrape(gw).items()
+                if k[0] == "tollgate_auth_failures_total"} == sent
+
+    for i in range(10):
+        refused(i, 1 + i % 3)
+    wait_auth_exact()
+    for i in (2, 5):
+        refused(i, 4)
+    wait_auth_exact()
+    assert len(workers) == 2, "only one worker answered: the test needs both"
