@@ -202,6 +202,9 @@ class Master:
             pass
         finally:
             transport.close()
+            # the end of the pipe: the worker is gone and its last push is read (retiring it
+            # when its exit is seen could come before that push, counted then twice)
+            self.collector.retire(pid)
 
     def _on_message(self, wp, pid, message):
         kind = message.get("t")
@@ -223,7 +226,6 @@ class Master:
                 if wp.proc is None or wp.proc.poll() is None:
                     continue
                 code = wp.proc.returncode
-                self.collector.retire(wp.pid)
                 if self.stopping:
                     break
                 log.error("worker %d (pid %d) exited with %s; starting it again", wp.index,

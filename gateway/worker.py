@@ -229,7 +229,9 @@ class Worker:
             self._channel.write(struct.pack("!I", len(payload)) + payload)
 
     def push_metrics(self):
-        if self.snapshot is not None:
+        # (an export hands over what changed: only when it can be sent)
+        if self.snapshot is not None and self._channel is not None \
+                and not self._channel.is_closing():
             self.send({"t": "metrics", **self.metrics.export(self)})
 
     # -- running --------------------------------------------------------------------------------
