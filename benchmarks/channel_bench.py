@@ -45,11 +45,9 @@ benchmark could not run.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -675,34 +673,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for tool in (harness.NGINX, harness.WRK):
-        if not os.access(tool, os.X_OK):
-            print(f"{tool} is missing (Debian packages nginx-light and wrk)", file=sys.stderr)
-            return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, harness._on_signal)
-    atexit.register(harness.stop_all)
-    try:
-        args.tollgate_cmd = harness.tollgate_command()
-    except RuntimeError as exc:
-        harness.loud(str(exc))
-        return 2
     kind = "chaos" if args.chaos else "throughput"
-    workdir = harness.WORK_ROOT / f"channel-{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    (workdir / "tmp").mkdir(parents=True)
-    status = 2
-    try:
-        status = chaos(args, workdir) if args.chaos else throughput(args, workdir)
-        return status
-    except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
-        harness.loud(f"benchmark failed: {exc}")
-        return 2
-    finally:
-        harness.stop_all()
-        if status == 0 and not args.keep_work:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            harness.log(f"work dir kept: {workdir}")
+    return harness.run_bench(f"channel-{kind}", chaos if args.chaos else throughput, args)
 
 
 if __name__ == "__main__":

@@ -418,6 +418,42 @@ def run_wrk(url: str, seconds: int, threads: int, connections: int,
     return parse_wrk(cp.stdout)
 
 
+def run_bench(name: str, run, args, tools=(NGINX, WRK), needs_tollgate: bool = True) -> int:
+    """What a benchmark's main() does around its measurement: refuse to start without
+    ``tools`` (2), stop every process started on a signal or at exit, find Tollgate
+    (``args.tollgate_cmd``) when ``needs_tollgate``, then ``run(args, workdir)`` in a fresh work
+    dir ``benchmarks/.work/<name>-<time>-<pid>``, removed after a clean run (status 0) unless
+    ``--keep-work``.  A RuntimeError, ValueError, OSError or timeout ends the run with 2."""
+    for tool in tools:
+        if not os.access(tool, os.X_OK):
+            print(f"{tool} is missing (Debian packages nginx-light and wrk)", file=sys.stderr)
+            return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    atexit.register(stop_all)
+    if needs_tollgate:
+        try:
+            args.tollgate_cmd = tollgate_command()
+        except RuntimeError as exc:
+            loud(str(exc))
+            return 2
+    workdir = WORK_ROOT / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    (workdir / "tmp").mkdir(parents=True)
+    status = 2
+    try:
+        status = run(args, workdir)
+        return status
+    except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
+        loud(f"benchmark failed: {exc}")
+        return 2
+    finally:
+        stop_all()
+        if status == 0 and not args.keep_work:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"work dir kept: {workdir}")
+
+
 # --------------------------------------------------------------------------------------------
 # Targets
 

@@ -49,13 +49,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import os
 import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -855,36 +853,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    tools = (harness.NGINX,) + (() if args.accuracy else (harness.WRK,))
-    for tool in tools:
-        if not os.access(tool, os.X_OK):
-            print(f"{tool} is missing (Debian packages nginx-light and wrk)", file=sys.stderr)
-            return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, harness._on_signal)
-    atexit.register(harness.stop_all)
-    if args.accuracy or any(TARGETS[n][1] != "nginx" for n in args.target_list):
-        try:
-            args.tollgate_cmd = harness.tollgate_command()
-        except RuntimeError as exc:
-            harness.loud(str(exc))
-            return 2
     kind = "accuracy" if args.accuracy else "throughput"
-    workdir = harness.WORK_ROOT / f"throttle-{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    (workdir / "tmp").mkdir(parents=True)
-    status = 2
-    try:
-        status = accuracy(args, workdir) if args.accuracy else throughput(args, workdir)
-        return status
-    except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
-        harness.loud(f"benchmark failed: {exc}")
-        return 2
-    finally:
-        harness.stop_all()
-        if status == 0 and not args.keep_work:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            harness.log(f"work dir kept: {workdir}")
+    return harness.run_bench(
+        f"throttle-{kind}", accuracy if args.accuracy else throughput, args,
+        tools=(harness.NGINX,) + (() if args.accuracy else (harness.WRK,)),
+        needs_tollgate=args.accuracy or any(TARGETS[n][1] != "nginx" for n in args.target_list))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ from libc.stdint cimport uint64_t, int64_t, uint32_t, int32_t, uint8_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
-from bisect import bisect_left
-from hashlib import blake2b
 
 cdef extern from *:
     """
@@ -21,13 +19,10 @@ cdef extern from *:
     """
     bint tg_wlc_less(int64_t a1, int64_t wb, int64_t b1, int64_t wa) nogil
 
-WRR, WLC, SOURCE_HASH, URI_HASH = 0, 1, 2, 3
-NONE = -1
-KINDS = {"wrr": WRR, "wlc": WLC, "source_hash": SOURCE_HASH, "uri_hash": URI_HASH}
-
-MAX_MEMBERS = 4096
-MAX_WEIGHT = 1 << 40
-POINTS_PER_MEMBER = 100
+# The constants and the building of a balancer (checks, hash rings) are the interpreted twin's:
+# they run once per balancer, not per pick, and one text of them keeps both forms alike.
+from fastpath.balancer import (KINDS, MAX_MEMBERS, MAX_WEIGHT, NONE, POINTS_PER_MEMBER,
+                               SOURCE_HASH, URI_HASH, WLC, WRR, _checked, _ring)
 
 cdef enum:
     _WRR = 0
@@ -52,50 +47,6 @@ cpdef uint64_t hash_bytes(data) except? 0:
     h *= 0xC4CEB9FE1A85EC53ULL
     h ^= h >> 33
     return h
-
-
-# -- building (the same code as the interpreted twin's) -----------------------------------------
-def _checked(kind, weights, backup, names):
-    """The members as (weights, backup flags, names), or ValueError saying what is wrong."""
-    if kind not in (WRR, WLC, SOURCE_HASH, URI_HASH):
-        raise ValueError(f"balancer kind {kind!r} is not one of {sorted(KINDS.values())} "
-                         f"({', '.join(KINDS)})")
-    weights, backup, names = list(weights), [bool(b) for b in backup], list(names)
-    n = len(weights)
-    if len(backup) != n or len(names) != n:
-        raise ValueError(f"a balancer needs one weight, backup flag and name per member: got "
-                         f"{n} weights, {len(backup)} backup flags, {len(names)} names")
-    if not 1 <= n <= MAX_MEMBERS:
-        raise ValueError(f"a balancer has 1 to {MAX_MEMBERS} members, not {n}")
-    seen = {}
-    for i in range(n):
-        w = weights[i]
-        if isinstance(w, bool) or not isinstance(w, int):
-            raise ValueError(f"member {i}: weight {w!r} is not an integer")
-        if not 0 <= w <= MAX_WEIGHT:
-            raise ValueError(f"member {i}: weight {w} is out of range (0 to 2**40)")
-        name = names[i]
-        if not isinstance(name, bytes) or not name:
-            raise ValueError(f"member {i}: name {name!r} is not a non-empty bytes string")
-        if name in seen:
-            raise ValueError(f"member {i}: name {name!r} is also member {seen[name]}'s "
-                             "(a name identifies one member)")
-        seen[name] = i
-    return weights, backup, names
-
-
-def _ring(members, weights, names):
-    """The consistent-hash ring of one tier: (sorted points, owner of each point)."""
-    total = sum(weights[i] for i in members)
-    scale = POINTS_PER_MEMBER * len(members)
-    entries = []
-    for i in members:
-        count = max(1, (scale * weights[i] + total // 2) // total)
-        for k in range(count):
-            digest = blake2b(names[i] + b"#%d" % k, digest_size=8).digest()
-            entries.append((int.from_bytes(digest, "big"), names[i], i))
-    entries.sort()
-    return [e[0] for e in entries], [e[2] for e in entries]
 
 
 cdef class Balancer:

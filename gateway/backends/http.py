@@ -74,9 +74,10 @@ class HttpBackend(Handler):
         if fragment:
             raise BackendConfigError(f"backend url {url!r}: a fragment is not allowed")
         # the pool's key: where, and how (an https backend's context and the name it checks:
-        # connections of other TLS settings are never shared)
-        self.key = (hostname, port, tls_context,
-                    (server_name or hostname) if tls_context is not None else None)
+        # connections of other TLS settings are never shared); a channel's members have theirs
+        self.key = None if channel is not None else (
+            hostname, port, tls_context,
+            (server_name or hostname) if tls_context is not None else None)
         # the pool's list of idle connections to this backend, looked up once
         self.idle = (runtime.pool.slot(self.key)
                      if runtime is not None and channel is None else None)

@@ -97,7 +97,6 @@ class ChannelPlan:
     def __init__(self, channel, pool=None, tls_context=None, server_name=None, table=None,
                  metrics=None):
         self.name = channel.name
-        self.kind = _balancer.KINDS[channel.balance]
         self.by_client = channel.balance == "source_hash"
         self.by_path = channel.balance == "uri_hash"
         self.active = channel.health_check is not None
@@ -115,7 +114,7 @@ class ChannelPlan:
             self.targets.append(Target(i, m.host, port, key, idle, slot))
         weights = effective_weights(channel)
         self.balancer = _balancer.Balancer(
-            self.kind, weights, [m.backup for m in channel.members],
+            _balancer.KINDS[channel.balance], weights, [m.backup for m in channel.members],
             [t.authority.encode() for t in self.targets])
         self.sync(time.monotonic_ns())
 

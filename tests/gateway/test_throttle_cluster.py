@@ -151,24 +151,13 @@ def test_a_burst_of_new_callers_is_not_refused_while_redis_has_budget(make_gatew
     document = cluster_doc(redis_server, [{"name": "t", "interval": 1, "unit": "second",
                                            "api_limit": 1_000_000}], [api("a", "/a", "t")])
     gw = make_gateway(document)
-    conns = [socket.create_connection(("127.0.0.1", gw.port), timeout=10) for _ in range(40)]
-    time.sleep(0.2)                             # (all accepted: the requests come together)
-    for s in conns:
-        s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-    statuses = []
-    for s in conns:
-        data = b""
-        while b"\r\n" not in data:
-            data += s.recv(4096)
-        statuses.append(int(data.split(b" ", 2)[1]))
-        s.close()
-    assert statuses == [200] * 40
+    assert _burst(gw.port, 40) == [200] * 40
 
 
 def _burst(port, n, headers=lambda i: b""):
     """n connections opened first, then one request sent on each at once; their statuses."""
     conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
-    time.sleep(0.2)
+    time.sleep(0.2)                             # (all accepted: the requests come together)
     for i, s in enumerate(conns):
         s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n" + headers(i) + b"\r\n")
     statuses = []
