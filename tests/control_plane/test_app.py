@@ -1,4 +1,7 @@
-"""The REST app over real HTTP: ``tollgate control-plane`` in a subprocess on a SQLite store."""
+"""The REST app over real HTTP: ``tollgate control-plane`` in a subprocess, on both store engines
+(a SQLite file, and a fresh database of the session's PostgreSQL server): one control plane per
+module and engine.  The tests whose subject does not touch the store's engine (OpenAPI, metrics,
+body limits, the first token) run on SQLite only (:func:`one_engine`)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,14 +16,34 @@ from control_plane.store import open_store
 from gateway.config import parse_document
 from tests.support.control_plane import ControlPlaneProcess
 
+from .conftest import ENGINES, store_url
 from .examples import SECRET_VALUES, contract, rich
 
 ADMIN = "admin-token-for-tests-0123456789"
 
 
+def one_engine(test):
+    """The test's subject is the same on every store engine: run it on SQLite only."""
+    test.one_engine = True
+    return test
+
+
+def pytest_generate_tests(metafunc):
+    if "cp" in metafunc.fixturenames:
+        engines = ENGINES[:1] if getattr(metafunc.function, "one_engine", False) else ENGINES
+        metafunc.parametrize("engine", engines, scope="module", indirect=True)
+
+
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory):
-    proc = ControlPlaneProcess(tmp_path_factory.mktemp("cp"), admin_token=ADMIN).start()
+def engine(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def cp(engine, request, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(f"cp-{engine}")
+    proc = ControlPlaneProcess(workdir, admin_token=ADMIN,
+                               store=store_url(request, engine, workdir)).start()
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -381,6 +404,7 @@ def test_settings(admin, cp):
 
 # ------------------------------------------------------------------------------- bad requests
 
+@one_engine
 def test_malformed_json_and_oversize_bodies(admin):
     r = admin.post("/v1/apps", content=b'{"name": "x",', headers={"Content-Type": "application/json"})
     assert_error(r, 400, "TG.0400")
@@ -399,6 +423,7 @@ def test_malformed_json_and_oversize_bodies(admin):
     assert r.status_code != 413, r.text
 
 
+@one_engine
 def test_openapi_is_served_and_valid(admin):
     validate = pytest.importorskip("openapi_spec_validator").validate
     r = admin.get("/v1/openapi.json")
@@ -410,6 +435,7 @@ def test_openapi_is_served_and_valid(admin):
         assert path in doc["paths"]
 
 
+@one_engine
 def test_metrics_count_requests_by_route_template(admin):
     admin.get("/v1/apis/free-slots")
     text = admin.get("/metrics").text
