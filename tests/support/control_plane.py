@@ -71,6 +71,14 @@ class ControlPlaneProcess:
         code, self.proc = self.proc.returncode, None
         return code
 
+    def kill(self) -> None:
+        """kill -9: no shutdown of any kind (a crash)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self._log.close()
+            self.proc = None
+
     def client(self, token: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
