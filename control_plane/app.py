@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import logging
 import re
 import secrets
 import time
@@ -53,7 +54,7 @@ from .auth import (READ_WRITE, ROLES, AuthError, authenticate, ensure_admin_toke
                    new_token, token_hash)
 from .kinds import KINDS, SETTINGS, kind, mask, name_of, steps, users_of
 from .kinds import _walk  # (the walk of a reference's path pattern, shared with refs_of)
-from .store import Conflict, NotFound, StaleRevision, Store, open_store
+from .store import Conflict, NotFound, StaleRevision, Store, StoreUnavailable, open_store
 
 __all__ = ["create_app", "MAX_BODY", "MAX_CONFIG_BODY", "MAX_LIMIT"]
 
@@ -92,6 +93,20 @@ def _json(status: int, value: Any, headers: dict[str, str] | None = None) -> Res
 def _error_response(err: ApiError) -> Response:
     return _json(err.status, {"error_code": err.code, "error_msg": err.message, "path": err.path,
                               "errors": [msgspec.structs.asdict(p) for p in err.errors]})
+
+
+_log = logging.getLogger("tollgate.control_plane")
+
+
+def _store_down(exc: StoreUnavailable) -> Response:
+    """503 while the store cannot be reached (the control plane reconnects by itself, no restart
+    needed).  A change whose commit was under way when the connection broke may or may not be
+    stored: the client reads it back (If-Match makes a retry safe)."""
+    _log.warning("%s: answering 503 until it is back", exc)
+    response = _error_response(ApiError(503, "TG.0503", "the store is unavailable, try again "
+                                                         "shortly"))
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _etag(revision: int) -> str:
@@ -331,6 +346,8 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
                 return _error_response(ApiError(409, "TG.0409", str(exc), path="name"))
             except StaleRevision as exc:
                 return _error_response(ApiError(412, "TG.0412", str(exc)))
+            except StoreUnavailable as exc:
+                return _store_down(exc)
         return endpoint
 
     routes = []

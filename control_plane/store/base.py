@@ -78,6 +78,11 @@ class StaleRevision(StoreError):
         self.kind, self.name, self.expected, self.current = kind, name, expected, current
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (PostgreSQL down, restarting, or the connection lost): the
+    call changed nothing it did not commit; try again later (HTTP 503)."""
+
+
 class SchemaTooNew(StoreError):
     """The database was written by a newer Tollgate (its schema version is unknown here)."""
 
