@@ -5,6 +5,7 @@ answers while the store is down.  One PostgreSQL server for the session (``conft
 a fresh database per test."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -253,3 +254,29 @@ def test_an_acknowledged_write_over_http_survives_kill_9(engine, request, tmp_pa
                 ["replace", "create"]
     finally:
         cp.stop()
+
+
+# ------------------------------------------------------------- control planes starting together
+
+def test_control_planes_starting_together_make_one_admin_token(pg_server):
+    """Several control planes started at once on one new database (replicas of a deployment):
+    each must start, with one ``admin`` token between them."""
+    from control_plane.auth import ensure_admin_token, token_hash
+    from control_plane.store import open_store
+
+    async def together(url, configured):
+        stores = [await open_store(url) for _ in range(3)]
+        try:
+            made = await asyncio.gather(*(ensure_admin_token(s, configured) for s in stores))
+            return made, await stores[0].tokens(), await stores[0].token_by_hash(
+                token_hash(configured or "") if configured else "")
+        finally:
+            for s in stores:
+                await s.close()
+
+    made, tokens, found = asyncio.run(together(pg_server.create_database(), ADMIN))
+    assert made == [None, None, None]
+    assert [(t.name, t.role) for t in tokens] == [("admin", "read-write")] and found is not None
+    made, tokens, _ = asyncio.run(together(pg_server.create_database(), None))
+    assert sum(m is not None for m in made) == 1          # one generated (and printed) token
+    assert [(t.name, t.role) for t in tokens] == [("admin", "read-write")]
