@@ -85,6 +85,25 @@ def test_two_control_planes_on_one_store(two, tmp_path):
             print(f"publish on A -> served by the gateway of B: "
                   f"{time.monotonic() - started:.3f} s")
             assert [g["id"] for g in ca.get("/v1/gateways").json()["items"]] == ["gateway"]
+            # publishes of two APIs at once, one through A, one through B: neither is lost
+            for name in ("p", "q"):
+                ok(ca.post("/v1/apis", json=mock_api(name, f"/{name}", name)))
+            barrier, published = threading.Barrier(2), {}
+
+            def publish(proc, name):
+                with proc.client(ADMIN) as c:
+                    barrier.wait()
+                    published[name] = c.post(f"/v1/apis/{name}/publish", json={"env": "RELEASE"})
+            threads = [threading.Thread(target=publish, args=pair) for pair in ((a, "p"), (b, "q"))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert sorted(r.status_code for r in published.values()) == [201, 201]
+            assert {r.json()["revision"] for r in published.values()} == {3, 4}
+            for name in ("p", "q", "x"):
+                wait_for(serves(gw, f"/{name}", name if name != "x" else "x2"),
+                         what=f"{name} served after the concurrent publishes")
         finally:
             gw.stop()
         # two replaces with one If-Match, through A and through B at once: exactly one 412
