@@ -132,6 +132,9 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
+        """Stop for good (immediate shutdown: the data directory is removed anyway)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
         self.halt()
         if getattr(self, "log", None) is not None:
             self.log.close()
