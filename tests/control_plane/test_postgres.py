@@ -307,3 +307,36 @@ def test_control_planes_starting_together_make_one_admin_token(pg_server):
     made, tokens, _ = asyncio.run(together(pg_server.create_database(), None))
     assert sum(m is not None for m in made) == 1          # one generated (and printed) token
     assert [(t.name, t.role) for t in tokens] == [("admin", "read-write")]
+
+
+def test_the_store_raises_store_unavailable_and_reconnects(pg):
+    """The store's contract under the app's 503: StoreUnavailable (not the driver's errors)
+    while the server is down, reads and writes again as soon as it is back, same object."""
+    from control_plane.store import StoreUnavailable, open_store
+
+    async def main(url):
+        s = await open_store(url)
+        try:
+            await s.create("apps", "before", {"name": "before"}, "t")
+            pg.halt()
+            for call in (lambda: s.get("apps", "before"), lambda: s.list("apps"),
+                         lambda: s.create("apps", "during", {"name": "during"}, "t"),
+                         lambda: s.watch(0, 5), lambda: s.publish_revision()):
+                with pytest.raises(StoreUnavailable):
+                    await call()
+            pg.resume()
+            assert (await s.get("apps", "before")).body == {"name": "before"}   # at once
+            assert await s.get("apps", "during") is None
+            await s.create("apps", "after", {"name": "after"}, "t")
+            # the LISTEN connection is back too: a publish through another store wakes a watch
+            other = await open_store(url)
+            try:
+                watch = asyncio.ensure_future(s.watch(0, 30))
+                await asyncio.sleep(0.3)
+                await other.add_publish({"version": 1}, "", "t")
+                assert await asyncio.wait_for(watch, 20) == 1
+            finally:
+                await other.close()
+        finally:
+            await s.close()
+    asyncio.run(main(pg.create_database()))
