@@ -183,6 +183,7 @@ def test_gateway_follows_through_publishes_crash_and_store_restart_under_traffic
             assert_store_down(ca.get("/v1/apis/other"))
             count = traffic.ok
             wait_for(lambda: traffic.ok > count + 20, what="traffic while the store is down")
+            resumed = time.time()           # (no poll can be recorded while it is down)
             pg.resume()
             wait_for(lambda: ca.get("/v1/apis/other").status_code == 200, timeout=20,
                      what="A answers again")
@@ -192,7 +193,6 @@ def test_gateway_follows_through_publishes_crash_and_store_restart_under_traffic
                 items = ca.get("/v1/gateways").json()["items"]
                 return items and items[0]["revision"] == revision and \
                     items[0]["last_seen"] > resumed
-            resumed = time.time()
             wait_for(polling_again, timeout=30, what="the gateway polling B again")
             time.sleep(0.3)
             # B's long poll is woken by A's publish only if B listens again
