@@ -19,9 +19,13 @@ serves every kind.  Every read masks secrets (:func:`kinds.mask`).
 The write path: the body is decoded into the kind's Struct (errors with paths), secrets generated
 (create) or kept when sent masked (replace, patch), then -- in one store transaction that first
 waits for the other writers -- the references must exist (409 naming the first missing one), the
-whole candidate document passes the gateway's validation (:func:`document.check` without the
-compiler: 422 with every problem), and the change is stored with its audit entry (who = the
-token's name).  A delete, or a rename, of a resource others use is refused (409 listing them).
+candidate passes the gateway's validation (422 with every problem) checked in the context the
+write needs (:func:`_check_write`, :mod:`control_plane.index`: a mini document and the claimed
+keys; the whole document, in a thread, only when a key is contested or for the writes that need
+it), and the change is stored with its audit entry (who = the token's name).  A delete, or a
+rename, of a resource others use is refused (409 listing them, read from the reference index).
+What checks the whole document (``PUT /v1/config``, the settings) runs in a thread: the event
+loop keeps answering meanwhile.
 
 Errors: ``{"error_code", "error_msg", "path", "errors": [Problem]}``; every answer carries
 ``X-Request-Id``.
