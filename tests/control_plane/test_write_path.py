@@ -484,3 +484,39 @@ def test_reads_are_answered_while_a_whole_document_write_is_checked(tmp_path):
         assert answered_meanwhile >= 20, answered_meanwhile
     finally:
         assert cp.stop() == 0, cp.log()
+
+
+# ------------------------------------------------------------- several control planes, one store
+
+def test_two_stores_on_one_database_never_both_take_a_route(url):
+    """Two store objects on one database (two control planes), writing at the same time APIs
+    that take the same route, or two apps with one key: exactly one of each pair is accepted
+    (the writers' lock is taken before the claimed keys are read)."""
+    async def main():
+        a = await open_store(url)
+        b = await open_store(url) if url.startswith("postgresql") else a
+        try:
+            await load(a, start_document())
+            template = (await a.get("apis", "plain-api")).body
+            for i in range(6):
+                ops = [("create", "apis", f"twin-{i}-{side}",
+                        {**template, "name": f"twin-{i}-{side}", "path": f"/twin/{i}"})
+                       for side in ("a", "b")]
+                verdicts = await asyncio.gather(fast(a, ops[0]), fast(b, ops[1]))
+                assert sorted(v.ok for v in verdicts) == [False, True], verdicts
+                refused = next(v for v in verdicts if not v.ok)
+                assert refused.status == 422 and "the same method and path" in \
+                    refused.problems[0][3], refused
+            app = (await a.get("apps", "second-app")).body
+            ops = [("create", "apps", f"key-twin-{side}",
+                    {**app, "name": f"key-twin-{side}", "key": "one-key-for-two",
+                     "app_codes": []}) for side in ("a", "b")]
+            verdicts = await asyncio.gather(fast(a, ops[0]), fast(b, ops[1]))
+            assert sorted(v.ok for v in verdicts) == [False, True], verdicts
+            settings, resources = await whole_state(a)
+            D.check(settings, resources, compile=False)
+        finally:
+            await a.close()
+            if b is not a:
+                await b.close()
+    asyncio.run(main())
