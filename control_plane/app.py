@@ -404,11 +404,11 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
     state.distribution = Distribution()
     for template, methods, options in publishing_routes(state.distribution):
         route(template, methods, **options)
-    from . import assets
-    for template, methods, options in assets.routes():
+    from . import assets, views
+    for template, methods, options in assets.routes() + views.routes():
         route(template, methods, **options)
     document = schema.openapi(extra_paths={**_extra_paths(), **openapi_paths(),
-                                           **assets.openapi_paths()})
+                                           **assets.openapi_paths(), **views.openapi_paths()})
     encoded = msgspec.json.encode(document)
 
     async def openapi(request, token, st):
