@@ -28,7 +28,7 @@ import logging
 import asyncpg
 
 from control_plane.store.base import (SCHEMA_VERSION, SchemaTooNew, Store, StoreUnavailable,
-                                      _Conn, schema_statements)
+                                      _Conn, build_index, schema_statements)
 
 CHANNEL = "tollgate_publish"
 #: a constant key for pg_advisory_xact_lock: control planes starting together migrate in turn
@@ -79,6 +79,9 @@ class _PgConn(_Conn):
 
     async def fetchall(self, sql: str, *args):
         return await self._conn.fetch(_numbered(sql), *args)
+
+    async def executemany(self, sql, rows) -> None:
+        await self._conn.executemany(_numbered(sql), [tuple(r) for r in rows])
 
     def json_field(self) -> str:
         # body is TEXT holding compact JSON; ``json`` (not jsonb) keeps a value's text as stored
@@ -207,3 +210,8 @@ async def _migrate(c: _Conn) -> None:
         for stmt in schema_statements("BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", "BIGINT"):
             await c.execute(stmt)
         await c.execute("INSERT INTO schema_version (version) VALUES (?)", SCHEMA_VERSION)
+    elif row[0] < SCHEMA_VERSION:           # 1 -> 2: the index tables, filled from the bodies
+        for stmt in schema_statements("BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", "BIGINT"):
+            await c.execute(stmt)
+        await build_index(c)
+        await c.execute("UPDATE schema_version SET version = ?", SCHEMA_VERSION)

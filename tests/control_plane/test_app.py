@@ -168,6 +168,23 @@ def test_the_admin_token_from_the_environment(tmp_path):
         assert proc.stop() == 0
 
 
+def test_the_store_from_the_environment(tmp_path):
+    """TOLLGATE_STORE names the store when --store is not given (a URL with a password stays
+    out of the process list)."""
+    db = tmp_path / "from-the-env.db"
+    proc = ControlPlaneProcess(tmp_path, env={"TOLLGATE_STORE": f"sqlite:///{db}",
+                                              "TOLLGATE_ADMIN_TOKEN": "from-the-env-1234"})
+    i = proc.args.index("--store")
+    del proc.args[i:i + 2]
+    proc.start()
+    try:
+        with proc.client("from-the-env-1234") as c:
+            assert c.post("/v1/groups", json={"name": "kept"}).status_code == 201
+    finally:
+        assert proc.stop() == 0
+    assert db.exists() and not proc.store_path.exists()
+
+
 # -------------------------------------------------------------------------------------- CRUD
 
 def test_crud_of_several_kinds(admin):
