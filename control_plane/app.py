@@ -446,8 +446,17 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
             response.headers.update(exc.headers)
         return response
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # (Starlette answers an unexpected error itself, before _RequestIds can: this is that
+        # answer, JSON like every other, logged once with its request id)
+        request_id = request.scope.get("tollgate.request_id", "-")
+        _log.error("internal error (request %s) on %s %s", request_id, request.method,
+                   request.scope.get("tollgate.route", "?"), exc_info=exc)
+        request.scope["tollgate.logged"] = True
+        return _error_response(ApiError(500, "TG.0500", f"internal error (request {request_id})"))
+
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error})
+                    exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.tollgate = state
     app.state.openapi = document
     return _RequestIds(app, metrics)
@@ -475,10 +484,13 @@ class _RequestIds:
                                       (b"x-request-id", request_id.encode())]
             await send(message)
 
+        scope["tollgate.request_id"] = request_id
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            if started["status"] is None:
+            if scope.get("tollgate.logged"):
+                pass                # answered (500) and logged: Starlette raises it again after
+            elif started["status"] is None:
                 response = _error_response(ApiError(500, "TG.0500", "internal error (request "
                                                                      f"{request_id})"))
                 await response(scope, receive, send_with_id)

@@ -459,3 +459,25 @@ def test_metrics_count_requests_by_route_template(admin):
     assert 'route="/v1/apis/{name}"' in text and 'status="200"' in text
     assert "tollgate_control_plane_store_seconds_bucket" in text
     assert "free-slots" not in text
+
+
+def test_an_unexpected_error_is_a_json_500_logged_once_with_its_request_id(tmp_path):
+    """A store file damaged under a running control plane: every call fails unexpectedly; each
+    gets the JSON error of every other answer, and the log has the request id once."""
+    proc = ControlPlaneProcess(tmp_path, admin_token=ADMIN).start()
+    try:
+        with proc.client(ADMIN) as c:
+            assert c.post("/v1/groups", json={"name": "before"}).status_code == 201
+            for path in (proc.store_path, proc.store_path.with_name("cp.db-wal")):
+                with open(path, "r+b") as f:        # (the write-ahead log holds the last writes)
+                    f.write(b"\xff" * 16384)        # the header and first pages: not a database
+            r = c.get("/v1/groups/before")
+            body = assert_error(r, 500, "TG.0500")
+            request_id = r.headers["x-request-id"]
+            assert request_id in body["error_msg"]
+            assert r.headers["content-type"] == "application/json"
+    finally:
+        proc.stop()
+    log = proc.log()
+    assert log.count(f"internal error (request {request_id})") == 1, log
+    assert log.count("Traceback") == 1 and "Exception in ASGI application" not in log, log
