@@ -115,6 +115,23 @@ def _validate(args) -> int:
     return 0
 
 
+def _store_problem(url: str) -> str | None:
+    """Why the store at ``url`` cannot be opened (None when it can): said before serving, as
+    one line without a traceback -- a wrong URL or a database that does not answer."""
+    import asyncio
+
+    from control_plane.store import open_store
+
+    async def probe() -> None:
+        store = await open_store(url)
+        await store.close()
+    try:
+        asyncio.run(probe())
+    except Exception as exc:        # (any: it is reported, and the control plane does not start)
+        return str(exc).replace(url, _masked_url(url)) or type(exc).__name__
+    return None
+
+
 def _control_plane(args) -> int:
     """Serve the REST admin on uvicorn (uvloop); SIGTERM / Ctrl-C stop it cleanly."""
     import os
@@ -131,6 +148,11 @@ def _control_plane(args) -> int:
     def announce(line: str) -> None:
         print(line, flush=True)
 
+    problem = _store_problem(store_url)
+    if problem is not None:
+        print(f"tollgate control-plane: cannot open the store {_masked_url(store_url)}: "
+              f"{problem}", file=sys.stderr, flush=True)
+        return 1
     app = create_app(store_url, admin_token=admin_token, announce=announce)
     host, port = args.listen
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="h11",

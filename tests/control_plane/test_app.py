@@ -481,3 +481,22 @@ def test_an_unexpected_error_is_a_json_500_logged_once_with_its_request_id(tmp_p
     log = proc.log()
     assert log.count(f"internal error (request {request_id})") == 1, log
     assert log.count("Traceback") == 1 and "Exception in ASGI application" not in log, log
+
+
+@pytest.mark.parametrize("url, says", [
+    ("postgresql://tollgate:pw-not-shown@127.0.0.1:{port}/db", "cannot be reached"),
+    ("mysql://tollgate:pw-not-shown@db.example/x", "expected sqlite:///FILE or postgresql://"),
+])
+def test_a_store_that_cannot_be_opened_is_one_line_and_exit_1(url, says):
+    import subprocess
+    import sys
+
+    from tests.support.gateway import ROOT, free_port
+    url = url.format(port=free_port())              # (nothing listens there)
+    r = subprocess.run([sys.executable, "-m", "tollgate", "control-plane", "--listen",
+                        f"127.0.0.1:{free_port()}", "--store", url], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "cannot open the store" in r.stderr and says in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "pw-not-shown" not in r.stderr + r.stdout
+    assert "serving" not in r.stdout
