@@ -53,7 +53,7 @@ from .auth import (READ_WRITE, ROLES, AuthError, authenticate, ensure_admin_toke
                    new_token, token_hash)
 from .kinds import KINDS, SETTINGS, kind, mask, name_of, steps, users_of
 from .kinds import _walk  # (the walk of a reference's path pattern, shared with refs_of)
-from .store import Conflict, NotFound, StaleRevision, Store, open_store
+from .store import DEFAULT_URL, Conflict, NotFound, StaleRevision, Store, open_store
 
 __all__ = ["create_app", "MAX_BODY", "MAX_CONFIG_BODY", "MAX_LIMIT"]
 
@@ -287,17 +287,25 @@ class _State:
 
 
 def create_app(store: Store | str | None = None, *, admin_token: str | None = None,
-               announce: Callable[[str], None] = print) -> Starlette:
+               announce: Callable[[str], None] = print,
+               audit_key: bytes | None = None) -> Starlette:
     """The control plane's Starlette app on ``store`` (an open :class:`Store`, or a store URL
-    opened -- and closed -- by the app's lifespan).  At start, :func:`auth.ensure_admin_token`
-    with ``admin_token``; a generated token is passed to ``announce`` (printed once)."""
+    opened -- and closed -- by the app's lifespan, with ``audit_key``: by default the one
+    :func:`control_plane.audit.load_key` finds for the URL, its warnings announced).  At start,
+    :func:`auth.ensure_admin_token` with ``admin_token``; a generated token is passed to
+    ``announce`` (printed once)."""
     metrics = _Metrics()
     state = _State()
     owns_store = not isinstance(store, Store)
+    if owns_store and audit_key is None:
+        from .audit import load_key
+        audit_key, warnings = load_key(store or DEFAULT_URL)
+        for line in warnings:
+            announce(f"tollgate control plane: {line}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        raw = await open_store(store) if owns_store else store
+        raw = await open_store(store, audit_key=audit_key) if owns_store else store
         try:
             state.raw_store = raw
             state.store = _TimedStore(raw, metrics)

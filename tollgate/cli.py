@@ -124,12 +124,22 @@ def _control_plane(args) -> int:
     from control_plane.app import create_app
     from control_plane.store import DEFAULT_URL
 
+    from control_plane.audit import load_key
+
     admin_token = args.admin_token or os.environ.get("TOLLGATE_ADMIN_TOKEN") or None
 
     def announce(line: str) -> None:
         print(line, flush=True)
 
-    app = create_app(args.store or DEFAULT_URL, admin_token=admin_token, announce=announce)
+    try:
+        audit_key, warnings = load_key(args.store or DEFAULT_URL, args.audit_key_file)
+    except ValueError as exc:
+        print(f"tollgate control plane: {exc}", file=sys.stderr)
+        return 2
+    for line in warnings:
+        print(f"tollgate control plane: warning: {line}", file=sys.stderr, flush=True)
+    app = create_app(args.store or DEFAULT_URL, admin_token=admin_token, announce=announce,
+                     audit_key=audit_key)
     host, port = args.listen
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="h11",
                             lifespan="on", log_level="warning", access_log=False,
@@ -309,6 +319,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--admin-token", default=None, metavar="TOKEN",
                    help="the first read-write token (default: $TOLLGATE_ADMIN_TOKEN; else one "
                         "is generated at the first start and printed once)")
+    c.add_argument("--audit-key-file", default=None, metavar="FILE",
+                   help="the key of the audit log's hashes (generated when missing; default: "
+                        "$TOLLGATE_AUDIT_KEY, else FILE.audit-key beside a SQLite store, "
+                        "./tollgate-audit.key for PostgreSQL: control planes sharing a store "
+                        "need the same key)")
     c.set_defaults(run=_control_plane)
     a = sub.add_parser("assets", help="export or import the integration assets of a control "
                                       "plane",
