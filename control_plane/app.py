@@ -39,7 +39,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -226,6 +226,17 @@ def _in_use(kind_name: str, name: str, users: list[tuple[str, str, str]], doing:
 # --------------------------------------------------------------------------------------------------
 # Metrics and the timed store
 
+#: a gateway seen within this many seconds is connected (the longest long poll, 60 s, and a
+#: margin): the gauges of gateways cover those only
+CONNECTED_WITHIN = 65.0
+#: at most this many gateways (the most recently seen) get an applied-revision series: gateway ids
+#: are chosen by the gateways, the label set must stay bounded
+MAX_GATEWAY_SERIES = 100
+#: the routes that publish (counted by environment and result)
+_PUBLISH_ROUTES = frozenset(("/v1/publish", "/v1/apis/{name}/publish", "/v1/apis/{name}/rollback",
+                             "/v1/apis/{name}/offline"))
+
+
 class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -237,6 +248,41 @@ class _Metrics:
                                "as one 'transaction')", ["operation"], registry=self.registry,
                                buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5,
                                         1, 2.5, 5, 10))
+        self.publishes = Counter("tollgate_control_plane_publishes_total",
+                                 "Publish calls (publish, rollback, offline) by environment and "
+                                 "result (ok, refused: a 4xx, error); a failed call naming an "
+                                 "environment never published counts as env=\"other\"",
+                                 ["env", "result"], registry=self.registry)
+        self.publish_revision = Gauge("tollgate_control_plane_publish_revision",
+                                      "The latest publish revision of the store",
+                                      registry=self.registry)
+        self.gateways = Gauge("tollgate_control_plane_gateways_connected",
+                              f"Gateways seen within the last {CONNECTED_WITHIN:.0f} s (a long "
+                              "poll's period)", registry=self.registry)
+        self.applied = Gauge("tollgate_control_plane_gateway_applied_revision",
+                             "The publish revision each connected gateway applied (the "
+                             f"{MAX_GATEWAY_SERIES} most recently seen)", ["gateway"],
+                             registry=self.registry)
+        self._published_envs: set[str] = set()
+
+    def publish(self, env: Any, status: int) -> None:
+        result = "ok" if status < 300 else "refused" if status < 500 else "error"
+        if result == "ok" and isinstance(env, str):
+            self._published_envs.add(env)
+        label = env if isinstance(env, str) and env in self._published_envs else "other"
+        self.publishes.labels(label, result).inc()
+
+    async def refresh(self, st) -> None:
+        """The gauges read from the store (at each scrape: several control planes may share
+        it)."""
+        self.publish_revision.set(await st.publish_revision())
+        now = time.time()
+        seen = sorted((g for g in await st.gateways() if now - g.last_seen <= CONNECTED_WITHIN),
+                      key=lambda g: g.last_seen, reverse=True)
+        self.gateways.set(len(seen))
+        self.applied.clear()
+        for g in seen[:MAX_GATEWAY_SERIES]:
+            self.applied.labels(g.id).set(g.revision)
 
 
 class _TimedStore:
@@ -328,17 +374,25 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
                 if not allowed:
                     raise AuthError(403, "TG.0403", f"a {token.role} token may not "
                                                     f"{'change' if write else 'read'} this")
-                return await fn(request, token, state.store)
+                response = await fn(request, token, state.store)
             except AuthError as exc:
                 return _error_response(ApiError(exc.status, exc.code, exc.message))
             except ApiError as exc:
-                return _error_response(exc)
+                response = _error_response(exc)
             except NotFound as exc:
-                return _error_response(ApiError(404, "TG.0404", str(exc)))
+                response = _error_response(ApiError(404, "TG.0404", str(exc)))
             except Conflict as exc:
-                return _error_response(ApiError(409, "TG.0409", str(exc), path="name"))
+                response = _error_response(ApiError(409, "TG.0409", str(exc), path="name"))
             except StaleRevision as exc:
-                return _error_response(ApiError(412, "TG.0412", str(exc)))
+                response = _error_response(ApiError(412, "TG.0412", str(exc)))
+            except Exception:
+                if template in _PUBLISH_ROUTES:
+                    metrics.publish(request.scope.get("tollgate.body", {}).get("env"), 500)
+                raise
+            if template in _PUBLISH_ROUTES:
+                metrics.publish(request.scope.get("tollgate.body", {}).get("env"),
+                                response.status_code)
+            return response
         return endpoint
 
     routes = []
@@ -377,6 +431,7 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
     route("/v1/openapi.json", {"GET": (False, openapi)})
 
     async def metrics_endpoint(request, token, st):
+        await metrics.refresh(st)
         return Response(generate_latest(metrics.registry), 200,
                         media_type=CONTENT_TYPE_LATEST)
     route("/metrics", {"GET": (False, metrics_endpoint)})

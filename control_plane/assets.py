@@ -8,7 +8,9 @@ kind              in an asset file
 ================  ==========================================================================
 groups            yes, without ``domains`` and ``variables`` (environment information)
 channels          yes, without ``members`` (the servers' addresses; member groups stay)
-authorizers       yes, a url without credentials (``user:password@``)
+authorizers       yes, a url without credentials (``user:password@``, secret query
+                  parameters such as ``?token=``), without ``user_data`` (free text that
+                  often holds a key: configured again after an import)
 datasources       yes, the url reduced to its scheme (``postgresql://``: address and
                   credentials are instance data)
 apps              yes, without ``key``, ``secret``, ``app_codes``, ``quota``, ``acl``

@@ -157,15 +157,14 @@ _REFERENCES: dict[str, tuple[Ref, ...]] = {
 # A url's secrets: the password of its credentials and the values of its query parameters
 # named like a password or a key (``?password=``, ``?sslpassword=``, ``?token=``...).  An
 # authorizer's ``user_data`` is free text that custom authorizers commonly use for a shared key:
-# masked when not empty.
+# masked when not empty.  (An API's backend url holds neither credentials nor a query: the
+# gateway refuses them, secrets go in backend parameters.)
 _SECRETS: dict[str, tuple[Secret, ...]] = {
     "apps": (Secret("", "secret"), Secret("", "app_codes", "items")),
     "authorizers": (Secret("", "url", "url"), Secret("", "user_data")),
     "signature_keys": (Secret("", "secret"),),
     "certificates": (Secret("", "key", "pem"),),
     "datasources": (Secret("", "url", "url"),),
-    "apis": (Secret("backend", "url", "url"),
-             Secret("conditional_backends[*].backend", "url", "url")),
     "devices": (Secret("", "password"),),
     SETTINGS: (Secret("iam.users[*]", "secret_key"), Secret("iam.jwt", "keys", "keys"),
                Secret("iam.jwt", "jwks_url", "url"), Secret("redis", "url", "url")),
