@@ -84,6 +84,7 @@ def _existing(case, names: dict[str, list[str]]) -> None:
         params["name"] = known[digest // 2 % len(known)]
 
 
+@pytest.mark.timeout(1800 if os.environ.get("TOLLGATE_OPENAPI_COVERAGE") else 300)
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
           phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
@@ -94,3 +95,22 @@ def test_openapi_operations(case, fuzz_cp):
     case.call_and_validate(base_url=fuzz_cp.url, headers={"Authorization": f"Bearer {ADMIN}"},
                            checks=[not_a_server_error, status_code_conformance,
                                    response_schema_conformance], timeout=30)
+
+
+def test_the_checks_fail_on_an_answer_the_document_does_not_declare(fuzz_cp, api_schema):
+    """The run can fail: with a document that declares another body, or not the status, of
+    ``GET /v1/audit``, the same checks refuse the control plane's real answer."""
+    import copy
+    doc = copy.deepcopy(api_schema.raw_schema)
+    audit = doc["paths"]["/v1/audit"]["get"]["responses"]
+    audit["200"]["content"]["application/json"]["schema"]["required"].append("not-there")
+    undeclared = {**doc, "paths": {**doc["paths"], "/v1/audit": {"get": {
+        **doc["paths"]["/v1/audit"]["get"], "responses": {"201": audit["200"]}}}}}
+    for changed, expected in ((doc, "violates schema"), (undeclared, "Undocumented")):
+        operation = schemathesis.openapi.from_dict(changed)["/v1/audit"]["GET"]
+        with pytest.raises(BaseExceptionGroup) as failed:
+            operation.Case().call_and_validate(
+                base_url=fuzz_cp.url, headers={"Authorization": f"Bearer {ADMIN}"},
+                checks=[not_a_server_error, status_code_conformance,
+                        response_schema_conformance])
+        assert expected in " ".join(str(e) for e in failed.value.exceptions)
