@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 import httpx
 import pytest
@@ -96,6 +97,23 @@ def test_openapi_operations(case, fuzz_cp):
                            checks=[not_a_server_error, status_code_conformance,
                                    response_schema_conformance], timeout=30)
 
+
+def test_the_run_reached_existing_resources(fuzz_cp):
+    """(After the run.) Not every call of ``/v1/{kind}/{name}`` was a 404: reads, deletes,
+    replaces and patches of existing resources were answered (the seeded names were used)."""
+    with fuzz_cp.client(ADMIN) as c:
+        text = c.get("/metrics").text
+    answered = {}
+    for line in text.splitlines():
+        if line.startswith("tollgate_control_plane_requests_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            route, method, status = labels["route"], labels["method"], labels["status"]
+            if route.endswith("/{name}") and route.count("/") == 3 and status != "404":
+                answered.setdefault(method, set()).add(status)
+    assert "200" in answered["GET"] and "204" in answered["DELETE"], answered
+    # (generated bodies are rarely valid ones: reaching the stored resource is what counts)
+    for method in ("PUT", "PATCH"):
+        assert answered.get(method, set()) & {"200", "409", "412", "422"}, answered
 
 def test_the_checks_fail_on_an_answer_the_document_does_not_declare(fuzz_cp, api_schema):
     """The run can fail: with a document that declares another body, or not the status, of
