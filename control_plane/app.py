@@ -422,8 +422,8 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
     from . import assets
     for template, methods, options in assets.routes():
         route(template, methods, **options)
-    document = schema.openapi(extra_paths={**_extra_paths(), **openapi_paths(),
-                                           **assets.openapi_paths()})
+    document = _declare_body_errors(schema.openapi(extra_paths={
+        **_extra_paths(), **openapi_paths(), **assets.openapi_paths()}))
     encoded = msgspec.json.encode(document)
 
     async def openapi(request, token, st):
@@ -794,6 +794,22 @@ async def _audit(request: Request, token, st) -> Response:
 
 # --------------------------------------------------------------------------------------------------
 # The app's own routes in the OpenAPI document
+
+def _declare_body_errors(document: dict) -> dict:
+    """Every operation that reads a body may answer 413 (too large), a PATCH also 415 (not a
+    merge patch): declared once here for all of them."""
+    err = {"description": "error", "content": {_JSON: {"schema": {"$ref": schema.REF.format(
+        name="Error")}}}}
+    for item in document["paths"].values():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "requestBody" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("413", err)
+            if method == "patch":
+                responses.setdefault("415", err)
+    return document
+
 
 def _extra_paths() -> dict[str, Any]:
     err = {"description": "error", "content": {_JSON: {"schema": {"$ref": schema.REF.format(

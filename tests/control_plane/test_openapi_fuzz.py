@@ -132,3 +132,26 @@ def test_the_checks_fail_on_an_answer_the_document_does_not_declare(fuzz_cp, api
                 checks=[not_a_server_error, status_code_conformance,
                         response_schema_conformance])
         assert expected in " ".join(str(e) for e in failed.value.exceptions)
+
+
+def test_body_errors_are_declared_for_every_operation_with_a_body(fuzz_cp, api_schema):
+    """413 (too large) and 415 (a PATCH that is no merge patch) are real answers: every
+    operation with a body declares them."""
+    doc = api_schema.raw_schema
+    with fuzz_cp.client(ADMIN) as c:
+        assert c.put("/v1/config", json=rich()).status_code == 200
+        big = c.post("/v1/apis", content=b"[" + b"0," * (1 << 20) + b"0]",
+                     headers={"Content-Type": "application/json"})
+        plain = c.patch("/v1/apis/free-slots", content=b'{"note": "x"}',
+                        headers={"Content-Type": "text/plain"})
+    assert (big.status_code, plain.status_code) == (413, 415)
+    for answer in (big, plain):
+        assert set(answer.json()) >= {"error_code", "error_msg", "path", "errors"}
+    assert "413" in doc["paths"]["/v1/apis"]["post"]["responses"]
+    assert "415" in doc["paths"]["/v1/apis/{name}"]["patch"]["responses"]
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                assert "413" in operation["responses"], (method, path)
+                if method == "patch":
+                    assert "415" in operation["responses"], (method, path)
