@@ -257,6 +257,11 @@ def test_secrets_are_masked_in_reads_exports_audit_and_logs(secret_cp):
             f"postgresql://db.example:5432/wh?sslmode=require&password={MASK}"
         exported = {a["name"]: a for a in reads["assets"].json()["assets"]["authorizers"]}
         assert exported["keyed"]["user_data"] == "" and "token" not in exported["keyed"]["url"]
+        # the asset file imported again (merge): the stored user_data is kept
+        r = admin.post("/v1/assets", params={"mode": "merge"}, json=reads["assets"].json())
+        assert r.status_code == 200, r.text
+        assert _leaks(r.text) == []
+        assert stored_body(cp, "authorizers", "keyed")["user_data"] == "authz-user-data-secret"
         # GET /v1/config is masked and reads back through PUT /v1/config: the masks keep the
         # stored secrets
         r = admin.put("/v1/config", json=reads["config"].json())
