@@ -19,9 +19,13 @@ serves every kind.  Every read masks secrets (:func:`kinds.mask`).
 The write path: the body is decoded into the kind's Struct (errors with paths), secrets generated
 (create) or kept when sent masked (replace, patch), then -- in one store transaction that first
 waits for the other writers -- the references must exist (409 naming the first missing one), the
-whole candidate document passes the gateway's validation (:func:`document.check` without the
-compiler: 422 with every problem), and the change is stored with its audit entry (who = the
-token's name).  A delete, or a rename, of a resource others use is refused (409 listing them).
+candidate passes the gateway's validation (422 with every problem) checked in the context the
+write needs (:func:`_check_write`, :mod:`control_plane.index`: a mini document and the claimed
+keys; the whole document, in a thread, only when a key is contested or for the writes that need
+it), and the change is stored with its audit entry (who = the token's name).  A delete, or a
+rename, of a resource others use is refused (409 listing them, read from the reference index).
+What checks the whole document (``PUT /v1/config``, the settings) runs in a thread: the event
+loop keeps answering meanwhile.
 
 Errors: ``{"error_code", "error_msg", "path", "errors": [Problem]}``; every answer carries
 ``X-Request-Id``.
@@ -32,6 +36,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import logging
 import re
 import secrets
 import time
@@ -48,12 +53,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import document as D
+from . import index
 from . import schema
 from .auth import (READ_WRITE, ROLES, AuthError, authenticate, ensure_admin_token, may,
                    new_token, token_hash)
-from .kinds import KINDS, SETTINGS, kind, mask, name_of, steps, users_of
+from .kinds import KINDS, SETTINGS, kind, mask, name_of, steps
 from .kinds import _walk  # (the walk of a reference's path pattern, shared with refs_of)
-from .store import DEFAULT_URL, Conflict, NotFound, StaleRevision, Store, open_store
+from .store import (DEFAULT_URL, Conflict, NotFound, StaleRevision, Store, StoreUnavailable,
+                    open_store)
 
 __all__ = ["create_app", "MAX_BODY", "MAX_CONFIG_BODY", "MAX_LIMIT"]
 
@@ -92,6 +99,20 @@ def _json(status: int, value: Any, headers: dict[str, str] | None = None) -> Res
 def _error_response(err: ApiError) -> Response:
     return _json(err.status, {"error_code": err.code, "error_msg": err.message, "path": err.path,
                               "errors": [msgspec.structs.asdict(p) for p in err.errors]})
+
+
+_log = logging.getLogger("tollgate.control_plane")
+
+
+def _store_down(exc: StoreUnavailable) -> Response:
+    """503 while the store cannot be reached (the control plane reconnects by itself, no restart
+    needed).  A change whose commit was under way when the connection broke may or may not be
+    stored: the client reads it back (If-Match makes a retry safe)."""
+    _log.warning("%s: answering 503 until it is back", exc)
+    response = _error_response(ApiError(503, "TG.0503", "the store is unavailable, try again "
+                                                         "shortly"))
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _etag(revision: int) -> str:
@@ -221,6 +242,48 @@ def _in_use(kind_name: str, name: str, users: list[tuple[str, str, str]], doing:
                                     f"{listed}",
                     errors=[D.Problem(kind=k, name=n, path=p,
                                       message=f"uses {kind_name} {name!r}") for k, n, p in users])
+
+
+async def _check_off_loop(settings: dict, resources: dict[str, list[dict]]) -> None:
+    """:func:`_check` of a whole document in a thread: the event loop keeps answering (reads,
+    /metrics, the gateways' long polls) meanwhile."""
+    await asyncio.to_thread(_check, settings, resources)
+
+
+#: a mini document of more resources than this is checked in a thread too
+_MINI_IN_THREAD = 200
+
+
+async def _check_write(tx, kind_name: str, name: str, body: dict, old_name: str | None,
+                       old_body: dict | None) -> None:
+    """422 unless the document with this write (a create when ``old_name`` is None) is one the
+    gateway accepts -- checked in the context the write needs (:mod:`control_plane.index`): the
+    mini document of the resource, what it references and (for some kinds) its users, then the
+    keys it claims.  The whole document is checked (off the event loop) only for the writes that
+    can break a rule the mini document cannot see (:func:`index.needs_whole`) and when a claimed
+    key is held by another resource (then its answer, word for word, is the answer)."""
+    settings, _ = await _settings(tx)
+
+    async def whole() -> None:
+        resources = await _all_resources(tx)
+        await _check_off_loop(settings, D.with_resource(resources, kind_name, old_name or name,
+                                                        body))
+
+    if index.needs_whole(kind_name, old_body, body):
+        return await whole()
+    mini = await index.mini_resources(tx, kind_name, name, body, old_name)
+    problem = None
+    try:
+        if sum(map(len, mini.values())) > _MINI_IN_THREAD:
+            await _check_off_loop(settings, mini)
+        else:
+            _check(settings, mini)
+    except ApiError as exc:
+        problem = exc
+    if await index.claim_conflicts(tx, kind_name, name, body, old_name):
+        return await whole()
+    if problem is not None:
+        raise problem
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,6 +448,8 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
                 response = _error_response(ApiError(409, "TG.0409", str(exc), path="name"))
             except StaleRevision as exc:
                 response = _error_response(ApiError(412, "TG.0412", str(exc)))
+            except StoreUnavailable as exc:
+                response = _store_down(exc)
             except Exception:
                 if template in _PUBLISH_ROUTES:
                     metrics.publish(request.scope.get("tollgate.body", {}).get("env"), 500)
@@ -419,11 +484,11 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
     state.distribution = Distribution()
     for template, methods, options in publishing_routes(state.distribution):
         route(template, methods, **options)
-    from . import assets
-    for template, methods, options in assets.routes():
+    from . import assets, views
+    for template, methods, options in assets.routes() + views.routes():
         route(template, methods, **options)
     document = _declare_body_errors(schema.openapi(extra_paths={
-        **_extra_paths(), **openapi_paths(), **assets.openapi_paths()}))
+        **_extra_paths(), **openapi_paths(), **assets.openapi_paths(), **views.openapi_paths()}))
     encoded = msgspec.json.encode(document)
 
     async def openapi(request, token, st):
@@ -445,8 +510,17 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
             response.headers.update(exc.headers)
         return response
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # (Starlette answers an unexpected error itself, before _RequestIds can: this is that
+        # answer, JSON like every other, logged once with its request id)
+        request_id = request.scope.get("tollgate.request_id", "-")
+        _log.error("internal error (request %s) on %s %s", request_id, request.method,
+                   request.scope.get("tollgate.route", "?"), exc_info=exc)
+        request.scope["tollgate.logged"] = True
+        return _error_response(ApiError(500, "TG.0500", f"internal error (request {request_id})"))
+
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error})
+                    exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.tollgate = state
     app.state.openapi = document
     return _RequestIds(app, metrics)
@@ -474,10 +548,13 @@ class _RequestIds:
                                       (b"x-request-id", request_id.encode())]
             await send(message)
 
+        scope["tollgate.request_id"] = request_id
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            if started["status"] is None:
+            if scope.get("tollgate.logged"):
+                pass                # answered (500) and logged: Starlette raises it again after
+            elif started["status"] is None:
                 response = _error_response(ApiError(500, "TG.0500", "internal error (request "
                                                                      f"{request_id})"))
                 await response(scope, receive, send_with_id)
@@ -555,8 +632,7 @@ def _creator(kind_name: str):
                 raise ApiError(409, "TG.0409", f"{kind_name} {name!r} already exists",
                                path="name")
             await _check_refs(tx, kind_name, body)
-            settings, _ = await _settings(tx)
-            _check(settings, D.with_resource(await _all_resources(tx), kind_name, name, body))
+            await _check_write(tx, kind_name, name, body, None, None)
             record = await tx.create(kind_name, name, body, token.name)
         return _json(201, _shown(kind_name, record.body, generated),
                      {**_resource_headers(kind_name, record),
@@ -584,17 +660,15 @@ def _replacer(kind_name: str, patch: bool):
             except D.DocumentError as exc:
                 raise _invalid(exc) from None
             new_name = name_of(kind_name, body)
-            resources = await _all_resources(tx)
             if new_name != name:
                 if await tx.get(kind_name, new_name) is not None:
                     raise ApiError(409, "TG.0409", f"{kind_name} {new_name!r} already exists",
                                    path="name")
-                users = users_of(resources, kind_name, name)
+                users = await tx.users(kind_name, name)     # (the reference index)
                 if users:
                     raise _in_use(kind_name, name, users, "renamed")
             await _check_refs(tx, kind_name, body)
-            settings, _ = await _settings(tx)
-            _check(settings, D.with_resource(resources, kind_name, name, body))
+            await _check_write(tx, kind_name, new_name, body, name, stored.body)
             record = await tx.replace(kind_name, name, body, token.name, if_revision=if_revision,
                                       new_name=new_name)
         return _json(200, _shown(kind_name, record.body, generated),
@@ -611,7 +685,7 @@ def _deleter(kind_name: str):
             if stored is None:
                 raise NotFound(kind_name, name)
             _stale(if_revision, stored.revision)
-            users = users_of(await _all_resources(tx), kind_name, name)
+            users = await tx.users(kind_name, name)         # (the reference index)
             if users:
                 raise _in_use(kind_name, name, users, "deleted")
             await tx.delete(kind_name, name, token.name, if_revision=if_revision)
@@ -641,7 +715,8 @@ def _put_settings(patch: bool):
                                    D.replace_body(SETTINGS, raw, current))
             except D.DocumentError as exc:
                 raise _invalid(exc) from None
-            _check(body, await _all_resources(tx))
+            # (the settings decide for every API, auth: iam ones: the whole document, in a thread)
+            await _check_off_loop(body, await _all_resources(tx))
             if stored is None:
                 record = await tx.create(SETTINGS, _SETTINGS_NAME, body, token.name)
             else:
@@ -666,6 +741,45 @@ async def _get_config(request: Request, token, st) -> Response:
     return _json(200, doc, {"ETag": _etag(revision)})
 
 
+def _config_candidate(raw: dict, stored_settings: dict | None, stored: dict[str, dict[str, dict]]
+                      ) -> tuple[dict, dict, dict[str, list[dict]], dict[str, list[dict]]]:
+    """The settings, the resources of a PUT /v1/config (normalized, secrets kept or generated),
+    the same as they are shown, once the whole document is checked; raises :class:`ApiError`
+    (422, every problem).  Plain CPU work: run in a thread."""
+    problems: list[D.Problem] = []
+    resources: dict[str, list[dict]] = {}
+    shown: dict[str, list[dict]] = {}
+    settings = settings_shown = None
+    raw_settings = {k: v for k, v in raw.items() if k not in KINDS}
+    try:
+        settings, generated = D.replace_body(SETTINGS, raw_settings, stored_settings)
+        settings_shown = _shown(SETTINGS, settings, generated)
+    except D.DocumentError as exc:
+        problems += exc.problems
+    for kind_name in KINDS:
+        items = raw.get(kind_name, [])
+        resources[kind_name], shown[kind_name] = [], []
+        if not isinstance(items, list):
+            problems.append(D.Problem(kind=kind_name, name=None, path="",
+                                      message="expected an array"))
+            continue
+        for item in items:
+            old = stored[kind_name].get(name_of(kind_name, item)) \
+                if isinstance(item, dict) else None
+            try:
+                body, generated = (D.replace_body(kind_name, item, old) if old is not None else
+                                   D.create_body(kind_name, item))
+            except D.DocumentError as exc:
+                problems += exc.problems
+                continue
+            resources[kind_name].append(body)
+            shown[kind_name].append(_shown(kind_name, body, generated))
+    if problems:
+        raise _invalid(D.DocumentError(problems))
+    _check(settings, resources)
+    return settings, settings_shown, resources, shown
+
+
 async def _put_config(request: Request, token, st) -> Response:
     if_revision = _if_match(request)
     raw = await _read_json(request, MAX_CONFIG_BODY)
@@ -685,37 +799,10 @@ async def _put_config(request: Request, token, st) -> Response:
                 if not page or offset >= total:
                     break
             stored[kind_name] = {r.name: r for r in records}
-        problems: list[D.Problem] = []
-        resources: dict[str, list[dict]] = {}
-        shown: dict[str, list[dict]] = {}
-        raw_settings = {k: v for k, v in raw.items() if k not in KINDS}
-        try:
-            settings, generated = D.replace_body(
-                SETTINGS, raw_settings, stored_settings.body if stored_settings else None)
-            settings_shown = _shown(SETTINGS, settings, generated)
-        except D.DocumentError as exc:
-            problems += exc.problems
-        for kind_name in KINDS:
-            items = raw.get(kind_name, [])
-            resources[kind_name], shown[kind_name] = [], []
-            if not isinstance(items, list):
-                problems.append(D.Problem(kind=kind_name, name=None, path="",
-                                          message="expected an array"))
-                continue
-            for item in items:
-                old = stored[kind_name].get(name_of(kind_name, item)) \
-                    if isinstance(item, dict) else None
-                try:
-                    body, generated = (D.replace_body(kind_name, item, old.body) if old else
-                                       D.create_body(kind_name, item))
-                except D.DocumentError as exc:
-                    problems += exc.problems
-                    continue
-                resources[kind_name].append(body)
-                shown[kind_name].append(_shown(kind_name, body, generated))
-        if problems:
-            raise _invalid(D.DocumentError(problems))
-        _check(settings, resources)
+        # decoding, secrets and the whole document's check: CPU work, in a thread
+        settings, settings_shown, resources, shown = await asyncio.to_thread(
+            _config_candidate, raw, stored_settings.body if stored_settings else None,
+            {k: {n: r.body for n, r in records.items()} for k, records in stored.items()})
         who = token.name
         for kind_name in KINDS:
             keep = {name_of(kind_name, b) for b in resources[kind_name]}

@@ -42,6 +42,7 @@ missing cannot be published until they exist (``publishing.needs``).
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -378,7 +379,7 @@ async def import_assets(st, data: Any, *, mode: str = "add", prefix: str | None 
                         generated[(kind_name, name)] = made
                 final[kind_name][name] = body
         candidate = {k: list({**stored[k], **final.get(k, {})}.values()) for k in KINDS}
-        _check(settings, candidate)
+        await asyncio.to_thread(_check, settings, candidate)     # (off the event loop)
         for kind_name in ASSET_KINDS:
             for name, body in final[kind_name].items():
                 old = stored[kind_name].get(name)

@@ -60,13 +60,20 @@ async def ensure_admin_token(store: Store, configured: str | None) -> str | None
             found = None
         if found is not None and found.name == ADMIN:
             return None
-        async with store.transaction() as tx:
-            if found is not None:           # the value is another token's: not an admin token
-                raise ValueError("the admin token given is the value of another token "
-                                 f"({found.name!r}): choose another")
-            if any(t.name == ADMIN for t in await tx.tokens()):
-                await tx.delete_token(ADMIN, who="system")
-            await tx.add_token(ADMIN, READ_WRITE, wanted, who="system")
+        try:
+            async with store.transaction() as tx:
+                if found is not None:       # the value is another token's: not an admin token
+                    raise ValueError("the admin token given is the value of another token "
+                                     f"({found.name!r}): choose another")
+                if any(t.name == ADMIN for t in await tx.tokens()):
+                    await tx.delete_token(ADMIN, who="system")
+                await tx.add_token(ADMIN, READ_WRITE, wanted, who="system")
+        except Conflict:
+            # another control plane on the same store, started with the same token, stored it
+            # first: fine; anything else is a real conflict
+            found = await store.token_by_hash(wanted)
+            if found is None or found.name != ADMIN:
+                raise
         return None
     if await store.tokens():
         return None

@@ -127,18 +127,20 @@ def _control_plane(args) -> int:
     from control_plane.audit import load_key
 
     admin_token = args.admin_token or os.environ.get("TOLLGATE_ADMIN_TOKEN") or None
+    # the store's URL may hold a password: the environment keeps it out of `ps`
+    store_url = args.store or os.environ.get("TOLLGATE_STORE") or DEFAULT_URL
 
     def announce(line: str) -> None:
         print(line, flush=True)
 
     try:
-        audit_key, warnings = load_key(args.store or DEFAULT_URL, args.audit_key_file)
+        audit_key, warnings = load_key(store_url, args.audit_key_file)
     except ValueError as exc:
         print(f"tollgate control plane: {exc}", file=sys.stderr)
         return 2
     for line in warnings:
         print(f"tollgate control plane: warning: {line}", file=sys.stderr, flush=True)
-    app = create_app(args.store or DEFAULT_URL, admin_token=admin_token, announce=announce,
+    app = create_app(store_url, admin_token=admin_token, announce=announce,
                      audit_key=audit_key)
     host, port = args.listen
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="h11",
@@ -156,7 +158,7 @@ def _control_plane(args) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
     print(f"tollgate control plane: serving http://{host}:{port}/v1/ (store "
-          f"{_masked_url(args.store or DEFAULT_URL)})", flush=True)
+          f"{_masked_url(store_url)})", flush=True)
     server.run()
     return 0 if server.started else 1
 
@@ -314,7 +316,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--listen", type=host_port, default=("127.0.0.1", 9080),
                    help="HOST:PORT to serve on (default 127.0.0.1:9080)")
     c.add_argument("--store", default=None, metavar="URL",
-                   help="sqlite:///FILE (default sqlite:///tollgate-control-plane.db) or "
+                   help="sqlite:///FILE (default: $TOLLGATE_STORE, else "
+                        "sqlite:///tollgate-control-plane.db) or "
                         "postgresql://USER:PASSWORD@HOST/DB")
     c.add_argument("--admin-token", default=None, metavar="TOKEN",
                    help="the first read-write token (default: $TOLLGATE_ADMIN_TOKEN; else one "

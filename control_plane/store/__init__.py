@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from control_plane.store.base import (ApiVersion, AuditEntry, Conflict, Gateway, NotFound,
                                       PublishInfo, Record, SchemaTooNew, StaleRevision, Store,
-                                      StoreError, Token, body_hash, canonical_json)
+                                      StoreError, StoreUnavailable, Token, body_hash,
+                                      canonical_json)
 
 #: a file in the working directory
 DEFAULT_URL = "sqlite:///tollgate-control-plane.db"
 
 __all__ = ["open_store", "DEFAULT_URL", "Store", "Record", "AuditEntry", "PublishInfo",
-           "ApiVersion", "Token", "Gateway", "StoreError", "NotFound", "Conflict",
+           "ApiVersion", "Token", "Gateway", "StoreError", "StoreUnavailable", "NotFound", "Conflict",
            "StaleRevision", "SchemaTooNew", "body_hash", "canonical_json"]
 
 

@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
 #: the schema version this code writes and reads (a row of ``schema_version``)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 1 -> 2: the reference index and claimed keys (tables refs, claims; rows built at open)
 
 RESOURCE_COUNTER = "resource"
 PUBLISH_COUNTER = "publish"
@@ -79,6 +80,11 @@ class StaleRevision(StoreError):
     def __init__(self, kind: str, name: str, expected: int, current: int):
         super().__init__(f"{kind} {name!r} is at revision {current}, not {expected}")
         self.kind, self.name, self.expected, self.current = kind, name, expected, current
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (PostgreSQL down, restarting, or the connection lost): the
+    call changed nothing it did not commit; try again later (HTTP 503)."""
 
 
 class SchemaTooNew(StoreError):
@@ -200,6 +206,10 @@ class _Conn(abc.ABC):
 
     @abc.abstractmethod
     async def fetchall(self, sql: str, *args) -> list[tuple]: ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        for args in rows:
+            await self.execute(sql, *args)
 
     def json_field(self) -> str:
         """SQL for the compact JSON text of the top-level field named by a parameter."""
@@ -347,6 +357,7 @@ class Store(abc.ABC):
             await c.execute("INSERT INTO resources (kind, name, id, revision, body, created_at, "
                             "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             kind, name, id_, revision, text, now, now)
+            await _reindex(c, kind, None, name, body)
             await _audit(c, who, "create", kind, name, id_, revision, None, self._hash(body), now)
             return Record(kind, name, id_, revision, json.loads(text), now, now)
 
@@ -368,6 +379,7 @@ class Store(abc.ABC):
             now, text = time.time(), _dump(body)
             await c.execute("UPDATE resources SET name = ?, revision = ?, body = ?, updated_at = ? "
                             "WHERE kind = ? AND id = ?", target, revision, text, now, kind, old.id)
+            await _reindex(c, kind, name, target, body)
             await _audit(c, who, "rename" if target != name else "replace", kind, target, old.id,
                          revision, self._hash(old.body), self._hash(body), now,
                          previous_name=name if target != name else None)
@@ -385,9 +397,32 @@ class Store(abc.ABC):
             if if_revision is not None and if_revision != old.revision:
                 raise StaleRevision(kind, name, if_revision, old.revision)
             await c.execute("DELETE FROM resources WHERE kind = ? AND id = ?", kind, old.id)
+            await _reindex(c, kind, name, None, None)
             await _audit(c, who, "delete", kind, name, old.id, revision, self._hash(old.body),
                          None, time.time())
             return revision
+
+    async def users(self, kind: str, name: str) -> list[tuple[str, str, str]]:
+        """Who references ``kind``/``name``: ``[(kind, name, path)]``, in the order of
+        :func:`control_plane.kinds.users_of` (kinds in document order, then names, then the
+        order of the references in the body) -- an indexed lookup of the ``refs`` rows."""
+        async with self._read() as c:
+            rows = await c.fetchall("SELECT from_kind, from_name, seq, path FROM refs "
+                                    "WHERE to_kind = ? AND to_name = ?", kind, name)
+        from control_plane.index import kind_rank
+        rows = sorted(rows, key=lambda r: (kind_rank(r[0]), r[1], int(r[2])))
+        return [(r[0], r[1], r[3]) for r in rows]
+
+    async def claimants(self, claims: Sequence[tuple[str, str]]
+                        ) -> list[tuple[str, str, str, str, str]]:
+        """The holders of these ``(claim, key)``: ``[(claim, key, kind, name, detail)]``."""
+        out: list[tuple[str, str, str, str, str]] = []
+        async with self._read() as c:
+            for claim, key in dict.fromkeys(claims):
+                rows = await c.fetchall("SELECT claim, key, kind, name, detail FROM claims "
+                                        "WHERE claim = ? AND key = ?", claim, key)
+                out += [tuple(r) for r in rows]
+        return out
 
     async def revision(self) -> int:
         """The current resource revision (0 before the first write)."""
@@ -616,6 +651,40 @@ async def _get(c: _Conn, kind: str, name: str, lock: bool = False) -> Record | N
     return _record(row) if row else None
 
 
+async def _reindex(c: _Conn, kind: str, old_name: str | None, name: str | None,
+                   body: dict | None) -> None:
+    """The index rows (references, claimed keys) of resource ``kind``/``old_name`` replaced by
+    those of ``body`` named ``name`` (None: deleted) -- in the write's own transaction."""
+    if old_name is not None:
+        await c.execute("DELETE FROM refs WHERE from_kind = ? AND from_name = ?", kind, old_name)
+        await c.execute("DELETE FROM claims WHERE kind = ? AND name = ?", kind, old_name)
+    if body is None or name is None:
+        return
+    await _insert_index(c, [(kind, name, body)])
+
+
+async def _insert_index(c: _Conn, resources: Sequence[tuple[str, str, dict]]) -> None:
+    from control_plane.index import claims_of, refs_rows
+    refs, claims = [], []
+    for kind, name, body in resources:
+        refs += [(kind, name, seq, path, k, n) for seq, path, k, n in refs_rows(kind, body)]
+        claims += [(claim, key, kind, name, detail) for claim, key, detail in claims_of(kind, body)]
+    if refs:
+        await c.executemany("INSERT INTO refs (from_kind, from_name, seq, path, to_kind, to_name) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", refs)
+    if claims:
+        await c.executemany("INSERT INTO claims (claim, key, kind, name, detail) "
+                            "VALUES (?, ?, ?, ?, ?)", claims)
+
+
+async def build_index(c: _Conn) -> None:
+    """(Re)build every index row from the stored bodies: the migration to schema version 2."""
+    await c.execute("DELETE FROM refs")
+    await c.execute("DELETE FROM claims")
+    rows = await c.fetchall("SELECT kind, name, body FROM resources")
+    await _insert_index(c, [(kind, name, json.loads(body)) for kind, name, body in rows])
+
+
 async def _bump(c: _Conn, counter: str) -> int:
     """The counter's next value (its row stays locked until the transaction ends: writers are
     serialised here, before they read what they check)."""
@@ -665,6 +734,17 @@ def schema_statements(autoincrement: str, real: str, bigint: str) -> Sequence[st
         f"""CREATE TABLE IF NOT EXISTS gateways (
             id TEXT PRIMARY KEY, revision {bigint} NOT NULL, address TEXT NOT NULL,
             first_seen {real} NOT NULL, last_seen {real} NOT NULL)""",
+        # the reference index and the claimed keys (control_plane/index.py), schema version 2
+        f"""CREATE TABLE IF NOT EXISTS refs (
+            from_kind TEXT NOT NULL, from_name TEXT NOT NULL, seq {bigint} NOT NULL,
+            path TEXT NOT NULL, to_kind TEXT NOT NULL, to_name TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS refs_to ON refs (to_kind, to_name)",
+        "CREATE INDEX IF NOT EXISTS refs_from ON refs (from_kind, from_name)",
+        """CREATE TABLE IF NOT EXISTS claims (
+            claim TEXT NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+            detail TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS claims_key ON claims (claim, key)",
+        "CREATE INDEX IF NOT EXISTS claims_owner ON claims (kind, name)",
         "INSERT INTO counters (name, value) VALUES ('resource', 0) ON CONFLICT (name) DO NOTHING",
         "INSERT INTO counters (name, value) VALUES ('publish', 0) ON CONFLICT (name) DO NOTHING",
     )

@@ -20,7 +20,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from control_plane.store.base import (SCHEMA_VERSION, SchemaTooNew, Store, _Conn,
+from control_plane.store.base import (SCHEMA_VERSION, SchemaTooNew, Store, _Conn, build_index,
                                       schema_statements)
 
 #: how long a writer waits for another process's write transaction on the same file
@@ -46,6 +46,9 @@ class _SqliteConn(_Conn):
 
     async def fetchall(self, sql: str, *args):
         return await self._run(self._exec, sql, args)
+
+    async def executemany(self, sql, rows) -> None:
+        await self._run(self._conn.executemany, sql, [tuple(r) for r in rows])
 
 
 class SqliteStore(Store):
@@ -135,4 +138,9 @@ async def _migrate(c: _Conn) -> None:
         for stmt in schema_statements("INTEGER PRIMARY KEY AUTOINCREMENT", "REAL", "INTEGER"):
             await c.execute(stmt)
         await c.execute("INSERT INTO schema_version (version) VALUES (?)", SCHEMA_VERSION)
+    elif row[0] < SCHEMA_VERSION:           # 1 -> 2: the index tables, filled from the bodies
+        for stmt in schema_statements("INTEGER PRIMARY KEY AUTOINCREMENT", "REAL", "INTEGER"):
+            await c.execute(stmt)
+        await build_index(c)
+        await c.execute("UPDATE schema_version SET version = ?", SCHEMA_VERSION)
     # (later versions: migrate step by step from row[0] here)

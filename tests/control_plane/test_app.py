@@ -1,4 +1,7 @@
-"""The REST app over real HTTP: ``tollgate control-plane`` in a subprocess on a SQLite store."""
+"""The REST app over real HTTP: ``tollgate control-plane`` in a subprocess, on both store engines
+(a SQLite file, and a fresh database of the session's PostgreSQL server): one control plane per
+module and engine.  The tests whose subject does not touch the store's engine (OpenAPI, metrics,
+body limits, the first token) run on SQLite only (:func:`one_engine`)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,14 +16,34 @@ from control_plane.store import open_store
 from gateway.config import parse_document
 from tests.support.control_plane import ControlPlaneProcess
 
+from .conftest import ENGINES, store_url
 from .examples import SECRET_VALUES, contract, rich
 
 ADMIN = "admin-token-for-tests-0123456789"
 
 
+def one_engine(test):
+    """The test's subject is the same on every store engine: run it on SQLite only."""
+    test.one_engine = True
+    return test
+
+
+def pytest_generate_tests(metafunc):
+    if "cp" in metafunc.fixturenames:
+        engines = ENGINES[:1] if getattr(metafunc.function, "one_engine", False) else ENGINES
+        metafunc.parametrize("engine", engines, scope="module", indirect=True)
+
+
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory):
-    proc = ControlPlaneProcess(tmp_path_factory.mktemp("cp"), admin_token=ADMIN).start()
+def engine(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def cp(engine, request, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(f"cp-{engine}")
+    proc = ControlPlaneProcess(workdir, admin_token=ADMIN,
+                               store=store_url(request, engine, workdir)).start()
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -143,6 +166,23 @@ def test_the_admin_token_from_the_environment(tmp_path):
             assert c.get("/v1/apis").status_code == 200
     finally:
         assert proc.stop() == 0
+
+
+def test_the_store_from_the_environment(tmp_path):
+    """TOLLGATE_STORE names the store when --store is not given (a URL with a password stays
+    out of the process list)."""
+    db = tmp_path / "from-the-env.db"
+    proc = ControlPlaneProcess(tmp_path, env={"TOLLGATE_STORE": f"sqlite:///{db}",
+                                              "TOLLGATE_ADMIN_TOKEN": "from-the-env-1234"})
+    i = proc.args.index("--store")
+    del proc.args[i:i + 2]
+    proc.start()
+    try:
+        with proc.client("from-the-env-1234") as c:
+            assert c.post("/v1/groups", json={"name": "kept"}).status_code == 201
+    finally:
+        assert proc.stop() == 0
+    assert db.exists() and not proc.store_path.exists()
 
 
 # -------------------------------------------------------------------------------------- CRUD
@@ -381,6 +421,7 @@ def test_settings(admin, cp):
 
 # ------------------------------------------------------------------------------- bad requests
 
+@one_engine
 def test_malformed_json_and_oversize_bodies(admin):
     r = admin.post("/v1/apps", content=b'{"name": "x",', headers={"Content-Type": "application/json"})
     assert_error(r, 400, "TG.0400")
@@ -399,6 +440,7 @@ def test_malformed_json_and_oversize_bodies(admin):
     assert r.status_code != 413, r.text
 
 
+@one_engine
 def test_openapi_is_served_and_valid(admin):
     validate = pytest.importorskip("openapi_spec_validator").validate
     r = admin.get("/v1/openapi.json")
@@ -410,9 +452,32 @@ def test_openapi_is_served_and_valid(admin):
         assert path in doc["paths"]
 
 
+@one_engine
 def test_metrics_count_requests_by_route_template(admin):
     admin.get("/v1/apis/free-slots")
     text = admin.get("/metrics").text
     assert 'route="/v1/apis/{name}"' in text and 'status="200"' in text
     assert "tollgate_control_plane_store_seconds_bucket" in text
     assert "free-slots" not in text
+
+
+def test_an_unexpected_error_is_a_json_500_logged_once_with_its_request_id(tmp_path):
+    """A store file damaged under a running control plane: every call fails unexpectedly; each
+    gets the JSON error of every other answer, and the log has the request id once."""
+    proc = ControlPlaneProcess(tmp_path, admin_token=ADMIN).start()
+    try:
+        with proc.client(ADMIN) as c:
+            assert c.post("/v1/groups", json={"name": "before"}).status_code == 201
+            for path in (proc.store_path, proc.store_path.with_name("cp.db-wal")):
+                with open(path, "r+b") as f:        # (the write-ahead log holds the last writes)
+                    f.write(b"\xff" * 16384)        # the header and first pages: not a database
+            r = c.get("/v1/groups/before")
+            body = assert_error(r, 500, "TG.0500")
+            request_id = r.headers["x-request-id"]
+            assert request_id in body["error_msg"]
+            assert r.headers["content-type"] == "application/json"
+    finally:
+        proc.stop()
+    log = proc.log()
+    assert log.count(f"internal error (request {request_id})") == 1, log
+    assert log.count("Traceback") == 1 and "Exception in ASGI application" not in log, log

@@ -1,5 +1,7 @@
-"""Publishing and live distribution over real processes: ``tollgate control-plane`` (SQLite) and
-``tollgate gateway --control-plane`` following it, real backends, real HTTP."""
+"""Publishing and live distribution over real processes: ``tollgate control-plane`` (SQLite; the
+tests parametrized with ``engine`` also on PostgreSQL: test_postgres.py follows a gateway through
+publish, rollback and offline there) and ``tollgate gateway --control-plane``
+following it, real backends, real HTTP."""
 from __future__ import annotations
 
 import threading
@@ -13,6 +15,8 @@ from tests.gateway.test_app_auth import signed_request
 from tests.support.backend import Backend
 from tests.support.control_plane import ControlPlaneProcess
 from tests.support.gateway import GatewayProcess
+
+from .conftest import ENGINES, store_url
 
 ADMIN = "admin-token-for-publishing-tests-0123"
 
@@ -57,8 +61,15 @@ def gone(gw, path, stage=None):
 
 
 @pytest.fixture
-def cp(tmp_path):
-    proc = ControlPlaneProcess(tmp_path, admin_token=ADMIN).start()
+def engine(request):
+    """The store engine (SQLite unless a test is parametrized over ``ENGINES``)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def cp(engine, request, tmp_path):
+    proc = ControlPlaneProcess(tmp_path, admin_token=ADMIN,
+                               store=store_url(request, engine, tmp_path)).start()
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -184,6 +195,7 @@ def test_publish_follow_versions_diff_rollback_offline(cp, admin, gateway):
              == [("gateway", latest)], what="the gateway's applied revision listed")
 
 
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_publish_errors_change_nothing(cp, admin, gateway):
     ok(admin.put("/v1/config", json=base_doc(mock_api("a", "/a", "a1"))), 200)
     revision = ok(admin.post("/v1/apis/a/publish", json={"env": "RELEASE"}))["revision"]

@@ -1,5 +1,5 @@
 """The control plane's store, every test on both engines: SQLite (a file in tmp_path) and a real
-PostgreSQL (started once for the module, a fresh database per test)."""
+PostgreSQL (one server for the session: ``conftest.pg_server``; a fresh database per test)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +12,6 @@ import pytest
 
 from control_plane.store import (Conflict, NotFound, SchemaTooNew, StaleRevision, StoreError,
                                  body_hash, open_store)
-from tests.support.postgres import PostgresServer, find_bindir
 
 #: the audit key of the stores of these tests
 AUDIT_KEY = b"audit-key-of-the-store-tests"
@@ -20,15 +19,6 @@ AUDIT_KEY = b"audit-key-of-the-store-tests"
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.once      # pure Python: the fastpath form changes nothing here
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    if find_bindir() is None:
-        pytest.skip("PostgreSQL is not installed (no initdb: Debian package postgresql)")
-    server = PostgresServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

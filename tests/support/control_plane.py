@@ -41,10 +41,15 @@ class ControlPlaneProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> "ControlPlaneProcess":
+    def start(self, timeout: float = 20.0, wait: bool = True) -> "ControlPlaneProcess":
+        """Run it and wait until it serves (``wait=False``: call :meth:`wait_serving` later, to
+        start several at once)."""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=self.env)
+        return self.wait_serving(timeout) if wait else self
+
+    def wait_serving(self, timeout: float = 20.0) -> "ControlPlaneProcess":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -75,6 +80,14 @@ class ControlPlaneProcess:
         self._log.close()
         code, self.proc = self.proc.returncode, None
         return code
+
+    def kill(self) -> None:
+        """kill -9: no shutdown of any kind (a crash)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self._log.close()
+            self.proc = None
 
     def client(self, token: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -80,9 +80,15 @@ class PostgresServer:
         subprocess.run([str(self.bindir / "initdb"), "-D", str(data), "-U", SUPERUSER,
                         "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
                        check=True, capture_output=True, **self._run_as())
-        self.log = open(self.dir / "server.log", "wb")
+        self.log = open(self.dir / "server.log", "ab")
+        return self.resume()
+
+    def resume(self) -> "PostgresServer":
+        """Run the server on its data directory and port (after :meth:`halt`: a store restart)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         self.proc = subprocess.Popen(
-            [str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port),
+            [str(self.bindir / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
              "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
             stdout=self.log, stderr=subprocess.STDOUT, **self._run_as())
@@ -96,6 +102,17 @@ class PostgresServer:
                 raise RuntimeError(f"postgres did not start on port {self.port}")
             time.sleep(0.05)
         return self
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), keeping its data; start it
+        again with :meth:`resume`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)   # fast shutdown (SIGTERM waits for clients)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
     def _ready(self) -> bool:
         r = subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p",
@@ -115,13 +132,10 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
+        """Stop for good (immediate shutdown: the data directory is removed anyway)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)   # fast shutdown (SIGTERM waits for clients)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            self.proc.send_signal(signal.SIGQUIT)
+        self.halt()
         if getattr(self, "log", None) is not None:
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
