@@ -44,7 +44,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -59,7 +59,8 @@ from .auth import (READ_WRITE, ROLES, AuthError, authenticate, ensure_admin_toke
                    new_token, token_hash)
 from .kinds import KINDS, SETTINGS, kind, mask, name_of, steps
 from .kinds import _walk  # (the walk of a reference's path pattern, shared with refs_of)
-from .store import Conflict, NotFound, StaleRevision, Store, StoreUnavailable, open_store
+from .store import (DEFAULT_URL, Conflict, NotFound, StaleRevision, Store, StoreUnavailable,
+                    open_store)
 
 __all__ = ["create_app", "MAX_BODY", "MAX_CONFIG_BODY", "MAX_LIMIT"]
 
@@ -288,6 +289,17 @@ async def _check_write(tx, kind_name: str, name: str, body: dict, old_name: str 
 # --------------------------------------------------------------------------------------------------
 # Metrics and the timed store
 
+#: a gateway seen within this many seconds is connected (the longest long poll, 60 s, and a
+#: margin): the gauges of gateways cover those only
+CONNECTED_WITHIN = 65.0
+#: at most this many gateways (the most recently seen) get an applied-revision series: gateway ids
+#: are chosen by the gateways, the label set must stay bounded
+MAX_GATEWAY_SERIES = 100
+#: the routes that publish (counted by environment and result)
+_PUBLISH_ROUTES = frozenset(("/v1/publish", "/v1/apis/{name}/publish", "/v1/apis/{name}/rollback",
+                             "/v1/apis/{name}/offline"))
+
+
 class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -299,6 +311,41 @@ class _Metrics:
                                "as one 'transaction')", ["operation"], registry=self.registry,
                                buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5,
                                         1, 2.5, 5, 10))
+        self.publishes = Counter("tollgate_control_plane_publishes_total",
+                                 "Publish calls (publish, rollback, offline) by environment and "
+                                 "result (ok, refused: a 4xx, error); a failed call naming an "
+                                 "environment never published counts as env=\"other\"",
+                                 ["env", "result"], registry=self.registry)
+        self.publish_revision = Gauge("tollgate_control_plane_publish_revision",
+                                      "The latest publish revision of the store",
+                                      registry=self.registry)
+        self.gateways = Gauge("tollgate_control_plane_gateways_connected",
+                              f"Gateways seen within the last {CONNECTED_WITHIN:.0f} s (a long "
+                              "poll's period)", registry=self.registry)
+        self.applied = Gauge("tollgate_control_plane_gateway_applied_revision",
+                             "The publish revision each connected gateway applied (the "
+                             f"{MAX_GATEWAY_SERIES} most recently seen)", ["gateway"],
+                             registry=self.registry)
+        self._published_envs: set[str] = set()
+
+    def publish(self, env: Any, status: int) -> None:
+        result = "ok" if status < 300 else "refused" if status < 500 else "error"
+        if result == "ok" and isinstance(env, str):
+            self._published_envs.add(env)
+        label = env if isinstance(env, str) and env in self._published_envs else "other"
+        self.publishes.labels(label, result).inc()
+
+    async def refresh(self, st) -> None:
+        """The gauges read from the store (at each scrape: several control planes may share
+        it)."""
+        self.publish_revision.set(await st.publish_revision())
+        now = time.time()
+        seen = sorted((g for g in await st.gateways() if now - g.last_seen <= CONNECTED_WITHIN),
+                      key=lambda g: g.last_seen, reverse=True)
+        self.gateways.set(len(seen))
+        self.applied.clear()
+        for g in seen[:MAX_GATEWAY_SERIES]:
+            self.applied.labels(g.id).set(g.revision)
 
 
 class _TimedStore:
@@ -349,17 +396,25 @@ class _State:
 
 
 def create_app(store: Store | str | None = None, *, admin_token: str | None = None,
-               announce: Callable[[str], None] = print) -> Starlette:
+               announce: Callable[[str], None] = print,
+               audit_key: bytes | None = None) -> Starlette:
     """The control plane's Starlette app on ``store`` (an open :class:`Store`, or a store URL
-    opened -- and closed -- by the app's lifespan).  At start, :func:`auth.ensure_admin_token`
-    with ``admin_token``; a generated token is passed to ``announce`` (printed once)."""
+    opened -- and closed -- by the app's lifespan, with ``audit_key``: by default the one
+    :func:`control_plane.audit.load_key` finds for the URL, its warnings announced).  At start,
+    :func:`auth.ensure_admin_token` with ``admin_token``; a generated token is passed to
+    ``announce`` (printed once)."""
     metrics = _Metrics()
     state = _State()
     owns_store = not isinstance(store, Store)
+    if owns_store and audit_key is None:
+        from .audit import load_key
+        audit_key, warnings = load_key(store or DEFAULT_URL)
+        for line in warnings:
+            announce(f"tollgate control plane: {line}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        raw = await open_store(store) if owns_store else store
+        raw = await open_store(store, audit_key=audit_key) if owns_store else store
         try:
             state.raw_store = raw
             state.store = _TimedStore(raw, metrics)
@@ -382,19 +437,27 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
                 if not allowed:
                     raise AuthError(403, "TG.0403", f"a {token.role} token may not "
                                                     f"{'change' if write else 'read'} this")
-                return await fn(request, token, state.store)
+                response = await fn(request, token, state.store)
             except AuthError as exc:
                 return _error_response(ApiError(exc.status, exc.code, exc.message))
             except ApiError as exc:
-                return _error_response(exc)
+                response = _error_response(exc)
             except NotFound as exc:
-                return _error_response(ApiError(404, "TG.0404", str(exc)))
+                response = _error_response(ApiError(404, "TG.0404", str(exc)))
             except Conflict as exc:
-                return _error_response(ApiError(409, "TG.0409", str(exc), path="name"))
+                response = _error_response(ApiError(409, "TG.0409", str(exc), path="name"))
             except StaleRevision as exc:
-                return _error_response(ApiError(412, "TG.0412", str(exc)))
+                response = _error_response(ApiError(412, "TG.0412", str(exc)))
             except StoreUnavailable as exc:
-                return _store_down(exc)
+                response = _store_down(exc)
+            except Exception:
+                if template in _PUBLISH_ROUTES:
+                    metrics.publish(request.scope.get("tollgate.body", {}).get("env"), 500)
+                raise
+            if template in _PUBLISH_ROUTES:
+                metrics.publish(request.scope.get("tollgate.body", {}).get("env"),
+                                response.status_code)
+            return response
         return endpoint
 
     routes = []
@@ -424,8 +487,8 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
     from . import assets, views
     for template, methods, options in assets.routes() + views.routes():
         route(template, methods, **options)
-    document = schema.openapi(extra_paths={**_extra_paths(), **openapi_paths(),
-                                           **assets.openapi_paths(), **views.openapi_paths()})
+    document = _declare_body_errors(schema.openapi(extra_paths={
+        **_extra_paths(), **openapi_paths(), **assets.openapi_paths(), **views.openapi_paths()}))
     encoded = msgspec.json.encode(document)
 
     async def openapi(request, token, st):
@@ -433,6 +496,7 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
     route("/v1/openapi.json", {"GET": (False, openapi)})
 
     async def metrics_endpoint(request, token, st):
+        await metrics.refresh(st)
         return Response(generate_latest(metrics.registry), 200,
                         media_type=CONTENT_TYPE_LATEST)
     route("/metrics", {"GET": (False, metrics_endpoint)})
@@ -817,6 +881,22 @@ async def _audit(request: Request, token, st) -> Response:
 
 # --------------------------------------------------------------------------------------------------
 # The app's own routes in the OpenAPI document
+
+def _declare_body_errors(document: dict) -> dict:
+    """Every operation that reads a body may answer 413 (too large), a PATCH also 415 (not a
+    merge patch): declared once here for all of them."""
+    err = {"description": "error", "content": {_JSON: {"schema": {"$ref": schema.REF.format(
+        name="Error")}}}}
+    for item in document["paths"].values():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "requestBody" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("413", err)
+            if method == "patch":
+                responses.setdefault("415", err)
+    return document
+
 
 def _extra_paths() -> dict[str, Any]:
     err = {"description": "error", "content": {_JSON: {"schema": {"$ref": schema.REF.format(

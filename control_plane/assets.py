@@ -8,7 +8,9 @@ kind              in an asset file
 ================  ==========================================================================
 groups            yes, without ``domains`` and ``variables`` (environment information)
 channels          yes, without ``members`` (the servers' addresses; member groups stay)
-authorizers       yes, a url without credentials (``user:password@``)
+authorizers       yes, a url without credentials (``user:password@``, secret query
+                  parameters such as ``?token=``), without ``user_data`` (free text that
+                  often holds a key: configured again after an import)
 datasources       yes, the url reduced to its scheme (``postgresql://``: address and
                   credentials are instance data)
 apps              yes, without ``key``, ``secret``, ``app_codes``, ``quota``, ``acl``
@@ -51,7 +53,7 @@ from gateway.config.model import RELEASE
 from . import document as D
 from .app import (ApiError, MAX_CONFIG_BODY, _all_resources, _check, _invalid, _json, _read_json,
                   _settings)
-from .kinds import KINDS, _split_url, kind, name_of, steps
+from .kinds import KINDS, _query_secrets, _split_url, kind, name_of, steps
 from .kinds import _walk  # noqa: F401  (the same path patterns as the references)
 from .publishing import _published, diff, needs
 
@@ -72,7 +74,7 @@ _IMPORTED = ("asset_imports", "apis")
 _INSTANCE_FIELDS: dict[str, tuple[str, ...]] = {
     "groups": ("domains", "variables"),
     "channels": ("members",),
-    "authorizers": ("url",),
+    "authorizers": ("url", "user_data"),
     "datasources": ("url",),
     "apps": ("key", "secret", "app_codes", "quota", "acl"),
     "apis": ("environments",),
@@ -83,8 +85,18 @@ _INSTANCE_FIELDS: dict[str, tuple[str, ...]] = {
 # The asset form of a body
 
 def _no_credentials(url: Any) -> Any:
-    parts = _split_url(url) if isinstance(url, str) else None
-    return url if parts is None else parts[0] + parts[2]
+    """``url`` without its credentials and its secret query parameters (``?token=...``)."""
+    if not isinstance(url, str):
+        return url
+    parts = _split_url(url)
+    if parts is not None:
+        url = parts[0] + parts[2]
+    for _name, start, end in reversed(_query_secrets(url)):
+        cut_from = url.rfind("&", 0, start)
+        cut_from = cut_from if cut_from >= 0 else url.find("?")
+        url = url[:cut_from + 1] + url[end + 1:] if url[end:end + 1] == "&" else url[:cut_from] \
+            + url[end:]
+    return url
 
 
 def _strip_backend(backend: dict) -> None:
@@ -105,6 +117,7 @@ def as_asset(kind_name: str, body: dict) -> dict:
     elif kind_name == "authorizers":
         if out.get("url") is not None:
             out["url"] = _no_credentials(out["url"])
+        out.pop("user_data", None)          # free text holding keys, often: a secret
     else:
         for field in _INSTANCE_FIELDS.get(kind_name, ()):
             out.pop(field, None)
@@ -306,6 +319,8 @@ def _reconfigure(kind_name: str, name: str, body: dict, created: bool,
     elif kind_name == "channels" and not body.get("members"):
         add("members", "add the channel's members (host, port): the APIs using it cannot be "
                        "published until it has some", blocks=True)
+    elif kind_name == "authorizers" and created:
+        add("user_data", "not in asset files: set it again if the authorizer had one")
     elif kind_name == "datasources" and created:
         add("url", "give the data source's address and credentials")
     elif kind_name == "apis":

@@ -3,7 +3,10 @@
 A token is 256 random bits (``secrets.token_urlsafe(32)``); the store keeps only its SHA-256
 (:func:`token_hash`).  A request's token is found by the hash of what it presents (an index
 lookup on the SHA-256): the token itself is never compared with anything, so the time an answer
-takes says at most something about the hash of the guess, nothing about a valid token. 
+takes says at most something about the hash of the guess, nothing about a valid token.  The
+stored hash of the row found is then compared with the computed one in constant time
+(:func:`hmac.compare_digest`, :func:`_same_hash`): a store whose lookup were looser than byte
+equality (a case-insensitive collation, padding rules) lets nothing through either.
 
 Roles: ``read-only`` (every read), ``read-write`` (every read and change, and the tokens
 themselves), ``gateway`` (only the distribution endpoint gateways follow).
@@ -15,6 +18,7 @@ the first start -- when the store has no token at all -- and printed once.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 
@@ -34,6 +38,12 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _same_hash(found: Token | None, computed: str) -> bool:
+    """Whether the token ``found`` (by a lookup of ``computed``) has exactly that hash
+    (constant time)."""
+    return found is not None and hmac.compare_digest(found.hash.encode(), computed.encode())
+
+
 def new_token() -> str:
     """A new random token (256 bits, URL-safe)."""
     return secrets.token_urlsafe(32)
@@ -46,6 +56,8 @@ async def ensure_admin_token(store: Store, configured: str | None) -> str | None
     if configured:
         wanted = token_hash(configured)
         found = await store.token_by_hash(wanted)
+        if not _same_hash(found, wanted):
+            found = None
         if found is not None and found.name == ADMIN:
             return None
         try:
@@ -97,7 +109,7 @@ async def authenticate(store: Store, authorization: str | None) -> Token:
         raise AuthError(401, "TG.0401", "this call needs 'Authorization: Bearer <token>'")
     presented_hash = token_hash(presented)
     found = await store.token_by_hash(presented_hash)
-    if found is None:
+    if not _same_hash(found, presented_hash):
         raise AuthError(401, "TG.0401", "the token is not valid")
     return found
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import secrets as _secrets
+from urllib.parse import unquote_plus
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
@@ -153,14 +154,20 @@ _REFERENCES: dict[str, tuple[Ref, ...]] = {
     ),
 }
 
+# A url's secrets: the password of its credentials and the values of its query parameters
+# named like a password or a key (``?password=``, ``?sslpassword=``, ``?token=``...).  An
+# authorizer's ``user_data`` is free text that custom authorizers commonly use for a shared key:
+# masked when not empty.  (An API's backend url holds neither credentials nor a query: the
+# gateway refuses them, secrets go in backend parameters.)
 _SECRETS: dict[str, tuple[Secret, ...]] = {
     "apps": (Secret("", "secret"), Secret("", "app_codes", "items")),
+    "authorizers": (Secret("", "url", "url"), Secret("", "user_data")),
     "signature_keys": (Secret("", "secret"),),
     "certificates": (Secret("", "key", "pem"),),
     "datasources": (Secret("", "url", "url"),),
     "devices": (Secret("", "password"),),
     SETTINGS: (Secret("iam.users[*]", "secret_key"), Secret("iam.jwt", "keys", "keys"),
-               Secret("redis", "url", "url")),
+               Secret("iam.jwt", "jwks_url", "url"), Secret("redis", "url", "url")),
 }
 
 # Formats of the contract: an app key 8-200 characters, an app secret 8-128.
@@ -379,6 +386,63 @@ def _url_password(url: Any) -> str | None:
     return parts[3] if parts else None
 
 
+#: query parameters of a url whose values are secrets (names compared in lower case)
+_SECRET_PARAMS = frozenset(("password", "passwd", "pwd", "pass", "sslpassword", "secret",
+                            "client_secret", "token", "access_token", "auth_token", "api_key",
+                            "apikey", "api_token", "sk", "secret_key", "access_key_secret"))
+
+
+def _query_secrets(url: str) -> list[tuple[str, int, int]]:
+    """``(name, start, end)`` of the value of every secret query parameter of ``url`` (in
+    order; empty values left out)."""
+    q = url.find("?")
+    if q < 0:
+        return []
+    end = url.find("#", q)
+    end = len(url) if end < 0 else end
+    spans, pos = [], q + 1
+    for part in url[q + 1:end].split("&"):
+        name, eq, value = part.partition("=")
+        key = unquote_plus(name).lower()
+        if eq and value and key in _SECRET_PARAMS:
+            spans.append((key, pos + len(name) + 1, pos + len(part)))
+        pos += len(part) + 1
+    return spans
+
+
+def _mask_url(url: str) -> str:
+    if _url_password(url) is not None:
+        url = _url_with_password(url, MASK)
+    for _name, start, end in reversed(_query_secrets(url)):
+        url = url[:start] + MASK + url[end:]
+    return url
+
+
+def _restore_url(path: str, url: str, old: Any) -> str:
+    """``url`` with each masked password or secret parameter the stored url's (``old``) again
+    (a parameter: the stored one of the same name and rank)."""
+    if _url_password(url) == MASK:
+        old_password = _url_password(old)
+        if old_password is None:
+            raise _missing(path)
+        url = _url_with_password(url, old_password)
+    spans = _query_secrets(url)
+    if any(url[start:end] == MASK for _n, start, end in spans):
+        stored: dict[str, list[str]] = {}
+        if isinstance(old, str):
+            for name, start, end in _query_secrets(old):
+                stored.setdefault(name, []).append(old[start:end])
+        for name, start, end in reversed(spans):      # from the end: spans stay valid
+            if url[start:end] != MASK:
+                continue
+            rank = sum(1 for n, s, _e in spans if n == name and s < start)
+            values = stored.get(name, [])
+            if rank >= len(values) or values[rank] == MASK:
+                raise _missing(path)
+            url = url[:start] + values[rank] + url[end:]
+    return url
+
+
 _PUBLIC_PEM = re.compile(r"^\s*-----BEGIN (PUBLIC KEY|CERTIFICATE|RSA PUBLIC KEY)-----")
 #: JWK members that hold private or symmetric key material
 _JWK_PRIVATE = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
@@ -413,11 +477,11 @@ def mask(kind_name: str, body: Mapping[str, Any]) -> dict[str, Any]:
     out = _copy(body)
     for secret in kind(kind_name).secrets:
         for _path, holder, key, value in _secret_values(out, secret):
-            if secret.style in ("value", "items") and isinstance(value, str):
+            if secret.style in ("value", "items") and isinstance(value, str) and value:
                 holder[key] = MASK
             elif secret.style == "url":
-                if _url_password(value) is not None:
-                    holder[key] = _url_with_password(value, MASK)
+                if isinstance(value, str):
+                    holder[key] = _mask_url(value)
             elif secret.style == "pem":
                 if isinstance(value, str) and "-----BEGIN" in value:
                     holder[key] = MASK
@@ -490,12 +554,7 @@ def _restore(secret: Secret, path: str, value: Any, old: Any) -> Any:
             return old
         return value
     if secret.style == "url":
-        if isinstance(value, str) and _url_password(value) == MASK:
-            old_password = _url_password(old)
-            if old_password is None:
-                raise _missing(path)
-            return _url_with_password(value, old_password)
-        return value
+        return _restore_url(path, value, old) if isinstance(value, str) else value
     if not isinstance(value, list):
         return value
     old_items = old if isinstance(old, list) else []

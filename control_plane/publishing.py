@@ -209,6 +209,7 @@ async def _body(request: Request) -> dict:
     raw = await _read_json(request, MAX_BODY)
     if not isinstance(raw, dict):
         raise ApiError(422, "TG.0422", "expected an object")
+    request.scope["tollgate.body"] = raw          # (the publish counter reads its env)
     return raw
 
 

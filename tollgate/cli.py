@@ -141,6 +141,8 @@ def _control_plane(args) -> int:
     from control_plane.app import create_app
     from control_plane.store import DEFAULT_URL
 
+    from control_plane.audit import load_key
+
     admin_token = args.admin_token or os.environ.get("TOLLGATE_ADMIN_TOKEN") or None
     # the store's URL may hold a password: the environment keeps it out of `ps`
     store_url = args.store or os.environ.get("TOLLGATE_STORE") or DEFAULT_URL
@@ -148,12 +150,20 @@ def _control_plane(args) -> int:
     def announce(line: str) -> None:
         print(line, flush=True)
 
+    try:
+        audit_key, warnings = load_key(store_url, args.audit_key_file)
+    except ValueError as exc:
+        print(f"tollgate control-plane: {exc}", file=sys.stderr)
+        return 1
     problem = _store_problem(store_url)
     if problem is not None:
         print(f"tollgate control-plane: cannot open the store {_masked_url(store_url)}: "
               f"{problem}", file=sys.stderr, flush=True)
         return 1
-    app = create_app(store_url, admin_token=admin_token, announce=announce)
+    for line in warnings:
+        print(f"tollgate control-plane: warning: {line}", file=sys.stderr, flush=True)
+    app = create_app(store_url, admin_token=admin_token, announce=announce,
+                     audit_key=audit_key)
     host, port = args.listen
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="h11",
                             lifespan="on", log_level="warning", access_log=False,
@@ -334,6 +344,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--admin-token", default=None, metavar="TOKEN",
                    help="the first read-write token (default: $TOLLGATE_ADMIN_TOKEN; else one "
                         "is generated at the first start and printed once)")
+    c.add_argument("--audit-key-file", default=None, metavar="FILE",
+                   help="the key of the audit log's hashes (generated when missing; default: "
+                        "$TOLLGATE_AUDIT_KEY, else FILE.audit-key beside a SQLite store, "
+                        "./tollgate-audit.key for PostgreSQL: control planes sharing a store "
+                        "need the same key)")
     c.set_defaults(run=_control_plane)
     a = sub.add_parser("assets", help="export or import the integration assets of a control "
                                       "plane",

@@ -34,7 +34,12 @@ async def _tokens(store_url: str, admin_token: str | None) -> tuple[str | None, 
     from control_plane.auth import GATEWAY, ensure_admin_token, new_token, token_hash
     from control_plane.store import open_store
 
-    store = await open_store(store_url)
+    from control_plane.audit import load_key
+
+    audit_key, warnings = load_key(store_url)     # (the control plane finds the same one)
+    for line in warnings:
+        print(f"tollgate up: warning: {line}", file=sys.stderr, flush=True)
+    store = await open_store(store_url, audit_key=audit_key)
     try:
         generated = await ensure_admin_token(store, admin_token)
         gateway_token = new_token()

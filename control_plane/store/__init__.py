@@ -22,10 +22,16 @@ __all__ = ["open_store", "DEFAULT_URL", "Store", "Record", "AuditEntry", "Publis
            "StaleRevision", "SchemaTooNew", "body_hash", "canonical_json"]
 
 
-async def open_store(url: str | None = None) -> Store:
+async def open_store(url: str | None = None, *, audit_key: bytes | None = None) -> Store:
     """Open (creating the schema when missing) the store at ``url``; ``await store.close()``
-    when done.  ValueError for a URL of no known engine."""
-    url = url or DEFAULT_URL
+    when done.  ``audit_key``: the key of the audit log's hashes (:mod:`control_plane.audit`;
+    None: a random one of this process).  ValueError for a URL of no known engine."""
+    store = await _open(url or DEFAULT_URL)
+    store.audit_key = audit_key
+    return store
+
+
+async def _open(url: str) -> Store:
     if url.startswith("sqlite://"):
         from control_plane.store.sqlite import SqliteStore
         path = url[len("sqlite://"):]

@@ -8,8 +8,9 @@ What is stored
   renames.  Every write (create, replace, rename, delete) bumps one global, monotonic
   **resource revision**; a record carries the revision of its last write (its ETag).
 * **Audit**: one entry per change, written in the same transaction as the change: who, action,
-  kind, name, when, and the SHA-256 of the canonical JSON of the body before and after -- never
-  the body itself (bodies hold secrets).
+  kind, name, when, and the HMAC-SHA-256 (key :attr:`Store.audit_key`, kept outside the store)
+  of the canonical JSON of the body before and after -- never the body itself (bodies hold
+  secrets).
 * **Publishes**: frozen gateway documents numbered by a second counter, the **publish revision**;
   ``watch(after, timeout)`` waits for one newer than ``after``.  **API versions**: what was
   published, per (API, environment), numbered 1, 2, ...
@@ -33,11 +34,13 @@ import abc
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import re
+import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
 #: the schema version this code writes and reads (a row of ``schema_version``)
@@ -143,11 +146,14 @@ class ApiVersion:
 
 @dataclass(frozen=True)
 class Token:
-    """A stored admin token (its hash is not part of the record)."""
+    """A stored admin token.  ``hash`` is the stored SHA-256 (hex) of its value, read by
+    :meth:`Store.token_by_hash` only (for the constant-time check of :mod:`control_plane.auth`);
+    empty elsewhere, and never shown."""
     id: str
     name: str
     role: str
     created_at: float
+    hash: str = field(default="", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -164,9 +170,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def body_hash(body: Any) -> str:
-    """SHA-256 (hex) of :func:`canonical_json` of ``body``: what the audit log keeps."""
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+def body_hash(body: Any, key: bytes) -> str:
+    """HMAC-SHA-256 (hex) with ``key`` of :func:`canonical_json` of ``body``: what the audit log
+    keeps.  Keyed, so that a reader of the audit log cannot confirm a guessed secret by hashing
+    a body with it (the key is kept outside the store: :mod:`control_plane.audit`)."""
+    return hmac.new(key, canonical_json(body).encode(), hashlib.sha256).hexdigest()
+
+
+#: the audit key of a store opened without one: random, so hashes compare only within a process
+_PROCESS_KEY = secrets.token_bytes(32)
 
 
 def _dump(body: Any) -> str:
@@ -220,6 +232,13 @@ class Store(abc.ABC):
     Every method is a coroutine.  Calls made on the store itself run in their own transaction;
     calls made on the object ``transaction()`` yields run in that one transaction.
     """
+
+    #: the key of the audit log's body hashes (``open_store(audit_key=...)``); None: a random
+    #: key of this process (hashes comparable only within it)
+    audit_key: bytes | None = None
+
+    def _hash(self, body: Any) -> str:
+        return body_hash(body, self.audit_key or _PROCESS_KEY)
 
     # -- engine hooks -------------------------------------------------------------------
 
@@ -339,7 +358,7 @@ class Store(abc.ABC):
                             "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             kind, name, id_, revision, text, now, now)
             await _reindex(c, kind, None, name, body)
-            await _audit(c, who, "create", kind, name, id_, revision, None, body_hash(body), now)
+            await _audit(c, who, "create", kind, name, id_, revision, None, self._hash(body), now)
             return Record(kind, name, id_, revision, json.loads(text), now, now)
 
     async def replace(self, kind: str, name: str, body: dict, who: str, *,
@@ -362,7 +381,7 @@ class Store(abc.ABC):
                             "WHERE kind = ? AND id = ?", target, revision, text, now, kind, old.id)
             await _reindex(c, kind, name, target, body)
             await _audit(c, who, "rename" if target != name else "replace", kind, target, old.id,
-                         revision, body_hash(old.body), body_hash(body), now,
+                         revision, self._hash(old.body), self._hash(body), now,
                          previous_name=name if target != name else None)
             return Record(kind, target, old.id, revision, json.loads(text), old.created_at, now)
 
@@ -379,7 +398,7 @@ class Store(abc.ABC):
                 raise StaleRevision(kind, name, if_revision, old.revision)
             await c.execute("DELETE FROM resources WHERE kind = ? AND id = ?", kind, old.id)
             await _reindex(c, kind, name, None, None)
-            await _audit(c, who, "delete", kind, name, old.id, revision, body_hash(old.body),
+            await _audit(c, who, "delete", kind, name, old.id, revision, self._hash(old.body),
                          None, time.time())
             return revision
 
@@ -433,7 +452,7 @@ class Store(abc.ABC):
             await c.execute("INSERT INTO publishes (revision, document, note, who, at) "
                             "VALUES (?, ?, ?, ?, ?)", revision, _dump(document), note, who, now)
             await _audit(c, who, "publish", "publishes", str(revision), None, None, None,
-                         body_hash(document), now)
+                         self._hash(document), now)
             await self._notify_publish(c, revision)
             tx.after_commit.append(self._publish_seen)
             return revision
@@ -529,7 +548,7 @@ class Store(abc.ABC):
                             "VALUES (?, ?, ?, ?, ?)", token.id, name, role, token_hash,
                             token.created_at)
             await _audit(c, who, "token.add", "tokens", name, token.id, None, None,
-                         body_hash({"name": name, "role": role}), token.created_at)
+                         self._hash({"name": name, "role": role}), token.created_at)
             return token
 
     async def tokens(self) -> list[Token]:
@@ -541,9 +560,9 @@ class Store(abc.ABC):
     async def token_by_hash(self, token_hash: str) -> Token | None:
         """The token of that hash (an index lookup: compare the presented token's hash)."""
         async with self._read() as c:
-            r = await c.fetchone("SELECT id, name, role, created_at FROM tokens WHERE hash = ?",
-                                 token_hash)
-        return Token(r[0], r[1], r[2], float(r[3])) if r else None
+            r = await c.fetchone("SELECT id, name, role, created_at, hash FROM tokens "
+                                 "WHERE hash = ?", token_hash)
+        return Token(r[0], r[1], r[2], float(r[3]), r[4]) if r else None
 
     async def delete_token(self, name: str, who: str = "system") -> None:
         """:class:`NotFound` if there is no such token."""
@@ -554,7 +573,7 @@ class Store(abc.ABC):
                 raise NotFound("tokens", name)
             await c.execute("DELETE FROM tokens WHERE name = ?", name)
             await _audit(c, who, "token.delete", "tokens", name, row[0], None,
-                         body_hash({"name": name, "role": row[1]}), None, time.time())
+                         self._hash({"name": name, "role": row[1]}), None, time.time())
 
     # -- gateways -----------------------------------------------------------------------
 
@@ -582,6 +601,10 @@ class _Tx(Store):
     def __init__(self, store: Store, conn: _Conn):
         self._store, self._conn = store, conn
         self.after_commit: list = []
+
+    @property
+    def audit_key(self):
+        return self._store.audit_key
 
     def _live(self) -> _Conn:
         if self._conn is None:

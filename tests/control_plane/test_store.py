@@ -13,6 +13,9 @@ import pytest
 from control_plane.store import (Conflict, NotFound, SchemaTooNew, StaleRevision, StoreError,
                                  body_hash, open_store)
 
+#: the audit key of the stores of these tests
+AUDIT_KEY = b"audit-key-of-the-store-tests"
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.once      # pure Python: the fastpath form changes nothing here
@@ -28,7 +31,7 @@ def url(request, tmp_path):
 def run(url, fn):
     """Open the store at url, run ``fn(store)``, close it."""
     async def main():
-        store = await open_store(url)
+        store = await open_store(url, audit_key=AUDIT_KEY)
         try:
             return await fn(store)
         finally:
@@ -199,11 +202,11 @@ def test_audit_keeps_hashes_never_bodies(url):
         assert [(e.who, e.action, e.kind, e.name) for e in entries] == [
             ("carol", "delete", "apps", "billing"), ("bob", "replace", "apps", "billing"),
             ("alice", "create", "apps", "billing")]
-        assert (create.before_hash, create.after_hash) == (None, body_hash(app))
-        assert (replace.before_hash, replace.after_hash) == (body_hash(app), body_hash(changed))
-        assert (delete.before_hash, delete.after_hash) == (body_hash(changed), None)
+        assert (create.before_hash, create.after_hash) == (None, body_hash(app, AUDIT_KEY))
+        assert (replace.before_hash, replace.after_hash) == (body_hash(app, AUDIT_KEY), body_hash(changed, AUDIT_KEY))
+        assert (delete.before_hash, delete.after_hash) == (body_hash(changed, AUDIT_KEY), None)
         # the hash does not depend on key order
-        assert body_hash(dict(reversed(list(app.items())))) == body_hash(app)
+        assert body_hash(dict(reversed(list(app.items()))), AUDIT_KEY) == body_hash(app, AUDIT_KEY)
         assert create.resource_id == replace.resource_id == delete.resource_id
         assert create.revision < replace.revision < delete.revision
         assert secret not in repr(entries)

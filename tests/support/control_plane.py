@@ -26,8 +26,13 @@ class ControlPlaneProcess:
                      "--listen", f"127.0.0.1:{self.port}", "--store", self.store]
         if admin_token:
             self.args += ["--admin-token", admin_token]
+        if not self.store.startswith("sqlite:") and "TOLLGATE_AUDIT_KEY" not in (env or {}):
+            # (a PostgreSQL store's default audit key file is in the working directory: the
+            # repository's; the key of a test goes to its own directory)
+            self.args += ["--audit-key-file", str(self.workdir / "audit.key")]
         self.env = dict(os.environ)
         self.env.pop("TOLLGATE_ADMIN_TOKEN", None)      # only what the test gives
+        self.env.pop("TOLLGATE_AUDIT_KEY", None)
         self.env.update(env or {})
         self.log_path = self.workdir / "control-plane.log"
         self.proc = None
