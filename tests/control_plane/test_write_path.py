@@ -470,8 +470,9 @@ def test_reads_are_answered_while_a_whole_document_write_is_checked(tmp_path):
         assert r.status_code == 422, r.text
         assert r.json()["path"] == "path" and "zz-clash" in r.text
         # the loop answered reads while the document was decoded and checked (it did not
-        # when that ran on the event loop: a few, while the socket buffers still held body)
-        assert answered_meanwhile >= 20, answered_meanwhile
+        # when that ran on the event loop: about 6, while the socket buffers still held body;
+        # dozens now on a quiet machine, fewer on a busy one: the thread shares the GIL)
+        assert answered_meanwhile >= 12, answered_meanwhile
     finally:
         assert cp.stop() == 0, cp.log()
 
