@@ -141,6 +141,8 @@ async def _read_json(request: Request, limit: int) -> Any:
         return msgspec.json.decode(b"".join(chunks))
     except msgspec.DecodeError as exc:
         raise ApiError(400, "TG.0400", f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "TG.0400", "malformed JSON: nested too deeply") from None
 
 
 _PATH_STEP = re.compile(r'\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]|\["((?:[^"\\]|\\.)*)"\]')
