@@ -127,7 +127,7 @@ class Follower:
                     if r.status_code == 200:
                         try:
                             answer = msgspec.json.decode(r.content, type=_Answer)
-                        except msgspec.DecodeError as exc:
+                        except (msgspec.DecodeError, RecursionError) as exc:
                             problem = f"an answer that is not a publish ({exc})"
                         else:
                             self._recovered()

@@ -76,3 +76,82 @@ def test_a_gateway_reporting_a_strange_applied_revision_is_answered(cp, admin):
                        headers={"X-Tollgate-Gateway": "odd", "X-Tollgate-Applied": applied})
             assert r.status_code == 200, r.text
             assert r.json()["revision"] >= 1
+
+
+# ------------------------------------------------------------ a gateway following garbage
+
+class FakeControlPlane:
+    """A 'control plane' on a real socket answering the gateways' endpoint from a script: each
+    poll gets the next ``(status, body bytes)``, the last one repeated (a 304 when empty)."""
+
+    def __init__(self, answers: list[tuple[int, bytes]]):
+        import http.server
+        import threading
+
+        self.answers = list(answers)
+        self.polls = 0
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                fake.polls += 1
+                status, body = fake.answers.pop(0) if len(fake.answers) > 1 else \
+                    (fake.answers[0] if fake.answers else (304, b""))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _publish(revision: int, body: str) -> bytes:
+    from .test_publishing import base_doc, mock_api
+    doc = base_doc(mock_api("a", "/a", body))
+    return json.dumps({"revision": revision, "document": doc}).encode()
+
+
+@pytest.mark.parametrize("garbage", [
+    pytest.param(b'{"revision": 2, "document": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                 id="deeply-nested"),
+    pytest.param(b'{"revision": 2, "document": {"version": 1, "x": "\xff\xfe"}}',
+                 id="invalid-utf8"),
+    pytest.param(b'{"revision": 2, "document": {"version": 1' + b"0" * 400 + b"}}",
+                 id="huge-integer"),
+    pytest.param(b'{"revision": 2, "document": {"version": 1, "apis": "nope"}}',
+                 id="refused-document"),
+])
+def test_a_gateway_survives_a_control_plane_answering_garbage(tmp_path, garbage):
+    """A document the gateway cannot load, whatever the way it is broken, is refused like an
+    invalid one: the gateway keeps serving its last revision and takes the next good one."""
+    from tests.support.gateway import GatewayProcess
+    from .test_publishing import serves, wait_for
+    answers = [(200, _publish(1, "one")), (200, garbage), (200, _publish(3, "three")),
+               (304, b"")]
+    with FakeControlPlane(answers) as fake:
+        gw = GatewayProcess(None, tmp_path, extra_args=[
+            "--control-plane", fake.url, "--token=t", "--state-dir", str(tmp_path / "state")])
+        gw.start(ready=False)
+        try:
+            try:
+                wait_for(serves(gw, "/a", "three"), timeout=20, what="the revision after garbage")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{gw.log()}") from None
+            assert gw.proc.poll() is None
+            assert "Traceback" not in gw.log(), gw.log()
+        finally:
+            gw.stop()
