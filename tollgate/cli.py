@@ -131,8 +131,22 @@ def _control_plane(args) -> int:
     def announce(line: str) -> None:
         print(line, flush=True)
 
-    app = create_app(store_url, admin_token=admin_token, announce=announce)
     host, port = args.listen
+    problem = _store_problem(store_url)
+    if problem:
+        print(f"tollgate: cannot open the store {_masked_url(store_url)}: {problem}",
+              file=sys.stderr)
+        return 1
+    import socket
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        print(f"tollgate: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    app = create_app(store_url, admin_token=admin_token, announce=announce)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="h11",
                             lifespan="on", log_level="warning", access_log=False,
                             server_header=False)
@@ -149,8 +163,28 @@ def _control_plane(args) -> int:
         signal.signal(signum, lambda *_: None)
     print(f"tollgate control plane: serving http://{host}:{port}/v1/ (store "
           f"{_masked_url(store_url)})", flush=True)
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:          # (uvicorn's exit when the app's start fails: it said why)
+        return 1
     return 0 if server.started else 1
+
+
+def _store_problem(url: str) -> str | None:
+    """Why the store at ``url`` cannot be opened (None: it can), said without a traceback and
+    without the URL's password."""
+    import asyncio
+
+    from control_plane.store import open_store
+
+    async def probe():
+        store = await open_store(url)
+        await store.close()
+    try:
+        asyncio.run(probe())
+    except Exception as exc:        # (any engine's error: the message is what matters here)
+        return (str(exc) or type(exc).__name__).replace(url, _masked_url(url))
+    return None
 
 
 def _admin_client(args):

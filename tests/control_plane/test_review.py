@@ -155,3 +155,39 @@ def test_a_gateway_survives_a_control_plane_answering_garbage(tmp_path, garbage)
             assert "Traceback" not in gw.log(), gw.log()
         finally:
             gw.stop()
+
+
+# ---------------------------------------------------------------------- the command line
+
+def _control_plane_cli(*args, timeout=30):
+    import os
+    import subprocess
+    import sys
+    from tests.support.gateway import ROOT
+    env = {k: v for k, v in os.environ.items() if k not in ("TOLLGATE_STORE",
+                                                            "TOLLGATE_ADMIN_TOKEN")}
+    return subprocess.run([sys.executable, "-m", "tollgate", "control-plane", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_control_plane_refuses_a_bad_store_or_a_taken_port_clearly(tmp_path, cp):
+    from tests.support.gateway import free_port
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    not_a_db = tmp_path / "garbage.db"
+    not_a_db.write_text("this is not a database\n" * 100)
+    for store, said in ((f"mysql://user:PW-SECRET-1@db/x", "expected sqlite"),
+                        (f"sqlite:///{not_a_dir}/sub/cp.db", "cannot open the store"),
+                        (f"sqlite:///{not_a_db}", "not a database"),
+                        ("postgresql://user:PW-SECRET-2@127.0.0.1:1/db", "cannot open the store")):
+        r = _control_plane_cli("--listen", f"127.0.0.1:{free_port()}", "--store", store)
+        assert r.returncode == 1, (store, r.returncode, r.stdout, r.stderr)
+        out = r.stdout + r.stderr
+        assert said in out and "Traceback" not in out and "PW-SECRET" not in out, (store, out)
+        assert "serving" not in out, out
+    # the port of the running control plane is taken
+    r = _control_plane_cli("--listen", f"127.0.0.1:{cp.port}",
+                           "--store", f"sqlite:///{tmp_path / 'other.db'}")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "cannot listen on" in out and "Traceback" not in out, out
+    assert "serving" not in out, out
