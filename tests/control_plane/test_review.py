@@ -191,3 +191,31 @@ def test_control_plane_refuses_a_bad_store_or_a_taken_port_clearly(tmp_path, cp)
     out = r.stdout + r.stderr
     assert r.returncode == 1 and "cannot listen on" in out and "Traceback" not in out, out
     assert "serving" not in out, out
+
+
+def test_up_refuses_a_bad_state_dir_a_bad_store_or_a_taken_port_clearly(tmp_path, cp):
+    import os
+    import subprocess
+    import sys
+    from tests.support.gateway import ROOT, free_port
+
+    def up(state, cp_port=None):
+        args = [sys.executable, "-m", "tollgate", "up", "--state-dir", str(state),
+                "--control-plane-listen", f"127.0.0.1:{cp_port or free_port()}",
+                "--listen", f"127.0.0.1:{free_port()}",
+                "--status-listen", f"127.0.0.1:{free_port()}"]
+        env = {k: v for k, v in os.environ.items() if k != "TOLLGATE_ADMIN_TOKEN"}
+        r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+        return r.returncode, r.stdout + r.stderr
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    bad_store = tmp_path / "bad-store"
+    bad_store.mkdir()
+    (bad_store / "control-plane.db").write_text("this is not a database\n" * 100)
+    for state, cp_port, said in ((a_file, None, "cannot make the state directory"),
+                                 (bad_store, None, "cannot open the store"),
+                                 (tmp_path / "fresh", cp.port, "cannot listen on")):
+        code, out = up(state, cp_port)
+        assert code == 1 and said in out and "Traceback" not in out, (state, code, out)
+        assert "admin token" not in out and "gateway http" not in out, out
