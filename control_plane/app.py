@@ -431,8 +431,13 @@ def create_app(store: Store | str | None = None, *, admin_token: str | None = No
             response.headers.update(exc.headers)
         return response
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # (Starlette's own answer to an unexpected failure is text; ours is JSON, as every error)
+        return _error_response(ApiError(500, "TG.0500", "internal error (request "
+                                        f"{request.scope.get('tollgate.request_id')})"))
+
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error})
+                    exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.tollgate = state
     app.state.openapi = document
     return _RequestIds(app, metrics)
@@ -450,6 +455,7 @@ class _RequestIds:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request_id = secrets.token_hex(8)
+        scope["tollgate.request_id"] = request_id
         started = {"status": None}
 
         async def send_with_id(message):

@@ -219,3 +219,20 @@ def test_up_refuses_a_bad_state_dir_a_bad_store_or_a_taken_port_clearly(tmp_path
         code, out = up(state, cp_port)
         assert code == 1 and said in out and "Traceback" not in out, (state, code, out)
         assert "admin token" not in out and "gateway http" not in out, out
+
+
+def test_an_unexpected_failure_is_a_json_500_with_the_request_id(tmp_path):
+    """A store broken under the control plane (a table gone): the answer is still the JSON
+    error every other failure gets, naming the request id the log has."""
+    import sqlite3
+    proc = ControlPlaneProcess(tmp_path, admin_token=ADMIN).start()
+    try:
+        with proc.client(ADMIN) as admin:
+            assert admin.post("/v1/environments", json={"name": "A"}).status_code == 201
+            with sqlite3.connect(proc.store_path) as db:
+                db.execute("DROP TABLE audit")
+            r = admin.post("/v1/environments", json={"name": "B"})
+            body = assert_error(r, 500, "TG.0500")
+            assert r.headers["x-request-id"] in body["error_msg"]
+    finally:
+        proc.stop()
