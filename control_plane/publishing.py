@@ -248,12 +248,12 @@ async def _publish(st, who: str, note: str, change: dict[str, dict[str, dict | N
         numbers = await _next_versions(tx, change)
         settings, _ = await _settings(tx)
         resources = await _all_resources(tx)
-        _check_needs(change, resources)
         envs = _env_names(settings, resources)
         for env in change:
             if env not in envs:
                 raise ApiError(422, "TG.0422", f"env: environment {env!r} does not exist",
                                path="env")
+        _check_needs(change, resources)
         published = {env: dict(apis) for env, apis in _published(await tx.latest_publish()).items()}
         for env, apis in change.items():
             target = published.setdefault(env, {})

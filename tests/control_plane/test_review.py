@@ -236,3 +236,12 @@ def test_an_unexpected_failure_is_a_json_500_with_the_request_id(tmp_path):
             assert r.headers["x-request-id"] in body["error_msg"]
     finally:
         proc.stop()
+
+
+def test_publishing_to_an_environment_that_does_not_exist_says_so(cp, admin):
+    # free-slots uses a variable its group defines per environment: the missing environment,
+    # not the missing variable, is what is wrong
+    for r in (admin.post("/v1/apis/free-slots/publish", json={"env": "NOPE"}),
+              admin.post("/v1/publish", json={"env": "NOPE", "apis": "all"})):
+        body = assert_error(r, 422, "TG.0422")
+        assert body["path"] == "env" and "'NOPE' does not exist" in body["error_msg"], body
