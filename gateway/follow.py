@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Annotated
 
 import httpx
 import msgspec
@@ -52,7 +53,7 @@ class FollowSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Answer(msgspec.Struct):
-    revision: int
+    revision: Annotated[int, msgspec.Meta(ge=1)]     # (what the control plane numbers from)
     document: msgspec.Raw
 
 

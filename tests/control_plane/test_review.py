@@ -90,11 +90,13 @@ class FakeControlPlane:
 
         self.answers = list(answers)
         self.polls = 0
+        self.paths: list[str] = []
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 fake.polls += 1
+                fake.paths.append(self.path)
                 status, body = fake.answers.pop(0) if len(fake.answers) > 1 else \
                     (fake.answers[0] if fake.answers else (304, b""))
                 self.send_response(status)
@@ -245,3 +247,24 @@ def test_publishing_to_an_environment_that_does_not_exist_says_so(cp, admin):
               admin.post("/v1/publish", json={"env": "NOPE", "apis": "all"})):
         body = assert_error(r, 422, "TG.0422")
         assert body["path"] == "env" and "'NOPE' does not exist" in body["error_msg"], body
+
+
+def test_a_gateway_refuses_a_revision_that_is_not_positive(tmp_path):
+    """A revision below 1 is no publish: taken, the gateway would ask for ``after=-1`` from then
+    on (and after a restart: it is kept in the state directory), which a control plane refuses
+    (400) -- the gateway would never follow again."""
+    from urllib.parse import parse_qs, urlsplit
+    from tests.support.gateway import GatewayProcess
+    from .test_publishing import serves, wait_for
+    answers = [(200, _publish(-1, "minus-one")), (200, _publish(3, "three")), (304, b"")]
+    with FakeControlPlane(answers) as fake:
+        gw = GatewayProcess(None, tmp_path, extra_args=[
+            "--control-plane", fake.url, "--token=t", "--state-dir", str(tmp_path / "state")])
+        gw.start(ready=False)
+        try:
+            wait_for(serves(gw, "/a", "three"), timeout=20, what="revision 3")
+            wait_for(lambda: len(fake.paths) >= 3, what="a poll after revision 3")
+        finally:
+            gw.stop()
+    afters = [int(parse_qs(urlsplit(p).query)["after"][0]) for p in fake.paths]
+    assert all(a >= 0 for a in afters), afters
