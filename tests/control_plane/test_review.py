@@ -268,3 +268,28 @@ def test_a_gateway_refuses_a_revision_that_is_not_positive(tmp_path):
             gw.stop()
     afters = [int(parse_qs(urlsplit(p).query)["after"][0]) for p in fake.paths]
     assert all(a >= 0 for a in afters), afters
+
+
+def test_a_gateway_that_cannot_write_its_state_keeps_following(tmp_path):
+    """The state directory refuses a write (here: a directory where the candidate file goes):
+    the gateway says so, keeps serving, and takes the revision once it can write again (the
+    follower used to die silently: no revision was ever applied again)."""
+    import os
+    from tests.support.gateway import GatewayProcess
+    from .test_publishing import serves, wait_for
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "published.json").write_text('{"version": 1}\n')
+    (state / "published.json.new").mkdir()          # an OSError for every write of a candidate
+    with FakeControlPlane([(200, _publish(1, "one"))]) as fake:
+        gw = GatewayProcess(None, tmp_path, extra_args=[
+            "--control-plane", fake.url, "--token=t", "--state-dir", str(state)])
+        gw.start(ready=False)
+        try:
+            wait_for(lambda: "cannot keep revision 1" in gw.log(), timeout=20,
+                     what="the write refused, logged")
+            os.rmdir(state / "published.json.new")
+            wait_for(serves(gw, "/a", "one"), timeout=30, what="revision 1 once writable")
+            assert gw.proc.poll() is None
+        finally:
+            gw.stop()
