@@ -157,6 +157,8 @@ async def _read_json(request: Request, limit: int) -> Any:
         return msgspec.json.decode(b"".join(chunks))
     except msgspec.DecodeError as exc:
         raise ApiError(400, "TG.0400", f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "TG.0400", "malformed JSON: nested too deeply") from None
 
 
 _PATH_STEP = re.compile(r'\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]|\["((?:[^"\\]|\\.)*)"\]')
@@ -538,6 +540,7 @@ class _RequestIds:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request_id = secrets.token_hex(8)
+        scope["tollgate.request_id"] = request_id
         started = {"status": None}
 
         async def send_with_id(message):
@@ -548,7 +551,6 @@ class _RequestIds:
                                       (b"x-request-id", request_id.encode())]
             await send(message)
 
-        scope["tollgate.request_id"] = request_id
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:

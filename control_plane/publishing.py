@@ -249,12 +249,12 @@ async def _publish(st, who: str, note: str, change: dict[str, dict[str, dict | N
         numbers = await _next_versions(tx, change)
         settings, _ = await _settings(tx)
         resources = await _all_resources(tx)
-        _check_needs(change, resources)
         envs = _env_names(settings, resources)
         for env in change:
             if env not in envs:
                 raise ApiError(422, "TG.0422", f"env: environment {env!r} does not exist",
                                path="env")
+        _check_needs(change, resources)
         published = {env: dict(apis) for env, apis in _published(await tx.latest_publish()).items()}
         for env, apis in change.items():
             target = published.setdefault(env, {})
@@ -381,7 +381,7 @@ async def list_versions(request: Request, token, st) -> Response:
 
 def _version_number(request: Request, key: str) -> int:
     value = request.path_params[key]
-    if not value.isdigit() or int(value) < 1:
+    if not re.fullmatch(r"[0-9]{1,18}", value) or int(value) < 1:
         raise ApiError(400, "TG.0400", f"{value!r} is not a version number")
     return int(value)
 
@@ -453,8 +453,8 @@ class Distribution:
         if gateway_id:
             applied = request.headers.get("x-tollgate-applied", "")
             address = request.client.host if request.client else ""
-            await raw.seen_gateway(gateway_id[:200], int(applied) if applied.isdigit() else after,
-                                   address)
+            applied = int(applied) if re.fullmatch(r"[0-9]{1,18}", applied) else after
+            await raw.seen_gateway(gateway_id[:200], applied, address)
         latest = await raw.publish_revision()
         if latest == 0 or latest == after:
             stopping = self.stopping()

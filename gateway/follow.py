@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Annotated
 
 import httpx
 import msgspec
@@ -52,7 +53,7 @@ class FollowSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Answer(msgspec.Struct):
-    revision: int
+    revision: Annotated[int, msgspec.Meta(ge=1)]     # (what the control plane numbers from)
     document: msgspec.Raw
 
 
@@ -127,13 +128,18 @@ class Follower:
                     if r.status_code == 200:
                         try:
                             answer = msgspec.json.decode(r.content, type=_Answer)
-                        except msgspec.DecodeError as exc:
+                        except (msgspec.DecodeError, RecursionError) as exc:
                             problem = f"an answer that is not a publish ({exc})"
                         else:
                             self._recovered()
                             backoff = BACKOFF_MIN_S
-                            self.apply(answer.revision, bytes(answer.document))
-                            continue
+                            try:
+                                self.apply(answer.revision, bytes(answer.document))
+                            except OSError as exc:      # (asked again after the back-off)
+                                problem = (f"cannot keep revision {answer.revision} in "
+                                           f"{s.state_dir} ({exc.strerror or exc})")
+                            else:
+                                continue
                     elif r.status_code != 304:
                         problem = f"HTTP {r.status_code}: {r.text[:200]}"
                 if problem is None:
@@ -157,8 +163,8 @@ class Follower:
     def apply(self, revision: int, document: bytes) -> bool:
         """Check ``document`` (publish ``revision``) in the master and serve it; False when the
         master refused it (logged; not asked for again until a newer revision)."""
-        self.received = revision
         candidate = _write_atomic(self._published, document, rename=False)
+        self.received = revision
         if not self.master.reload(f"control plane revision {revision}", candidate=candidate):
             log.error("revision %d from the control plane was refused; still serving revision "
                       "%d", revision, self.applied)

@@ -115,23 +115,6 @@ def _validate(args) -> int:
     return 0
 
 
-def _store_problem(url: str) -> str | None:
-    """Why the store at ``url`` cannot be opened (None when it can): said before serving, as
-    one line without a traceback -- a wrong URL or a database that does not answer."""
-    import asyncio
-
-    from control_plane.store import open_store
-
-    async def probe() -> None:
-        store = await open_store(url)
-        await store.close()
-    try:
-        asyncio.run(probe())
-    except Exception as exc:        # (any: it is reported, and the control plane does not start)
-        return str(exc).replace(url, _masked_url(url)) or type(exc).__name__
-    return None
-
-
 def _control_plane(args) -> int:
     """Serve the REST admin on uvicorn (uvloop); SIGTERM / Ctrl-C stop it cleanly."""
     import os
@@ -139,9 +122,8 @@ def _control_plane(args) -> int:
     import uvicorn
 
     from control_plane.app import create_app
-    from control_plane.store import DEFAULT_URL
-
     from control_plane.audit import load_key
+    from control_plane.store import DEFAULT_URL
 
     admin_token = args.admin_token or os.environ.get("TOLLGATE_ADMIN_TOKEN") or None
     # the store's URL may hold a password: the environment keeps it out of `ps`
@@ -162,9 +144,19 @@ def _control_plane(args) -> int:
         return 1
     for line in warnings:
         print(f"tollgate control-plane: warning: {line}", file=sys.stderr, flush=True)
+    host, port = args.listen
+    import socket
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        print(f"tollgate control-plane: cannot listen on {host}:{port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     app = create_app(store_url, admin_token=admin_token, announce=announce,
                      audit_key=audit_key)
-    host, port = args.listen
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="h11",
                             lifespan="on", log_level="warning", access_log=False,
                             server_header=False)
@@ -181,8 +173,28 @@ def _control_plane(args) -> int:
         signal.signal(signum, lambda *_: None)
     print(f"tollgate control plane: serving http://{host}:{port}/v1/ (store "
           f"{_masked_url(store_url)})", flush=True)
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:          # (uvicorn's exit when the app's start fails: it said why)
+        return 1
     return 0 if server.started else 1
+
+
+def _store_problem(url: str) -> str | None:
+    """Why the store at ``url`` cannot be opened (None: it can), said without a traceback and
+    without the URL's password."""
+    import asyncio
+
+    from control_plane.store import open_store
+
+    async def probe():
+        store = await open_store(url)
+        await store.close()
+    try:
+        asyncio.run(probe())
+    except Exception as exc:        # (any engine's error: the message is what matters here)
+        return (str(exc) or type(exc).__name__).replace(url, _masked_url(url))
+    return None
 
 
 def _admin_client(args):

@@ -75,6 +75,19 @@ def _serving(host: str, port: int) -> bool:
         return False
 
 
+def _taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now (None: it can)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        sock.close()
+    return None
+
+
 def _stop(proc: subprocess.Popen, timeout: float) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -88,15 +101,31 @@ def _stop(proc: subprocess.Popen, timeout: float) -> int:
 
 def run_up(args) -> int:
     state = os.path.abspath(args.state_dir)
-    os.makedirs(state, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(state, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        print(f"tollgate up: cannot make the state directory {state}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     store_path = os.path.join(state, STORE_FILE)
     store_url = f"sqlite:///{store_path}"
     admin_token = args.admin_token or os.environ.get("TOLLGATE_ADMIN_TOKEN") or None
+    # (a port taken by another program would look served: the parts would follow it)
+    for what, (host, port) in (("control plane", args.control_plane_listen),
+                               ("gateway", args.listen), ("gateway status", args.status_listen)):
+        problem = _taken(host, port)
+        if problem:
+            print(f"tollgate up: the {what} cannot listen on {host}:{port}: {problem}",
+                  file=sys.stderr)
+            return 1
     try:
         generated, gateway_token = asyncio.run(_tokens(store_url, admin_token))
     except ValueError as exc:
         print(f"tollgate up: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:        # (the store's engine's errors: a file that is no store...)
+        print(f"tollgate up: cannot open the store {store_path}: {exc}", file=sys.stderr)
+        return 1
 
     stopping = []
 

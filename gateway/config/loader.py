@@ -118,6 +118,11 @@ def load_document(path: str | os.PathLike[str], data: bytes | None = None,
     except ConfigError as exc:
         exc.source = name
         raise
+    except (ValueError, RecursionError) as exc:
+        # (what the decoders let through: invalid UTF-8 or an integer out of range met by the
+        # second decode of a document the first refused, a nesting too deep for any decoder)
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ConfigError(f"(document): cannot be decoded: {problem}", source=name) from None
 
 
 def parse_document(data: str | bytes, fmt: str = "yaml", checked: bool = False) -> Document:
