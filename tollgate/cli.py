@@ -132,15 +132,15 @@ def _control_plane(args) -> int:
     def announce(line: str) -> None:
         print(line, flush=True)
 
-    try:
-        audit_key, warnings = load_key(store_url, args.audit_key_file)
-    except ValueError as exc:
-        print(f"tollgate control-plane: {exc}", file=sys.stderr)
-        return 1
     problem = _store_problem(store_url)
     if problem is not None:
         print(f"tollgate control-plane: cannot open the store {_masked_url(store_url)}: "
               f"{problem}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        audit_key, warnings = load_key(store_url, args.audit_key_file)
+    except ValueError as exc:
+        print(f"tollgate control-plane: {exc}", file=sys.stderr)
         return 1
     for line in warnings:
         print(f"tollgate control-plane: warning: {line}", file=sys.stderr, flush=True)
