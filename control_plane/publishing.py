@@ -51,6 +51,7 @@ from gateway.config.model import RELEASE
 from . import document as D
 from .app import (ApiError, _all_resources, _int_param, _invalid, _json, _page, _read_json,
                   _settings, MAX_BODY)
+from .checked import LatestPublish, check as check_publish
 from .kinds import mask
 
 __all__ = ["routes", "gateway_apis", "diff", "stored_document", "needs"]
@@ -241,20 +242,34 @@ async def _next_versions(tx, change: dict[str, dict[str, dict | None]]) -> dict[
     return out
 
 
-async def _publish(st, who: str, note: str, change: dict[str, dict[str, dict | None]]
-                   ) -> Response:
+async def _resources_but_apis(st) -> dict[str, list[dict]]:
+    """The current resources but the edited APIs (a publish serves the published ones)."""
+    from .app import _all_bodies
+    from .kinds import KINDS
+    return {name: await _all_bodies(st, name) for name in KINDS if name != "apis"}
+
+
+async def _publish(request: Request, st, who: str, note: str,
+                   change: dict[str, dict[str, dict | None]]) -> Response:
+    distribution: Distribution = request.app.state.tollgate.distribution
     async with st.transaction() as tx:
         # the version numbers are known before the state is stored (writers are serialised)
         numbers = await _next_versions(tx, change)
         settings, _ = await _settings(tx)
-        resources = await _all_resources(tx)
+        resources = await _resources_but_apis(tx)
         _check_needs(change, resources)
         envs = _env_names(settings, resources)
         for env in change:
             if env not in envs:
                 raise ApiError(422, "TG.0422", f"env: environment {env!r} does not exist",
                                path="env")
-        published = {env: dict(apis) for env, apis in _published(await tx.latest_publish()).items()}
+        latest = distribution.latest
+        if latest is None or latest.revision != await tx.publish_revision():
+            # (another control plane published since, or none is known here yet)
+            stored = await tx.latest_publish()
+            latest = LatestPublish(stored[0], _published(stored), stored[1].get("document", {})
+                                   ) if stored is not None else None
+        published = {env: dict(apis) for env, apis in (latest.published if latest else {}).items()}
         for env, apis in change.items():
             target = published.setdefault(env, {})
             for api, body in apis.items():
@@ -266,8 +281,9 @@ async def _publish(st, who: str, note: str, change: dict[str, dict[str, dict | N
                 del published[env]
         document = stored_document(settings, resources, published)
         try:
-            await asyncio.to_thread(D.check, settings, {**resources, "apis": document["apis"]},
-                                    compile=True)
+            checked = await asyncio.to_thread(
+                check_publish, settings, resources, document["apis"],
+                latest.checked if latest is not None else None)
         except D.DocumentError as exc:
             raise _invalid(exc) from None
         revision = await tx.add_publish({"document": document, "published": published},
@@ -280,6 +296,8 @@ async def _publish(st, who: str, note: str, change: dict[str, dict[str, dict | N
             got = await tx.add_api_version(api, env, change[env][api], revision, note, who)
             assert got == n, (got, n)
             versions[api] = got
+    # committed: the next publish starts from this one, and the gateways get it from memory
+    distribution.latest = LatestPublish(revision, published, document, checked)
     return _json(201, {"revision": revision, "versions": versions})
 
 
@@ -300,7 +318,7 @@ async def publish_one(request: Request, token, st) -> Response:
     _fields(raw, ("env", "note"))
     env, name = _env(raw), request.path_params["name"]
     body = await _edited(st, name)
-    return await _publish(st, token.name, raw.get("note") or "", {env: {name: body}})
+    return await _publish(request, st, token.name, raw.get("note") or "", {env: {name: body}})
 
 
 async def publish_many(request: Request, token, st) -> Response:
@@ -324,7 +342,7 @@ async def publish_many(request: Request, token, st) -> Response:
     else:
         raise ApiError(422, "TG.0422", 'apis: a non-empty list of API names, or "all"',
                        path="apis")
-    return await _publish(st, token.name, raw.get("note") or "", {env: change})
+    return await _publish(request, st, token.name, raw.get("note") or "", {env: change})
 
 
 async def rollback(request: Request, token, st) -> Response:
@@ -339,7 +357,7 @@ async def rollback(request: Request, token, st) -> Response:
         raise ApiError(404, "TG.0404", f"apis {name!r} has no version {version} in {env!r}",
                        path="version")
     note = raw.get("note") or f"rollback to version {version}"
-    return await _publish(st, token.name, note, {env: {name: found.body}})
+    return await _publish(request, st, token.name, note, {env: {name: found.body}})
 
 
 async def offline(request: Request, token, st) -> Response:
@@ -349,7 +367,7 @@ async def offline(request: Request, token, st) -> Response:
     if name not in _published(await st.latest_publish()).get(env, {}):
         raise ApiError(409, "TG.0409", f"apis {name!r} is not published in {env!r}")
     note = raw.get("note") or f"offline in {env}"
-    return await _publish(st, token.name, note, {env: {name: None}})
+    return await _publish(request, st, token.name, note, {env: {name: None}})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,6 +440,8 @@ class Distribution:
 
     def __init__(self) -> None:
         self._cached: tuple[int, bytes] | None = None
+        #: the newest publish this process made (see control_plane.checked), or None
+        self.latest: LatestPublish | None = None
         self._stopping: asyncio.Future | None = None
 
     def stopping(self) -> asyncio.Future:
@@ -435,6 +455,9 @@ class Distribution:
             self._stopping.set_result(None)
 
     async def answer(self, raw_store, revision: int) -> bytes | None:
+        latest = self.latest
+        if latest is not None and latest.revision == revision:
+            return latest.encoded()
         if self._cached is not None and self._cached[0] == revision:
             return self._cached[1]
         stored = await raw_store.publish_at(revision)
