@@ -54,6 +54,7 @@ class LatestPublish:
     published: dict[str, dict[str, dict]]
     document: dict
     checked: Checked | None = None
+    entries: dict | None = None         # what publishing.gateway_apis may take (its ``into``)
     answer: bytes | None = None         # {"revision", "document"} encoded, for the gateways
 
     def encoded(self) -> bytes:
@@ -80,8 +81,10 @@ def check(settings: dict, resources: dict[str, list[dict]], apis: list[dict],
         for entry in apis:
             kept = previous.entries.get(entry.get("name")) if previous is not None else None
             # (bodies are normalised when written: equal dicts decode to equal structs)
-            struct = kept[1] if kept is not None and kept[0] == entry else \
-                msgspec.convert(entry, Api)
+            if kept is not None and (kept[0] is entry or kept[0] == entry):
+                struct = kept[1]
+            else:
+                struct = msgspec.convert(entry, Api)
             structs.append(struct)
             entries[struct.name] = (entry, struct)
     except msgspec.ValidationError:

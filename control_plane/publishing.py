@@ -62,16 +62,29 @@ _NOTE_MAX = 1000
 # --------------------------------------------------------------------------------------------------
 # Pure parts
 
-def gateway_apis(published: dict[str, dict[str, dict]]) -> list[dict]:
-    """The ``apis`` of the gateway document of a published state (see the module's doc)."""
+def gateway_apis(published: dict[str, dict[str, dict]], memo: dict | None = None,
+                 into: dict | None = None) -> list[dict]:
+    """The ``apis`` of the gateway document of a published state (see the module's doc).
+
+    ``memo``: the ``into`` of an earlier call; the entries of an API published with the very
+    same bodies (the same objects) in the same environments are taken from it.  ``into``: a
+    dict filled with what a later call may take (an API's bodies and entries, by name)."""
     per_api: dict[str, list[tuple[str, dict]]] = {}
     for env in sorted(published, key=lambda e: (e != RELEASE, e)):
         for api, entry in published[env].items():
             per_api.setdefault(api, []).append((env, entry["body"]))
     out = []
     for api in sorted(per_api):
+        bodies = per_api[api]
+        kept = memo.get(api) if memo is not None else None
+        if kept is not None and len(kept[0]) == len(bodies) and all(
+                e == e2 and b is b2 for (e, b), (e2, b2) in zip(kept[0], bodies)):
+            out += kept[1]
+            if into is not None:
+                into[api] = kept
+            continue
         groups: list[tuple[dict, dict, str]] = []        # (body without environments, map, env)
-        for env, body in per_api[api]:
+        for env, body in bodies:
             core = {k: v for k, v in body.items() if k != "environments"}
             binding = (body.get("environments") or {}).get(env) or {}
             for g_core, g_envs, _ in groups:
@@ -80,18 +93,24 @@ def gateway_apis(published: dict[str, dict[str, dict]]) -> list[dict]:
                     break
             else:
                 groups.append((core, {env: binding}, env))
+        entries = []
         for i, (core, envs, env) in enumerate(groups):
             entry = dict(core, environments=envs)
             if i:
                 entry["name"] = f"{api}.{env}"
-            out.append(entry)
+            entries.append(entry)
+        out += entries
+        if into is not None:
+            into[api] = (bodies, entries)
     return out
 
 
 def stored_document(settings: dict, resources: dict[str, list[dict]],
-                    published: dict[str, dict[str, dict]]) -> dict:
-    """The gateway document: settings, the current resources, the published APIs."""
-    return {**settings, **resources, "apis": gateway_apis(published)}
+                    published: dict[str, dict[str, dict]], memo: dict | None = None,
+                    into: dict | None = None) -> dict:
+    """The gateway document: settings, the current resources, the published APIs (``memo``,
+    ``into``: see :func:`gateway_apis`)."""
+    return {**settings, **resources, "apis": gateway_apis(published, memo, into)}
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -279,7 +298,9 @@ async def _publish(request: Request, st, who: str, note: str,
                     target[api] = {"version": numbers[(env, api)], "body": body}
             if not target:
                 del published[env]
-        document = stored_document(settings, resources, published)
+        entries: dict = {}
+        document = stored_document(settings, resources, published,
+                                   latest.entries if latest is not None else None, entries)
         try:
             checked = await asyncio.to_thread(
                 check_publish, settings, resources, document["apis"],
@@ -297,7 +318,7 @@ async def _publish(request: Request, st, who: str, note: str,
             assert got == n, (got, n)
             versions[api] = got
     # committed: the next publish starts from this one, and the gateways get it from memory
-    distribution.latest = LatestPublish(revision, published, document, checked)
+    distribution.latest = LatestPublish(revision, published, document, checked, entries)
     return _json(201, {"revision": revision, "versions": versions})
 
 

@@ -778,6 +778,7 @@ def _normal_segment(segment: str) -> str:
     return _ESCAPE.sub(one, segment) if "%" in segment else segment
 
 
+@functools.lru_cache(maxsize=65536)     # (a reload checks the same paths again)
 def _route_shape(path: str) -> str:
     """What two routes must share to collide: literals normalized, parameter names dropped,
     a trailing slash ignored (as fastpath.router does)."""

@@ -115,6 +115,25 @@ def test_compile_reuses_equal_apis_and_rebuilds_those_of_a_changed_group():
 
 
 # ----------------------------------------------------------------------- over real processes
+def test_a_gateway_reload_refuses_a_changed_api_that_breaks_a_rule_with_an_unchanged_one(
+        make_gateway):
+    from tests.gateway.test_reload import get, reload
+    doc = base_doc(*(mock_api(f"m{i}", f"/m{i}", f"v{i}") for i in range(6)))
+    gw = make_gateway(doc)
+    assert get(gw, "/m5") == (200, b"v5")
+    for bad, error in [({"path": "/m1"}, "apis[5].path: the same method and path as apis[1]"),
+                       ({"group": "nope"}, "apis[5].group: unknown group 'nope'")]:
+        changed = base_doc(*(mock_api(f"m{i}", f"/m{i}", f"v{i}") for i in range(6)))
+        changed["apis"][5].update(bad)
+        reload(gw, changed)
+        wait_for(lambda: error in gw.log(), what=f"{error} logged")
+        assert get(gw, "/m5") == (200, b"v5") and get(gw, "/m1") == (200, b"v1")
+    good = base_doc(*(mock_api(f"m{i}", f"/m{i}", f"v{i}") for i in range(6)))
+    good["apis"][5]["backend"]["mock"]["body"] = "new"
+    reload(gw, good)
+    wait_for(lambda: get(gw, "/m5") == (200, b"new"), what="the good change served")
+
+
 
 def test_a_publish_refused_after_a_group_change_names_the_unchanged_api(cp_admin):
     cp, admin = cp_admin
