@@ -254,10 +254,10 @@ def _fields(raw: dict, allowed: tuple[str, ...]) -> None:
 async def _next_versions(tx, change: dict[str, dict[str, dict | None]]) -> dict[tuple, int]:
     out = {}
     for env, apis in change.items():
+        latest = await tx.latest_api_versions(env)
         for api, body in apis.items():
             if body is not None:
-                existing = await tx.api_versions(api, env)
-                out[(env, api)] = (existing[-1].version if existing else 0) + 1
+                out[(env, api)] = latest.get(api, 0) + 1
     return out
 
 
@@ -312,11 +312,9 @@ async def _publish(request: Request, st, who: str, note: str,
         if RELEASE in change:          # published in RELEASE: no longer an import to publish
             from .assets import forget_imported
             await forget_imported(tx, [a for a, b in change[RELEASE].items() if b is not None])
-        versions = {}
-        for (env, api), n in numbers.items():
-            got = await tx.add_api_version(api, env, change[env][api], revision, note, who)
-            assert got == n, (got, n)
-            versions[api] = got
+        await tx.add_api_versions([(api, env, change[env][api], n)
+                                   for (env, api), n in numbers.items()], revision, note, who)
+        versions = {api: n for (env, api), n in numbers.items()}
     # committed: the next publish starts from this one, and the gateways get it from memory
     distribution.latest = LatestPublish(revision, published, document, checked, entries)
     return _json(201, {"revision": revision, "versions": versions})

@@ -191,6 +191,11 @@ class _Conn(abc.ABC):
     @abc.abstractmethod
     async def fetchall(self, sql: str, *args) -> list[tuple]: ...
 
+    async def executemany(self, sql: str, rows: Sequence[tuple]) -> None:
+        """``execute`` once per row (an engine may do it in one call)."""
+        for row in rows:
+            await self.execute(sql, *row)
+
     def json_field(self) -> str:
         """SQL for the compact JSON text of the top-level field named by a parameter."""
         return "(body -> ?)"
@@ -448,6 +453,26 @@ class Store(abc.ABC):
                             "note, who, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             api, env, version, publish_revision, _dump(body), note, who, time.time())
             return version
+
+    async def latest_api_versions(self, env: str) -> dict[str, int]:
+        """The newest version number of each API published in ``env`` ever (by API name)."""
+        async with self._read() as c:
+            rows = await c.fetchall("SELECT api, max(version) FROM api_versions WHERE env = ? "
+                                    "GROUP BY api", env)
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def add_api_versions(self, items: Sequence[tuple[str, str, dict, int]],
+                               publish_revision: int, note: str, who: str) -> None:
+        """Record many publishes of ``(api, env, body, version)`` at once: the versions are
+        the next of each pair (:meth:`latest_api_versions` + 1, read in the same writer
+        transaction; :meth:`add_api_version` finds it for one)."""
+        now = time.time()
+        async with self._write() as (c, _):
+            await c.executemany(
+                "INSERT INTO api_versions (api, env, version, publish_revision, body, note, who, "
+                "at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(api, env, version, publish_revision, _dump(body), note, who, now)
+                 for api, env, body, version in items])
 
     async def api_versions(self, api: str, env: str) -> list[ApiVersion]:
         """Every version of ``api`` in ``env``, oldest first."""

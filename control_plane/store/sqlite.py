@@ -47,6 +47,9 @@ class _SqliteConn(_Conn):
     async def fetchall(self, sql: str, *args):
         return await self._run(self._exec, sql, args)
 
+    async def executemany(self, sql: str, rows) -> None:
+        await self._run(self._conn.executemany, sql, rows)
+
 
 class SqliteStore(Store):
     """The store on one SQLite file (created with its schema when missing)."""
