@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import statistics
 import sys
@@ -199,7 +200,9 @@ def stream(n: int, seconds: int, connections: int = 8, workdir: Path | None = No
             _ok(s.admin.patch("/v1/apis/api0", json={"backend": {"mock": {"body": body}}}), 200)
             _ok(s.admin.post("/v1/apis/api0/publish", json={"env": "RELEASE"}), 201)
         url = s.gw.url + "/a/0"
+        cpu = _Cpu(s)
         steady = harness.run_wrk(url, seconds, 1, connections)
+        cpu_steady = cpu.lap()
         stop = threading.Event()
         calls: list[float] = []
         failures: list[str] = []
@@ -224,11 +227,40 @@ def stream(n: int, seconds: int, connections: int = 8, workdir: Path | None = No
             during = harness.run_wrk(url, seconds, 1, connections)
         finally:
             stop.set()
+            cpu_during = cpu.lap()
             thread.join(30)
         applied = len(re.findall(r"serving revision \d+ from the control plane", s.gw.log()))
         return {"steady": steady, "during": during, "publishes": len(calls),
                 "publish_failures": failures, "applied": applied,
-                "call_median": statistics.median(calls) if calls else 0.0}
+                "call_median": statistics.median(calls) if calls else 0.0,
+                "cpu_steady": cpu_steady, "cpu_during": cpu_during}
+
+
+class _Cpu:
+    """CPU seconds used by the control plane, the gateway's master and its workers, and the
+    machine's other processes, since the last lap (from /proc)."""
+
+    def __init__(self, s: Setup):
+        self.cp, self.master = s.cp.proc.pid, s.gw.proc.pid
+        self.last = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        hz = os.sysconf("SC_CLK_TCK")
+        tree = harness.process_tree(self.master)
+        def ticks(st):
+            return (st.utime + st.stime) / hz if st is not None else 0.0
+        busy, _steal, _total = harness.system_cpu()
+        out = {"control plane": ticks(harness._read_stat(self.cp)),
+               "master": ticks(tree.get(self.master)),
+               "workers": sum(ticks(p) for pid, p in tree.items() if pid != self.master),
+               "machine": busy / hz}
+        return out
+
+    def lap(self) -> dict[str, float]:
+        now = self._sample()
+        out = {k: now[k] - self.last[k] for k in now}
+        self.last = now
+        return out
 
 
 def report_stream(results: dict[int, dict], seconds: int, connections: int) -> str:
@@ -240,14 +272,28 @@ def report_stream(results: dict[int, dict], seconds: int, connections: int) -> s
               f"{seconds} s steady then {seconds} s with a publish every second (rollbacks "
               "alternating two versions), in one run", "",
               "| APIs | steady req/s | during publishes req/s | ratio | errors steady | "
-              "errors during | publishes (median call) | revisions applied |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "errors during | publishes (median call) | revisions applied | CPU s steady "
+              "(cp / master / workers / machine) | CPU s during | requests per worker CPU s: "
+              "during / steady |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
     for n, r in results.items():
         st, du = r["steady"], r["during"]
         lines.append(f"| {n:,} | {st.rps:,.0f} | {du.rps:,.0f} | {du.rps / st.rps:.2f} | "
                      f"{_errors(st)} | {_errors(du)} | {r['publishes']} "
-                     f"({r['call_median'] * 1000:.0f} ms) | {r['applied']} |")
+                     f"({r['call_median'] * 1000:.0f} ms) | {r['applied']} | "
+                     f"{_cpu(r['cpu_steady'])} | {_cpu(r['cpu_during'])} | "
+                     f"{_per_cpu(du, r['cpu_during']) / _per_cpu(st, r['cpu_steady']):.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _per_cpu(w, lap: dict[str, float]) -> float:
+    """Requests served per CPU second of the gateway's workers (what the machine's other load
+    does not move)."""
+    return w.requests / max(lap["workers"], 1e-9)
+
+
+def _cpu(lap: dict[str, float]) -> str:
+    return " / ".join(f"{lap[k]:.1f}" for k in ("control plane", "master", "workers", "machine"))
 
 
 def _errors(w) -> str:
