@@ -49,10 +49,10 @@ from starlette.responses import Response
 from gateway.config.model import RELEASE
 
 from . import document as D
-from .app import (ApiError, _all_resources, _int_param, _invalid, _json, _page, _read_json,
+from .app import (ApiError, _all_bodies, _int_param, _invalid, _json, _page, _read_json,
                   _settings, MAX_BODY)
 from .checked import LatestPublish, check as check_publish
-from .kinds import mask
+from .kinds import KINDS, mask
 
 __all__ = ["routes", "gateway_apis", "diff", "stored_document", "needs"]
 
@@ -263,8 +263,6 @@ async def _next_versions(tx, change: dict[str, dict[str, dict | None]]) -> dict[
 
 async def _resources_but_apis(st) -> dict[str, list[dict]]:
     """The current resources but the edited APIs (a publish serves the published ones)."""
-    from .app import _all_bodies
-    from .kinds import KINDS
     return {name: await _all_bodies(st, name) for name in KINDS if name != "apis"}
 
 
@@ -346,7 +344,7 @@ async def publish_many(request: Request, token, st) -> Response:
     env = _env(raw)
     apis = raw.get("apis")
     if apis == "all":
-        bodies = (await _all_resources(st))["apis"]
+        bodies = await _all_bodies(st, "apis")
         if not bodies:
             raise ApiError(422, "TG.0422", "apis: there is no API to publish", path="apis")
         change = {b["name"]: b for b in bodies}
