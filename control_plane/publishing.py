@@ -254,7 +254,7 @@ def _fields(raw: dict, allowed: tuple[str, ...]) -> None:
 async def _next_versions(tx, change: dict[str, dict[str, dict | None]]) -> dict[tuple, int]:
     out = {}
     for env, apis in change.items():
-        latest = await tx.latest_api_versions(env)
+        latest = await tx.latest_api_versions(env, [a for a, b in apis.items() if b is not None])
         for api, body in apis.items():
             if body is not None:
                 out[(env, api)] = latest.get(api, 0) + 1

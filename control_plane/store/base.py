@@ -454,9 +454,19 @@ class Store(abc.ABC):
                             api, env, version, publish_revision, _dump(body), note, who, time.time())
             return version
 
-    async def latest_api_versions(self, env: str) -> dict[str, int]:
-        """The newest version number of each API published in ``env`` ever (by API name)."""
+    async def latest_api_versions(self, env: str, apis: Sequence[str] | None = None
+                                  ) -> dict[str, int]:
+        """The newest version number of each API published in ``env`` ever (by API name; of
+        ``apis`` only, when given: a few are read by the primary key, many in one scan)."""
         async with self._read() as c:
+            if apis is not None and len(apis) <= 100:
+                out = {}
+                for api in apis:
+                    row = await c.fetchone("SELECT max(version) FROM api_versions "
+                                           "WHERE api = ? AND env = ?", api, env)
+                    if row and row[0] is not None:
+                        out[api] = int(row[0])
+                return out
             rows = await c.fetchall("SELECT api, max(version) FROM api_versions WHERE env = ? "
                                     "GROUP BY api", env)
         return {r[0]: int(r[1]) for r in rows}

@@ -14,6 +14,7 @@ from gateway.config import Document, validate
 from gateway.snapshot import compile_snapshot
 from tests.control_plane.test_publishing import (ADMIN, base_doc, mock_api, ok, serves,
                                                  wait_for)
+from tests.control_plane.test_store import pg_server, run, url  # noqa: F401 (fixtures)
 from tests.support.control_plane import ControlPlaneProcess
 
 
@@ -86,6 +87,33 @@ def test_a_change_beside_the_apis_checks_the_unchanged_apis_again():
         C.check(settings, bare, apis, first)
     assert {p.name for p in exc.value.problems} == {f"api{i}" for i in range(5)}
     assert exc.value.problems == whole_check_problems(settings, bare, apis)
+
+
+# ------------------------------------------------------------------------------ the store
+
+def test_versions_stored_many_at_once_and_the_latest_read_back(url):
+    async def fn(s):
+        async with s.transaction() as tx:
+            revision = await tx.add_publish({"document": {}, "published": {}}, "n", "me")
+            await tx.add_api_versions([("a", "RELEASE", {"v": 1}, 1), ("b", "RELEASE", {"v": 1}, 1),
+                                       ("a", "TEST", {"v": 1}, 1)], revision, "n", "me")
+        async with s.transaction() as tx:
+            revision = await tx.add_publish({"document": {}, "published": {}}, "n", "me")
+            await tx.add_api_versions([("a", "RELEASE", {"v": 2}, 2)], revision, "n", "me")
+        assert await s.latest_api_versions("RELEASE") == {"a": 2, "b": 1}
+        assert await s.latest_api_versions("RELEASE", ["a", "nope"]) == {"a": 2}
+        assert await s.latest_api_versions("TEST", [f"x{i}" for i in range(200)] + ["a"]) \
+            == {"a": 1}
+        assert [v.body for v in await s.api_versions("a", "RELEASE")] == [{"v": 1}, {"v": 2}]
+        # a version number taken already: nothing of that call is stored
+        with pytest.raises(Exception):
+            async with s.transaction() as tx:
+                revision = await tx.add_publish({"document": {}, "published": {}}, "n", "me")
+                await tx.add_api_versions([("b", "RELEASE", {"v": 2}, 2),
+                                           ("a", "RELEASE", {"v": 3}, 2)], revision, "n", "me")
+        assert await s.latest_api_versions("RELEASE") == {"a": 2, "b": 1}
+        assert await s.publish_revision() == 2
+    run(url, fn)
 
 
 # ------------------------------------------------------------------ gateway validate / compile
