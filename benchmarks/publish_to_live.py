@@ -2,7 +2,7 @@
 control plane on a SQLite store, one gateway following it; mock-backend APIs).
 
     python -m benchmarks.publish_to_live [--sizes 10,10000] [--rounds 5]
-    python -m benchmarks.publish_to_live --stream [--sizes 10,1000] [--seconds 10]
+    python -m benchmarks.publish_to_live --stream [--sizes 10,1000] [--seconds 5] [--cycles 3]
 
 **Publish-to-live** (default): from the publish call sent to the first request the gateway
 answers with the new version, for two kinds of publish:
@@ -19,8 +19,10 @@ client asks every 5 ms).
 
 **Stream** (``--stream``): wrk drives ``GET /a/0`` (the API the publishes change) for
 ``--seconds`` with nothing published (steady), then again for as long while API 0 is published
-every second, alternating two versions (``POST /v1/apis/api0/rollback``); the req/s of both,
-their ratio and the errors (non-2xx answers, socket errors) are reported side by side.
+every second, alternating two versions (``POST /v1/apis/api0/rollback``), ``--cycles`` times in
+turn; the req/s of both, their ratio and the errors (non-2xx answers, socket errors) are
+reported side by side, with the CPU seconds of each process and the requests served per CPU
+second of the gateway's workers (what the machine's other load does not move).
 
 The sections ``publish-to-live`` / ``publish-stream`` of benchmarks/RESULTS.md are written
 unless ``--no-write``.
@@ -192,8 +194,33 @@ def report_live(results: dict[int, dict[str, list[dict[str, float]]]], rounds: i
 # --------------------------------------------------------------------------------------------------
 # Stream
 
-def stream(n: int, seconds: int, connections: int = 8, workdir: Path | None = None) -> dict:
-    """wrk steady, then wrk while API 0 is published every second (see the module's doc)."""
+class _Sum:
+    """wrk results of several runs added up (req/s over their whole time)."""
+
+    def __init__(self) -> None:
+        self.requests, self.seconds, self.non2xx = 0, 0.0, 0
+        self.socket_errors: dict[str, int] = {}
+
+    def add(self, w) -> None:
+        self.requests += w.requests
+        self.seconds += w.seconds
+        self.non2xx += w.non2xx
+        for k, v in w.socket_errors.items():
+            self.socket_errors[k] = self.socket_errors.get(k, 0) + v
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def errors(self) -> int:
+        return self.non2xx + sum(self.socket_errors.values())
+
+
+def stream(n: int, seconds: int, connections: int = 8, workdir: Path | None = None,
+           cycles: int = 3) -> dict:
+    """wrk steady, then wrk while API 0 is published every second, ``cycles`` times in turn
+    (so that a change of the machine's other load falls on both); see the module's doc."""
     with tempfile.TemporaryDirectory(prefix="publish-stream-") as tmp, \
             Setup(n, Path(workdir or tmp)) as s:
         for body in ("a", "b"):         # versions 2 and 3 of api0 (1: the setup's publish)
@@ -201,14 +228,16 @@ def stream(n: int, seconds: int, connections: int = 8, workdir: Path | None = No
             _ok(s.admin.post("/v1/apis/api0/publish", json={"env": "RELEASE"}), 201)
         url = s.gw.url + "/a/0"
         cpu = _Cpu(s)
-        steady = harness.run_wrk(url, seconds, 1, connections)
-        cpu_steady = cpu.lap()
-        stop = threading.Event()
+        steady, during = _Sum(), _Sum()
+        cpu_steady: dict[str, float] = {}
+        cpu_during: dict[str, float] = {}
         calls: list[float] = []
         failures: list[str] = []
+        version = 2
 
-        def publisher() -> None:
-            version, next_at = 2, time.monotonic()
+        def publisher(stop: threading.Event) -> None:
+            nonlocal version
+            next_at = time.monotonic()
             while not stop.is_set():
                 start = time.monotonic()
                 try:
@@ -221,19 +250,29 @@ def stream(n: int, seconds: int, connections: int = 8, workdir: Path | None = No
                 next_at += 1.0
                 stop.wait(max(0.0, next_at - time.monotonic()))
 
-        thread = threading.Thread(target=publisher, daemon=True)
-        thread.start()
-        try:
-            during = harness.run_wrk(url, seconds, 1, connections)
-        finally:
-            stop.set()
-            cpu_during = cpu.lap()
-            thread.join(30)
+        for _cycle in range(cycles):
+            steady.add(harness.run_wrk(url, seconds, 1, connections))
+            _add(cpu_steady, cpu.lap())
+            stop = threading.Event()
+            thread = threading.Thread(target=publisher, args=(stop,), daemon=True)
+            thread.start()
+            try:
+                during.add(harness.run_wrk(url, seconds, 1, connections))
+            finally:
+                stop.set()
+                _add(cpu_during, cpu.lap())
+                thread.join(30)
+            cpu.lap()                   # (the publish still applying is in neither)
         applied = len(re.findall(r"serving revision \d+ from the control plane", s.gw.log()))
         return {"steady": steady, "during": during, "publishes": len(calls),
                 "publish_failures": failures, "applied": applied,
                 "call_median": statistics.median(calls) if calls else 0.0,
                 "cpu_steady": cpu_steady, "cpu_during": cpu_during}
+
+
+def _add(total: dict[str, float], lap: dict[str, float]) -> None:
+    for k, v in lap.items():
+        total[k] = total.get(k, 0.0) + v
 
 
 class _Cpu:
@@ -263,14 +302,16 @@ class _Cpu:
         return out
 
 
-def report_stream(results: dict[int, dict], seconds: int, connections: int) -> str:
+def report_stream(results: dict[int, dict], seconds: int, connections: int,
+                  cycles: int = 3) -> str:
     lines = ["## Throughput while publishes stream in (one publish per second)", "",
              f"Command: `{command_line()}`", ""]
     lines += [harness.machine_info()[0], harness.machine_info()[2],
               f"- SQLite store, one gateway worker following the control plane; wrk -t1 "
               f"-c{connections} on the API the publishes change (`GET /a/0`, a mock backend), "
               f"{seconds} s steady then {seconds} s with a publish every second (rollbacks "
-              "alternating two versions), in one run", "",
+              f"alternating two versions), {cycles} times in turn in one run (figures: the "
+              "sums)", "",
               "| APIs | steady req/s | during publishes req/s | ratio | errors steady | "
               "errors during | publishes (median call) | revisions applied | CPU s steady "
               "(cp / master / workers / machine) | CPU s during | requests per worker CPU s: "
@@ -307,15 +348,17 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--kinds", default="one,all")
     parser.add_argument("--stream", action="store_true")
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in (args.sizes or ("10,1000" if args.stream else "10,10000")
                               ).split(",")]
     if args.stream:
-        results = {n: stream(n, args.seconds, args.connections) for n in sizes}
-        text = report_stream(results, args.seconds, args.connections)
+        results = {n: stream(n, args.seconds, args.connections, cycles=args.cycles)
+                   for n in sizes}
+        text = report_stream(results, args.seconds, args.connections, args.cycles)
         name = "publish-stream"
     else:
         kinds = tuple(args.kinds.split(","))

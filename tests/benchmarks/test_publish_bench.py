@@ -53,11 +53,11 @@ def test_publish_to_live_measures_both_kinds_at_a_tiny_size(tmp_path):
 
 @needs_wrk
 def test_the_stream_run_serves_every_request_while_publishing(tmp_path):
-    r = pl.stream(3, seconds=2, connections=2, workdir=tmp_path)
+    r = pl.stream(3, seconds=1, connections=2, workdir=tmp_path, cycles=2)
     assert r["steady"].requests > 0 and r["during"].requests > 0
     assert r["steady"].errors == 0 and r["during"].errors == 0
     assert r["publishes"] >= 1 and not r["publish_failures"]
     assert r["applied"] >= 1 + r["publishes"]          # (the setup's three, then the stream's)
     assert r["cpu_during"]["workers"] > 0
-    text = pl.report_stream({3: r}, 2, 2)
+    text = pl.report_stream({3: r}, 1, 2, 2)
     assert "| 3 |" in text and "non-2xx 0" in text
