@@ -87,9 +87,10 @@ def check(settings: dict, resources: dict[str, list[dict]], apis: list[dict],
                 struct = msgspec.convert(entry, Api)
             structs.append(struct)
             entries[struct.name] = (entry, struct)
-    except msgspec.ValidationError:
-        _refuse(settings, resources, apis)
-        raise AssertionError("unreachable")  # pragma: no cover
+    except msgspec.ValidationError as exc:
+        _refuse(settings, resources, apis)      # (raises, naming each problem's resource)
+        raise D.DocumentError([D.Problem(kind=None, name=None, path="", message=str(exc))]
+                              ) from None       # pragma: no cover - (the whole check names it)
     doc = msgspec.structs.replace(base, apis=tuple(structs))
     errors = validate(doc, previous.doc if previous is not None else None)
     snapshot = None
