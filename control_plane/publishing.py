@@ -49,9 +49,10 @@ from starlette.responses import Response
 from gateway.config.model import RELEASE
 
 from . import document as D
-from .app import (ApiError, _all_resources, _int_param, _invalid, _json, _page, _read_json,
+from .app import (ApiError, _all_bodies, _int_param, _invalid, _json, _page, _read_json,
                   _settings, MAX_BODY)
-from .kinds import mask
+from .checked import LatestPublish, check as check_publish
+from .kinds import KINDS, mask
 
 __all__ = ["routes", "gateway_apis", "diff", "stored_document", "needs"]
 
@@ -61,16 +62,29 @@ _NOTE_MAX = 1000
 # --------------------------------------------------------------------------------------------------
 # Pure parts
 
-def gateway_apis(published: dict[str, dict[str, dict]]) -> list[dict]:
-    """The ``apis`` of the gateway document of a published state (see the module's doc)."""
+def gateway_apis(published: dict[str, dict[str, dict]], memo: dict | None = None,
+                 into: dict | None = None) -> list[dict]:
+    """The ``apis`` of the gateway document of a published state (see the module's doc).
+
+    ``memo``: the ``into`` of an earlier call; the entries of an API published with the very
+    same bodies (the same objects) in the same environments are taken from it.  ``into``: a
+    dict filled with what a later call may take (an API's bodies and entries, by name)."""
     per_api: dict[str, list[tuple[str, dict]]] = {}
     for env in sorted(published, key=lambda e: (e != RELEASE, e)):
         for api, entry in published[env].items():
             per_api.setdefault(api, []).append((env, entry["body"]))
     out = []
     for api in sorted(per_api):
+        bodies = per_api[api]
+        kept = memo.get(api) if memo is not None else None
+        if kept is not None and len(kept[0]) == len(bodies) and all(
+                e == e2 and b is b2 for (e, b), (e2, b2) in zip(kept[0], bodies)):
+            out += kept[1]
+            if into is not None:
+                into[api] = kept
+            continue
         groups: list[tuple[dict, dict, str]] = []        # (body without environments, map, env)
-        for env, body in per_api[api]:
+        for env, body in bodies:
             core = {k: v for k, v in body.items() if k != "environments"}
             binding = (body.get("environments") or {}).get(env) or {}
             for g_core, g_envs, _ in groups:
@@ -79,18 +93,24 @@ def gateway_apis(published: dict[str, dict[str, dict]]) -> list[dict]:
                     break
             else:
                 groups.append((core, {env: binding}, env))
+        entries = []
         for i, (core, envs, env) in enumerate(groups):
             entry = dict(core, environments=envs)
             if i:
                 entry["name"] = f"{api}.{env}"
-            out.append(entry)
+            entries.append(entry)
+        out += entries
+        if into is not None:
+            into[api] = (bodies, entries)
     return out
 
 
 def stored_document(settings: dict, resources: dict[str, list[dict]],
-                    published: dict[str, dict[str, dict]]) -> dict:
-    """The gateway document: settings, the current resources, the published APIs."""
-    return {**settings, **resources, "apis": gateway_apis(published)}
+                    published: dict[str, dict[str, dict]], memo: dict | None = None,
+                    into: dict | None = None) -> dict:
+    """The gateway document: settings, the current resources, the published APIs (``memo``,
+    ``into``: see :func:`gateway_apis`)."""
+    return {**settings, **resources, "apis": gateway_apis(published, memo, into)}
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -235,27 +255,39 @@ def _fields(raw: dict, allowed: tuple[str, ...]) -> None:
 async def _next_versions(tx, change: dict[str, dict[str, dict | None]]) -> dict[tuple, int]:
     out = {}
     for env, apis in change.items():
+        latest = await tx.latest_api_versions(env, [a for a, b in apis.items() if b is not None])
         for api, body in apis.items():
             if body is not None:
-                existing = await tx.api_versions(api, env)
-                out[(env, api)] = (existing[-1].version if existing else 0) + 1
+                out[(env, api)] = latest.get(api, 0) + 1
     return out
 
 
-async def _publish(st, who: str, note: str, change: dict[str, dict[str, dict | None]]
-                   ) -> Response:
+async def _resources_but_apis(st) -> dict[str, list[dict]]:
+    """The current resources but the edited APIs (a publish serves the published ones)."""
+    return {name: await _all_bodies(st, name) for name in KINDS if name != "apis"}
+
+
+async def _publish(request: Request, st, who: str, note: str,
+                   change: dict[str, dict[str, dict | None]]) -> Response:
+    distribution: Distribution = request.app.state.tollgate.distribution
     async with st.transaction() as tx:
         # the version numbers are known before the state is stored (writers are serialised)
         numbers = await _next_versions(tx, change)
         settings, _ = await _settings(tx)
-        resources = await _all_resources(tx)
+        resources = await _resources_but_apis(tx)
         envs = _env_names(settings, resources)
         for env in change:
             if env not in envs:
                 raise ApiError(422, "TG.0422", f"env: environment {env!r} does not exist",
                                path="env")
         _check_needs(change, resources)
-        published = {env: dict(apis) for env, apis in _published(await tx.latest_publish()).items()}
+        latest = distribution.latest
+        if latest is None or latest.revision != await tx.publish_revision():
+            # (another control plane published since, or none is known here yet)
+            stored = await tx.latest_publish()
+            latest = LatestPublish(stored[0], _published(stored), stored[1].get("document", {})
+                                   ) if stored is not None else None
+        published = {env: dict(apis) for env, apis in (latest.published if latest else {}).items()}
         for env, apis in change.items():
             target = published.setdefault(env, {})
             for api, body in apis.items():
@@ -265,10 +297,13 @@ async def _publish(st, who: str, note: str, change: dict[str, dict[str, dict | N
                     target[api] = {"version": numbers[(env, api)], "body": body}
             if not target:
                 del published[env]
-        document = stored_document(settings, resources, published)
+        entries: dict = {}
+        document = stored_document(settings, resources, published,
+                                   latest.entries if latest is not None else None, entries)
         try:
-            await asyncio.to_thread(D.check, settings, {**resources, "apis": document["apis"]},
-                                    compile=True)
+            checked = await asyncio.to_thread(
+                check_publish, settings, resources, document["apis"],
+                latest.checked if latest is not None else None)
         except D.DocumentError as exc:
             raise _invalid(exc) from None
         revision = await tx.add_publish({"document": document, "published": published},
@@ -276,11 +311,11 @@ async def _publish(st, who: str, note: str, change: dict[str, dict[str, dict | N
         if RELEASE in change:          # published in RELEASE: no longer an import to publish
             from .assets import forget_imported
             await forget_imported(tx, [a for a, b in change[RELEASE].items() if b is not None])
-        versions = {}
-        for (env, api), n in numbers.items():
-            got = await tx.add_api_version(api, env, change[env][api], revision, note, who)
-            assert got == n, (got, n)
-            versions[api] = got
+        await tx.add_api_versions([(api, env, change[env][api], n)
+                                   for (env, api), n in numbers.items()], revision, note, who)
+        versions = {api: n for (env, api), n in numbers.items()}
+    # committed: the next publish starts from this one, and the gateways get it from memory
+    distribution.latest = LatestPublish(revision, published, document, checked, entries)
     return _json(201, {"revision": revision, "versions": versions})
 
 
@@ -301,7 +336,7 @@ async def publish_one(request: Request, token, st) -> Response:
     _fields(raw, ("env", "note"))
     env, name = _env(raw), request.path_params["name"]
     body = await _edited(st, name)
-    return await _publish(st, token.name, raw.get("note") or "", {env: {name: body}})
+    return await _publish(request, st, token.name, raw.get("note") or "", {env: {name: body}})
 
 
 async def publish_many(request: Request, token, st) -> Response:
@@ -310,7 +345,7 @@ async def publish_many(request: Request, token, st) -> Response:
     env = _env(raw)
     apis = raw.get("apis")
     if apis == "all":
-        bodies = (await _all_resources(st))["apis"]
+        bodies = await _all_bodies(st, "apis")
         if not bodies:
             raise ApiError(422, "TG.0422", "apis: there is no API to publish", path="apis")
         change = {b["name"]: b for b in bodies}
@@ -325,7 +360,7 @@ async def publish_many(request: Request, token, st) -> Response:
     else:
         raise ApiError(422, "TG.0422", 'apis: a non-empty list of API names, or "all"',
                        path="apis")
-    return await _publish(st, token.name, raw.get("note") or "", {env: change})
+    return await _publish(request, st, token.name, raw.get("note") or "", {env: change})
 
 
 async def rollback(request: Request, token, st) -> Response:
@@ -340,7 +375,7 @@ async def rollback(request: Request, token, st) -> Response:
         raise ApiError(404, "TG.0404", f"apis {name!r} has no version {version} in {env!r}",
                        path="version")
     note = raw.get("note") or f"rollback to version {version}"
-    return await _publish(st, token.name, note, {env: {name: found.body}})
+    return await _publish(request, st, token.name, note, {env: {name: found.body}})
 
 
 async def offline(request: Request, token, st) -> Response:
@@ -350,7 +385,7 @@ async def offline(request: Request, token, st) -> Response:
     if name not in _published(await st.latest_publish()).get(env, {}):
         raise ApiError(409, "TG.0409", f"apis {name!r} is not published in {env!r}")
     note = raw.get("note") or f"offline in {env}"
-    return await _publish(st, token.name, note, {env: {name: None}})
+    return await _publish(request, st, token.name, note, {env: {name: None}})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,6 +458,8 @@ class Distribution:
 
     def __init__(self) -> None:
         self._cached: tuple[int, bytes] | None = None
+        #: the newest publish this process made (see control_plane.checked), or None
+        self.latest: LatestPublish | None = None
         self._stopping: asyncio.Future | None = None
 
     def stopping(self) -> asyncio.Future:
@@ -436,6 +473,9 @@ class Distribution:
             self._stopping.set_result(None)
 
     async def answer(self, raw_store, revision: int) -> bytes | None:
+        latest = self.latest
+        if latest is not None and latest.revision == revision:
+            return latest.encoded()
         if self._cached is not None and self._cached[0] == revision:
             return self._cached[1]
         stored = await raw_store.publish_at(revision)

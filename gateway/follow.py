@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Annotated
 
 import httpx
@@ -163,13 +164,17 @@ class Follower:
     def apply(self, revision: int, document: bytes) -> bool:
         """Check ``document`` (publish ``revision``) in the master and serve it; False when the
         master refused it (logged; not asked for again until a newer revision)."""
+        started = time.monotonic()
         candidate = _write_atomic(self._published, document, rename=False)
-        self.received = revision
-        if not self.master.reload(f"control plane revision {revision}", candidate=candidate):
+        self.received = revision      # (after the write: a write that fails is asked for again)
+        applied = self.master.reload(f"control plane revision {revision}", candidate=candidate)
+        elapsed = time.monotonic() - started
+        if not applied:
             log.error("revision %d from the control plane was refused; still serving revision "
                       "%d", revision, self.applied)
             return False
         _write_atomic(os.path.join(self.settings.state_dir, REVISION), b"%d\n" % revision)
         self.applied = revision
-        log.info("serving revision %d from the control plane", revision)
+        log.info("serving revision %d from the control plane (%d bytes, written and checked in "
+                 "%.0f ms)", revision, len(document), elapsed * 1000)
         return True

@@ -39,7 +39,7 @@ import fastpath
 
 from .channels.checker import HealthChecker
 from .channels.table import HealthTable, create_health_segment
-from .config import ConfigError, load_document
+from .config import ConfigError, load_document, validate
 from .config import warnings as config_warnings
 from .metrics import ClusterCollector
 from .policy.counters import create_segment
@@ -91,7 +91,12 @@ def _check(path, previous=None):
     with open(path, "rb") as f:     # an unreadable file is an OSError, not a config error
         data = f.read()
     with paused_gc():
-        doc = load_document(path, data=data)
+        # (the APIs equal to the last good document's are not validated again on their own)
+        doc = load_document(path, data=data, checked=previous is not None)
+        if previous is not None:
+            errors = validate(doc, previous.document)
+            if errors:
+                raise ConfigError(errors, source=os.fspath(path))
         snapshot = compile_snapshot(doc, runtime=None, base_dir=config_dir(path),
                                     previous=previous)
     counts = {env: 0 for env in doc.environment_names()}

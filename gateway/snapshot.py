@@ -211,6 +211,10 @@ def _compile(doc, runtime, base_dir, previous):
     old_apis = (previous.apis if reuse is not None and reuse.context == context
                 and reuse.runtime is runtime and reuse.base_dir == base_dir else None)
     reused = 0
+    # an API equal to the previous document's of its name, in an equal group, compiles to what
+    # it compiled to then (the rest of the document is equal): taken without a fingerprint
+    same_api = ({a.name: a for a in previous.document.apis} if old_apis is not None else {})
+    same_group = ({g.name: g for g in previous.document.groups} if old_apis is not None else {})
     router = Router(previous.router if previous is not None else None)
     apis = {}
     owner = {}
@@ -222,6 +226,16 @@ def _compile(doc, runtime, base_dir, previous):
             errors.append(f"{where}.group: unknown group {api.group!r}")
             continue
         hosts = tuple(sorted({d.lower().rstrip(".") for d in group.domains}))
+        if (old_apis is not None and same_api.get(api.name) == api
+                and same_group.get(api.group) == group and _reusable(api)):
+            kept = [old_apis.get((api.name, env)) for env in api.environments]
+            if None not in kept:
+                reused += len(kept)
+                for env, compiled in zip(api.environments, kept):
+                    if not _route(router, errors, where, env, hosts, api, compiled, apis, owner,
+                                  index):
+                        break
+                continue
         # what does not depend on the environment, once per API
         encoded_group = group_json.get(api.group)
         if encoded_group is None:

@@ -141,6 +141,7 @@ class Worker:
             return True
         base_dir = os.path.dirname(os.path.abspath(path))
         previous_budgets = self.budgets
+        started = time.monotonic()
         try:
             with paused_gc():
                 # bytes the master validated are only decoded (and compiled, below)
@@ -168,8 +169,8 @@ class Worker:
                 log.warning("%s: %s", path, warning)
         if not initial:
             log.info("worker %d: configuration %s is live (%d of %d compiled APIs kept from the "
-                     "last one)", self.settings.index, snapshot.version, snapshot.reused,
-                     len(snapshot.apis))
+                     "last one; loaded in %.0f ms)", self.settings.index, snapshot.version,
+                     snapshot.reused, len(snapshot.apis), (time.monotonic() - started) * 1000)
             self._end_stale_tunnels(snapshot)
             self.send({"t": "reload", "ok": True, "version": snapshot.version})
         return True

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+
 from .model import HOSTNAME_PATTERN as MODEL_HOSTNAME
 from .model import (
     RELEASE,
@@ -65,9 +67,24 @@ _DATASOURCE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 MAX_LIMIT = 2_000_000_000
 
 
-def validate(doc: Document) -> list[str]:
-    """Every semantic problem of ``doc`` as ``"path: message"`` lines, in document order."""
-    return _Validator(doc).run()
+def validate(doc: Document, previous: Document | None = None) -> list[str]:
+    """Every semantic problem of ``doc`` as ``"path: message"`` lines, in document order.
+
+    ``previous``: a document validated before without a problem.  When every section but the
+    APIs is equal in both, an API equal to the one of its name there is not checked again on
+    its own (its checks read only itself and those sections); the rules across APIs (names,
+    routes) still run over all of them."""
+    unchanged = _unchanged(doc, previous) if previous is not None else ()
+    return _Validator(doc, unchanged).run()
+
+
+def _unchanged(doc: Document, previous: Document) -> frozenset[int] | tuple:
+    """The indexes of ``doc``'s APIs equal to ``previous``'s of the same name, when nothing
+    but APIs differs between the two documents (else none)."""
+    if msgspec.structs.replace(doc, apis=()) != msgspec.structs.replace(previous, apis=()):
+        return ()
+    before = {api.name: api for api in previous.apis}
+    return frozenset(i for i, api in enumerate(doc.apis) if before.get(api.name) == api)
 
 
 def warnings(doc: Document) -> list[str]:
@@ -95,8 +112,9 @@ def _key(key: str) -> str:
 
 
 class _Validator:
-    def __init__(self, doc: Document):
+    def __init__(self, doc: Document, unchanged=()):
         self.doc = doc
+        self.unchanged = unchanged      # indexes of APIs checked already (see validate)
         self.errors: list[str] = []
 
     def error(self, path: str, message: str) -> None:
@@ -159,8 +177,10 @@ class _Validator:
             if scheme not in _DATASOURCE_SCHEMES:
                 self.error(f"datasources[{i}].url", "expected a url starting with "
                            + ", ".join(f"{s}://" for s in _DATASOURCE_SCHEMES))
+        unchanged = self.unchanged
         for i, api in enumerate(doc.apis):
-            self.check_api(f"apis[{i}]", api)
+            if i not in unchanged:
+                self.check_api(f"apis[{i}]", api)
         self.check_routes()
         self.check_devices()
         _refuse_unsupported(doc, self.error)
@@ -758,6 +778,7 @@ def _normal_segment(segment: str) -> str:
     return _ESCAPE.sub(one, segment) if "%" in segment else segment
 
 
+@functools.lru_cache(maxsize=65536)     # (a reload checks the same paths again)
 def _route_shape(path: str) -> str:
     """What two routes must share to collide: literals normalized, parameter names dropped,
     a trailing slash ignored (as fastpath.router does)."""
