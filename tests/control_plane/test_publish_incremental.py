@@ -14,7 +14,7 @@ from gateway.config import Document, validate
 from gateway.snapshot import compile_snapshot
 from tests.control_plane.test_publishing import (ADMIN, base_doc, mock_api, ok, serves,
                                                  wait_for)
-from tests.control_plane.test_store import pg_server, run, url  # noqa: F401 (fixtures)
+from tests.control_plane.test_store import run, url  # noqa: F401 (fixtures)
 from tests.support.control_plane import ControlPlaneProcess
 
 
