@@ -220,6 +220,13 @@ class Master:
             wp.version = message["version"]
             log.info("worker %d (pid %d) ready, config %s, fastpath %s", wp.index, pid,
                      wp.version, message.get("implementation"))
+            if wp.version != self.config_version and wp.proc is not None:
+                # a reload came while it started (it was not signalled: see _signal_workers),
+                # after it had read the file: it loads the file again now
+                try:
+                    os.kill(wp.proc.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
         elif kind == "reload":
             if message["ok"]:
                 wp.version = message["version"]
@@ -245,6 +252,11 @@ class Master:
 
     def _signal_workers(self, sig):
         for wp in self.workers:
+            if sig == signal.SIGHUP and not wp.ready:
+                # a worker still starting has no SIGHUP handler yet (the default action ends
+                # it): it reads the file as it starts, and is told again once ready if the
+                # file changed after it read it (see _on_message)
+                continue
             if wp.proc is not None and wp.proc.poll() is None:
                 try:
                     os.kill(wp.proc.pid, sig)
