@@ -43,6 +43,8 @@ EMPTY_DOCUMENT = b'{"version": 1}\n'
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 10.0
+#: how long past its long-poll wait an answer may take to arrive whole
+ANSWER_DEADLINE_S = 30.0
 
 
 class FollowSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +102,14 @@ def prepare_state_dir(state_dir: str) -> tuple[str, int]:
     return published, revision
 
 
+def _retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` of whole seconds, bounded to the back-off's range (None: none, or a
+    date, which the control plane does not send)."""
+    if value is None or not value.strip().isdigit() or len(value.strip()) > 6:
+        return None
+    return min(max(float(value.strip()), BACKOFF_MIN_S), BACKOFF_MAX_S)
+
+
 class Follower:
     """The master's watch of the control plane (see the module's doc)."""
 
@@ -120,9 +130,16 @@ class Follower:
         async with httpx.AsyncClient(timeout=timeout, headers=headers) as client:
             while not self.master.stopping:
                 problem = None
+                retry_after = None
                 try:
-                    r = await client.get(url, params={"after": self.received, "wait": s.wait_s},
-                                         headers={"X-Tollgate-Applied": str(self.applied)})
+                    # (a whole answer within its deadline: a server trickling bytes would
+                    # otherwise hold the follower for ever, each read within its timeout)
+                    r = await asyncio.wait_for(
+                        client.get(url, params={"after": self.received, "wait": s.wait_s},
+                                   headers={"X-Tollgate-Applied": str(self.applied)}),
+                        s.wait_s + ANSWER_DEADLINE_S)
+                except asyncio.TimeoutError:
+                    problem = f"no whole answer within {s.wait_s + ANSWER_DEADLINE_S:.0f} s"
                 except httpx.HTTPError as exc:
                     problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 else:
@@ -143,6 +160,7 @@ class Follower:
                                 continue
                     elif r.status_code != 304:
                         problem = f"HTTP {r.status_code}: {r.text[:200]}"
+                        retry_after = _retry_after(r.headers.get("retry-after"))
                 if problem is None:
                     self._recovered()
                     backoff = BACKOFF_MIN_S
@@ -152,6 +170,11 @@ class Follower:
                     log.error("control plane %s: %s; still serving revision %d, retrying "
                               "(every %.1f-%.0f s) until it answers", s.url, problem,
                               self.applied, BACKOFF_MIN_S, BACKOFF_MAX_S)
+                if retry_after is not None:
+                    # the control plane says when (its store is back in a moment, say): the
+                    # back-off does not grow, so a publish after a long outage is not late
+                    await asyncio.sleep(retry_after)
+                    continue
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 

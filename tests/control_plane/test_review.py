@@ -100,6 +100,8 @@ class FakeControlPlane:
                 status, body = fake.answers.pop(0) if len(fake.answers) > 1 else \
                     (fake.answers[0] if fake.answers else (304, b""))
                 self.send_response(status)
+                if status == 503:
+                    self.send_header("Retry-After", "1")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -291,5 +293,26 @@ def test_a_gateway_that_cannot_write_its_state_keeps_following(tmp_path):
             os.rmdir(state / "published.json.new")
             wait_for(serves(gw, "/a", "one"), timeout=30, what="revision 1 once writable")
             assert gw.proc.poll() is None
+        finally:
+            gw.stop()
+
+
+def test_a_gateway_asks_again_when_a_503_says_not_after_a_growing_back_off(tmp_path):
+    """The control plane's store was down for a while (5 answers 503 with Retry-After: 1): the
+    gateway asks again a second later each time, so the publish that follows reaches it in
+    about 5 s -- not after a back-off grown to 0.5 + 1 + 2 + 4 + 8 s."""
+    from tests.support.gateway import GatewayProcess
+    from .test_publishing import serves, wait_for
+    down = (503, b'{"error_code": "TG.0503", "error_msg": "the store is unavailable"}')
+    answers = [(200, _publish(1, "one"))] + [down] * 5 + [(200, _publish(2, "two")), (304, b"")]
+    with FakeControlPlane(answers) as fake:
+        gw = GatewayProcess(None, tmp_path, extra_args=[
+            "--control-plane", fake.url, "--token=t", "--state-dir", str(tmp_path / "state")])
+        gw.start(ready=False)
+        try:
+            wait_for(serves(gw, "/a", "one"), timeout=20, what="the first revision")
+            wait_for(serves(gw, "/a", "two"), timeout=12,
+                     what="the revision after the 503s (the back-off grew?)")
+            assert gw.log().count("still serving revision 1") == 1, gw.log()  # (logged once)
         finally:
             gw.stop()
