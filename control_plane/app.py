@@ -246,6 +246,20 @@ def _in_use(kind_name: str, name: str, users: list[tuple[str, str, str]], doing:
                                       message=f"uses {kind_name} {name!r}") for k, n, p in users])
 
 
+async def _published_in_use(request: Request, tx, removed: list[tuple[str, str]],
+                            doing: str) -> None:
+    """409 when a published API version uses one of ``removed`` (``(kind, name)``): the gateway
+    document of every later publish -- an offline too -- would name a resource that is gone."""
+    from .publishing import published_users
+    users = await published_users(request, tx)
+    for kind_name, name in removed:
+        if users.get((kind_name, name)):
+            exc = _in_use(kind_name, name, users[(kind_name, name)], doing)
+            exc.message += " (take the API offline there, or publish a version that does not " \
+                           "use it)"
+            raise exc
+
+
 async def _check_off_loop(settings: dict, resources: dict[str, list[dict]]) -> None:
     """:func:`_check` of a whole document in a thread: the event loop keeps answering (reads,
     /metrics, the gateways' long polls) meanwhile."""
@@ -669,6 +683,7 @@ def _replacer(kind_name: str, patch: bool):
                 users = await tx.users(kind_name, name)     # (the reference index)
                 if users:
                     raise _in_use(kind_name, name, users, "renamed")
+                await _published_in_use(request, tx, [(kind_name, name)], "renamed")
             await _check_refs(tx, kind_name, body)
             await _check_write(tx, kind_name, new_name, body, name, stored.body)
             record = await tx.replace(kind_name, name, body, token.name, if_revision=if_revision,
@@ -690,6 +705,7 @@ def _deleter(kind_name: str):
             users = await tx.users(kind_name, name)         # (the reference index)
             if users:
                 raise _in_use(kind_name, name, users, "deleted")
+            await _published_in_use(request, tx, [(kind_name, name)], "deleted")
             await tx.delete(kind_name, name, token.name, if_revision=if_revision)
         return Response(status_code=204)
     return delete
@@ -805,6 +821,9 @@ async def _put_config(request: Request, token, st) -> Response:
         settings, settings_shown, resources, shown = await asyncio.to_thread(
             _config_candidate, raw, stored_settings.body if stored_settings else None,
             {k: {n: r.body for n, r in records.items()} for k, records in stored.items()})
+        kept = {k: {name_of(k, b) for b in resources[k]} for k in KINDS}
+        await _published_in_use(request, tx, [(k, n) for k in KINDS for n in stored[k]
+                                              if n not in kept[k]], "deleted")
         who = token.name
         for kind_name in KINDS:
             keep = {name_of(kind_name, b) for b in resources[kind_name]}

@@ -52,7 +52,7 @@ from . import document as D
 from .app import (ApiError, _all_bodies, _int_param, _invalid, _json, _page, _read_json,
                   _settings, MAX_BODY)
 from .checked import LatestPublish, check as check_publish
-from .kinds import KINDS, mask
+from .kinds import KINDS, mask, refs_of
 
 __all__ = ["routes", "gateway_apis", "diff", "stored_document", "needs"]
 
@@ -209,6 +209,40 @@ def _check_needs(change: dict[str, dict[str, dict | None]],
         raise ApiError(409, "TG.0409", f"apis {first.name!r} cannot be published until it has "
                                        f"what it uses: {first.path}: {first.message}{more}",
                        path=first.path, errors=problems)
+
+
+def published_refs(published: dict[str, dict[str, dict]]
+                   ) -> dict[tuple[str, str], list[tuple[str, str, str]]]:
+    """What the published state references, as the gateway document has it (each API in each
+    environment it is published in, with that environment's binding): ``{(kind, name): [("apis",
+    api, "published in ENV, version N: path")]}``."""
+    out: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for env in sorted(published, key=lambda e: (e != RELEASE, e)):
+        for api, entry in sorted(published[env].items()):
+            body = entry["body"]
+            served = dict(body, environments={
+                env: (body.get("environments") or {}).get(env) or {}})
+            for path, ref_kind, ref_name in refs_of("apis", served):
+                out.setdefault((ref_kind, ref_name), []).append(
+                    ("apis", api, f"published in {env}, version {entry['version']}: {path}"))
+    return out
+
+
+async def published_users(request: Request, tx) -> dict[tuple[str, str],
+                                                         list[tuple[str, str, str]]]:
+    """:func:`published_refs` of the latest publish (kept per revision: a delete does not
+    decode the published state again)."""
+    distribution: Distribution = request.app.state.tollgate.distribution
+    revision = await tx.publish_revision()
+    kept = distribution.published_refs
+    if kept is not None and kept[0] == revision:
+        return kept[1]
+    latest = distribution.latest
+    published = latest.published if latest is not None and latest.revision == revision else \
+        _published(await tx.latest_publish())
+    refs = published_refs(published)
+    distribution.published_refs = (revision, refs)
+    return refs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -460,6 +494,8 @@ class Distribution:
         self._cached: tuple[int, bytes] | None = None
         #: the newest publish this process made (see control_plane.checked), or None
         self.latest: LatestPublish | None = None
+        #: (revision, published_refs of it): what a delete must not remove
+        self.published_refs: tuple[int, dict] | None = None
         self._stopping: asyncio.Future | None = None
 
     def stopping(self) -> asyncio.Future:

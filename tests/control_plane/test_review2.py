@@ -1,0 +1,75 @@
+"""Second adversarial review of the control plane, from outside: real HTTP against ``tollgate
+control-plane`` (publishing, the write path, assets).  Each test here failed before the fix it
+came with."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.support.control_plane import ControlPlaneProcess
+
+pytestmark = pytest.mark.once      # pure Python: the fastpath form changes nothing here
+
+ADMIN = "admin-token-for-review2-tests-012345"
+
+
+@pytest.fixture
+def cp(tmp_path):
+    proc = ControlPlaneProcess(tmp_path, admin_token=ADMIN).start()
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+@pytest.fixture
+def admin(cp):
+    with cp.client(ADMIN) as c:
+        yield c
+
+
+def ok(r: httpx.Response, status: int = 201) -> dict:
+    assert r.status_code == status, r.text
+    return r.json() if r.content else {}
+
+
+def refused(r: httpx.Response, status: int, *words: str) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    for word in words:
+        assert word in body["error_msg"], body
+    return body
+
+
+def channel_doc() -> dict:
+    return {"version": 1, "environments": [{"name": "TEST"}], "groups": [{"name": "main"}],
+            "channels": [{"name": "lots", "port": 9001, "members": [{"host": "127.0.0.1"}]}],
+            "apis": [{"name": "by-channel", "group": "main", "method": "GET", "path": "/c",
+                      "backend": {"type": "http", "channel": "lots", "path": "/x"},
+                      "environments": {"RELEASE": {}, "TEST": {}}}]}
+
+
+def test_what_a_published_version_uses_cannot_be_removed_so_offline_stays_possible(cp, admin):
+    # (before: the channel's delete was accepted -- the edited API no longer used it -- and from
+    # then on every publish, and every offline, was a 422 naming the published API: no way out
+    # but to re-create what was deleted)
+    ok(admin.put("/v1/config", json=channel_doc()), 200)
+    ok(admin.post("/v1/publish", json={"env": "RELEASE", "apis": "all"}))
+    ok(admin.post("/v1/publish", json={"env": "TEST", "apis": "all"}))
+    ok(admin.patch("/v1/apis/by-channel", json={
+        "backend": {"type": "mock", "channel": None, "path": None, "mock": {"status": 200}},
+        "environments": {"TEST": None}}), 200)
+    # the edited API uses neither the channel nor TEST: only the published versions do
+    refused(admin.delete("/v1/channels/lots"), 409, "apis/by-channel", "published in RELEASE")
+    refused(admin.put("/v1/channels/lots", json={"name": "lots2", "port": 9001, "members": [
+        {"host": "127.0.0.1"}]}), 409, "apis/by-channel")
+    refused(admin.delete("/v1/environments/TEST"), 409, "apis/by-channel", "published in TEST")
+    doc = admin.get("/v1/config").json()
+    doc["channels"] = []
+    refused(admin.put("/v1/config", json=doc), 409, "channels 'lots'", "apis/by-channel")
+    assert [c["name"] for c in admin.get("/v1/channels").json()["items"]] == ["lots"]
+    # what the answer says to do works: take it offline, then remove
+    ok(admin.post("/v1/apis/by-channel/offline", json={"env": "TEST"}))
+    ok(admin.delete("/v1/environments/TEST"), 204)
+    refused(admin.delete("/v1/channels/lots"), 409, "published in RELEASE")
+    ok(admin.post("/v1/apis/by-channel/publish", json={"env": "RELEASE"}))     # (no channel)
+    ok(admin.delete("/v1/channels/lots"), 204)
+    ok(admin.post("/v1/apis/by-channel/offline", json={"env": "RELEASE"}))
