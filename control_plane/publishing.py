@@ -14,7 +14,8 @@ whose ``environments`` map is rebuilt from where it is published (the binding of
 environment: the one the API had when it was published there, none when it had none).  An API
 published with different definitions in different environments (a new version in TEST, the old
 one still in RELEASE) is one entry per definition: the entry of RELEASE (else of the first
-environment by name) keeps the API's name, the others are named ``<api>.<env>``.
+environment by name) keeps the API's name, the others are named ``<api>.<env>`` (cut and
+given a hash when that is too long for a name or is the name of another published API).
 
 The document is checked with the gateway's compiler (:func:`document.check` with
 ``compile=True``) before it is stored: a publish never yields a document a gateway refuses (422
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import re
 from typing import Any
 
@@ -74,11 +76,14 @@ def gateway_apis(published: dict[str, dict[str, dict]], memo: dict | None = None
         for api, entry in published[env].items():
             per_api.setdefault(api, []).append((env, entry["body"]))
     out = []
+    taken = set(per_api)        # (the names of the entries: unique, valid names)
     for api in sorted(per_api):
         bodies = per_api[api]
         kept = memo.get(api) if memo is not None else None
         if kept is not None and len(kept[0]) == len(bodies) and all(
-                e == e2 and b is b2 for (e, b), (e2, b2) in zip(kept[0], bodies)):
+                e == e2 and b is b2 for (e, b), (e2, b2) in zip(kept[0], bodies)) and \
+                not any(e["name"] in taken for e in kept[1][1:]):
+            taken.update(e["name"] for e in kept[1][1:])
             out += kept[1]
             if into is not None:
                 into[api] = kept
@@ -97,12 +102,25 @@ def gateway_apis(published: dict[str, dict[str, dict]], memo: dict | None = None
         for i, (core, envs, env) in enumerate(groups):
             entry = dict(core, environments=envs)
             if i:
-                entry["name"] = f"{api}.{env}"
+                entry["name"] = _entry_name(api, env, taken)
+                taken.add(entry["name"])
             entries.append(entry)
         out += entries
         if into is not None:
             into[api] = (bodies, entries)
     return out
+
+
+def _entry_name(api: str, env: str, taken: set[str]) -> str:
+    """``<api>.<env>``; when that is longer than a name may be (64) or taken (an API of that
+    name is published too), ``<api, cut>.<env, cut>.<hash>``: a valid name no entry has."""
+    name = f"{api}.{env}"
+    n = 0
+    while len(name) > 64 or name in taken:
+        digest = hashlib.sha256(f"{api}\0{env}\0{n}".encode()).hexdigest()[:10]
+        name = f"{api[:32]}.{env[:20]}.{digest}"
+        n += 1
+    return name
 
 
 def stored_document(settings: dict, resources: dict[str, list[dict]],

@@ -8,6 +8,8 @@ import pytest
 
 from tests.support.control_plane import ControlPlaneProcess
 
+from .test_publishing import follower, serves, wait_for
+
 pytestmark = pytest.mark.once      # pure Python: the fastpath form changes nothing here
 
 ADMIN = "admin-token-for-review2-tests-012345"
@@ -73,3 +75,47 @@ def test_what_a_published_version_uses_cannot_be_removed_so_offline_stays_possib
     ok(admin.post("/v1/apis/by-channel/publish", json={"env": "RELEASE"}))     # (no channel)
     ok(admin.delete("/v1/channels/lots"), 204)
     ok(admin.post("/v1/apis/by-channel/offline", json={"env": "RELEASE"}))
+
+
+def mock_api(name: str, path: str, body: str) -> dict:
+    return {"name": name, "group": "main", "method": "GET", "path": path,
+            "backend": {"type": "mock", "mock": {"status": 200, "body": body}},
+            "environments": {"RELEASE": {}, "TEST": {}}}
+
+
+@pytest.mark.parametrize("name, other", [
+    ("a" * 60, None),           # <name>.<env>: longer than a name may be
+    ("x", "x.TEST"),            # <name>.<env>: the name of another published API
+])
+def test_a_new_version_in_test_publishes_whatever_the_api_is_named(cp, admin, name, other,
+                                                                   tmp_path):
+    # (before: the TEST entry of an API published with another body in RELEASE was named
+    # <name>.<env> -- a 422 about a name the user never wrote when that was too long or taken)
+    ok(admin.put("/v1/config", json={"version": 1, "environments": [{"name": "TEST"}],
+                                     "groups": [{"name": "main"}]}), 200)
+    ok(admin.post("/v1/apis", json=mock_api(name, "/a", "release")))
+    apis = [name]
+    if other is not None:
+        ok(admin.post("/v1/apis", json=mock_api(other, "/b", "other")))
+        apis.append(other)
+    ok(admin.post("/v1/publish", json={"env": "RELEASE", "apis": apis}))
+    ok(admin.patch(f"/v1/apis/{name}", json={"backend": {"mock": {"body": "test"}}}), 200)
+    ok(admin.post(f"/v1/apis/{name}/publish", json={"env": "TEST"}))
+    ok(admin.post(f"/v1/apis/{name}/publish", json={"env": "TEST"}))       # (and again)
+    if other is not None:       # and the other API publishes a new version too
+        ok(admin.patch(f"/v1/apis/{other}", json={"backend": {"mock": {"body": "o2"}}}), 200)
+        ok(admin.post(f"/v1/apis/{other}/publish", json={"env": "TEST"}))
+    assert {v["version"]: v["live"] for v in admin.get(
+        f"/v1/apis/{name}/versions", params={"env": "TEST"}).json()["items"]} == \
+        {1: False, 2: True}
+    # a gateway following serves each environment its own version
+    token = ok(admin.post("/v1/tokens", json={"name": "gw", "role": "gateway"}))["token"]
+    gw = follower(cp, token, tmp_path / "state", tmp_path)
+    try:
+        wait_for(serves(gw, "/a", "release"), what="RELEASE serving its version")
+        wait_for(serves(gw, "/a", "test", stage="TEST"), what="TEST serving its version")
+        if other is not None:
+            wait_for(serves(gw, "/b", "other"), what="the other API in RELEASE")
+            wait_for(serves(gw, "/b", "o2", stage="TEST"), what="the other API in TEST")
+    finally:
+        gw.stop()
