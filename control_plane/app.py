@@ -253,11 +253,17 @@ async def _published_in_use(request: Request, tx, removed: list[tuple[str, str]]
     from .publishing import published_users
     users = await published_users(request, tx)
     for kind_name, name in removed:
-        if users.get((kind_name, name)):
-            exc = _in_use(kind_name, name, users[(kind_name, name)], doing)
-            exc.message += " (take the API offline there, or publish a version that does not " \
-                           "use it)"
-            raise exc
+        found = users.get((kind_name, name))
+        if found:
+            listed = ", ".join(f"apis/{api} (published in {env}, version {v}: {path})"
+                               for api, env, v, path in found)
+            raise ApiError(409, "TG.0409", f"{kind_name} {name!r} is in use, it cannot be "
+                                           f"{doing}: {listed} (take the API offline there, or "
+                                           f"publish a version that does not use it)",
+                           errors=[D.Problem(kind="apis", name=api, path=path,
+                                             message=f"version {v}, published in {env}, uses "
+                                                     f"{kind_name} {name!r}")
+                                   for api, env, v, path in found])
 
 
 async def _check_off_loop(settings: dict, resources: dict[str, list[dict]]) -> None:

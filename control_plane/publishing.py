@@ -230,10 +230,10 @@ def _check_needs(change: dict[str, dict[str, dict | None]],
 
 
 def published_refs(published: dict[str, dict[str, dict]]
-                   ) -> dict[tuple[str, str], list[tuple[str, str, str]]]:
+                   ) -> dict[tuple[str, str], list[tuple[str, str, int, str]]]:
     """What the published state references, as the gateway document has it (each API in each
-    environment it is published in, with that environment's binding): ``{(kind, name): [("apis",
-    api, "published in ENV, version N: path")]}``."""
+    environment it is published in, with that environment's binding): ``{(kind, name): [(api,
+    env, version, path)]}``."""
     out: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
     for env in sorted(published, key=lambda e: (e != RELEASE, e)):
         for api, entry in sorted(published[env].items()):
@@ -242,12 +242,12 @@ def published_refs(published: dict[str, dict[str, dict]]
                 env: (body.get("environments") or {}).get(env) or {}})
             for path, ref_kind, ref_name in refs_of("apis", served):
                 out.setdefault((ref_kind, ref_name), []).append(
-                    ("apis", api, f"published in {env}, version {entry['version']}: {path}"))
+                    (api, env, entry["version"], path))
     return out
 
 
 async def published_users(request: Request, tx) -> dict[tuple[str, str],
-                                                         list[tuple[str, str, str]]]:
+                                                         list[tuple[str, str, int, str]]]:
     """:func:`published_refs` of the latest publish (kept per revision: a delete does not
     decode the published state again)."""
     distribution: Distribution = request.app.state.tollgate.distribution

@@ -60,7 +60,10 @@ def test_what_a_published_version_uses_cannot_be_removed_so_offline_stays_possib
         "backend": {"type": "mock", "channel": None, "path": None, "mock": {"status": 200}},
         "environments": {"TEST": None}}), 200)
     # the edited API uses neither the channel nor TEST: only the published versions do
-    refused(admin.delete("/v1/channels/lots"), 409, "apis/by-channel", "published in RELEASE")
+    body = refused(admin.delete("/v1/channels/lots"), 409, "apis/by-channel",
+                   "published in RELEASE")
+    assert [(e["kind"], e["name"], e["path"]) for e in body["errors"]] == [
+        ("apis", "by-channel", "backend.channel"), ("apis", "by-channel", "backend.channel")]
     refused(admin.put("/v1/channels/lots", json={"name": "lots2", "port": 9001, "members": [
         {"host": "127.0.0.1"}]}), 409, "apis/by-channel")
     refused(admin.delete("/v1/environments/TEST"), 409, "apis/by-channel", "published in TEST")
