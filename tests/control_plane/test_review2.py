@@ -122,3 +122,18 @@ def test_a_new_version_in_test_publishes_whatever_the_api_is_named(cp, admin, na
             wait_for(serves(gw, "/b", "o2", stage="TEST"), what="the other API in TEST")
     finally:
         gw.stop()
+
+
+def test_entry_names_stay_unique_when_an_api_of_that_name_is_published_later():
+    from control_plane.publishing import gateway_apis
+
+    def body(name, text):
+        return {"name": name, "path": f"/{name}", "backend": {"mock": {"body": text}}}
+    published = {"RELEASE": {"x": {"version": 1, "body": body("x", "r")}},
+                 "TEST": {"x": {"version": 2, "body": body("x", "t")}}}
+    memo: dict = {}
+    assert [a["name"] for a in gateway_apis(published, into=memo)] == ["x", "x.TEST"]
+    published["RELEASE"]["x.TEST"] = {"version": 1, "body": body("x.TEST", "other")}
+    names = [a["name"] for a in gateway_apis(published, memo=memo)]     # (x's entries kept?)
+    assert len(set(names)) == 3 and names[0] == "x" and "x.TEST" in names, names
+    assert all(len(n) <= 64 for n in names)
