@@ -266,6 +266,60 @@ async def _published_in_use(request: Request, tx, removed: list[tuple[str, str]]
                                    for api, env, v, path in found])
 
 
+async def _published_still_valid(request: Request, tx, kind_name: str, name: str,
+                                 body: dict) -> None:
+    """409 when this change of ``kind_name``/``name`` -- a kind whose body the checks of its
+    users read (a group's variables, a channel's members, an authorizer's type...) -- breaks an
+    API version published somewhere: every later publish, an offline too, would be refused.
+    Checked as the fast write path checks (:mod:`control_plane.index`): the resource, the
+    published versions that use it as gateways get them, and what they reference."""
+    if kind_name not in index.USERS_READ_BODY:
+        return
+    from .publishing import gateway_apis, published_state
+    published, refs = await published_state(request, tx)
+    users = refs.get((kind_name, name))
+    if not users:
+        return
+    apis = {api for api, _env, _v, _path in users}
+    subset = {env: {a: e for a, e in entries.items() if a in apis}
+              for env, entries in published.items()}
+    into: dict = {}
+    served = gateway_apis({env: e for env, e in subset.items() if e}, into=into)
+    api_of = {entry["name"]: api for api, (_b, entries) in into.items() for entry in entries}
+    found: dict[str, dict[str, dict]] = {k: {} for k in KINDS}
+    found[kind_name][name] = body
+    pending = [(kind_name, body), *(("apis", entry) for entry in served)]
+    while pending:
+        k, b = pending.pop()
+        for ref_kind, ref_name in index._checked_refs(k, b):
+            if ref_name not in found[ref_kind]:
+                record = await tx.get(ref_kind, ref_name)
+                if record is not None:
+                    found[ref_kind][ref_name] = record.body
+                    pending.append((ref_kind, record.body))
+    resources = {k: [found[k][n] for n in sorted(found[k])] for k in KINDS}
+    resources["apis"] = served
+    settings, _ = await _settings(tx)
+    try:
+        if len(served) > _MINI_IN_THREAD:
+            await _check_off_loop(settings, resources)
+        else:
+            _check(settings, resources)
+    except ApiError as exc:
+        where = {entry["name"]: ", ".join(
+            f"{env} (version {subset[env][api_of[entry['name']]]['version']})"
+            for env in entry["environments"]) for entry in served}
+        problems = [D.Problem(kind="apis", name=api_of[p.name], path=p.path,
+                              message=f"as published in {where[p.name]}: {p.message}")
+                    if p.kind == "apis" and p.name in api_of else p for p in exc.errors]
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ApiError(409, "TG.0409", f"{kind_name} {name!r} cannot be changed so, published "
+                                       f"API versions need it: {first}{more} (publish versions "
+                                       f"that do not, or take them offline, first)",
+                       path=first.path, errors=problems) from None
+
+
 async def _check_off_loop(settings: dict, resources: dict[str, list[dict]]) -> None:
     """:func:`_check` of a whole document in a thread: the event loop keeps answering (reads,
     /metrics, the gateways' long polls) meanwhile."""
@@ -692,6 +746,7 @@ def _replacer(kind_name: str, patch: bool):
                 await _published_in_use(request, tx, [(kind_name, name)], "renamed")
             await _check_refs(tx, kind_name, body)
             await _check_write(tx, kind_name, new_name, body, name, stored.body)
+            await _published_still_valid(request, tx, kind_name, new_name, body)
             record = await tx.replace(kind_name, name, body, token.name, if_revision=if_revision,
                                       new_name=new_name)
         return _json(200, _shown(kind_name, record.body, generated),

@@ -250,19 +250,24 @@ async def published_users(request: Request, tx) -> dict[tuple[str, str],
                                                          list[tuple[str, str, int, str]]]:
     """:func:`published_refs` of the latest publish (kept per revision: a delete does not
     decode the published state again)."""
+    return (await published_state(request, tx))[1]
+
+
+async def published_state(request: Request, tx) -> tuple[dict[str, dict[str, dict]], dict]:
+    """The published state of the latest publish and its :func:`published_refs`."""
     distribution: Distribution = request.app.state.tollgate.distribution
     revision = await tx.publish_revision()
     kept = distribution.published_refs
     if kept is not None and kept[0] == revision:
-        return kept[1]
+        return kept[1], kept[2]
     latest = distribution.latest
     published = latest.published if latest is not None and latest.revision == revision else \
         _published(await tx.latest_publish())
     count = sum(map(len, published.values()))
     refs = published_refs(published) if count <= 200 else \
         await asyncio.to_thread(published_refs, published)    # (~0.1 s per 1,000: off the loop)
-    distribution.published_refs = (revision, refs)
-    return refs
+    distribution.published_refs = (revision, published, refs)
+    return published, refs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -514,8 +519,8 @@ class Distribution:
         self._cached: tuple[int, bytes] | None = None
         #: the newest publish this process made (see control_plane.checked), or None
         self.latest: LatestPublish | None = None
-        #: (revision, published_refs of it): what a delete must not remove
-        self.published_refs: tuple[int, dict] | None = None
+        #: (revision, its published state, published_refs of it): what a write must not break
+        self.published_refs: tuple[int, dict, dict] | None = None
         self._stopping: asyncio.Future | None = None
 
     def stopping(self) -> asyncio.Future:

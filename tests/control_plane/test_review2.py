@@ -137,3 +137,36 @@ def test_entry_names_stay_unique_when_an_api_of_that_name_is_published_later():
     names = [a["name"] for a in gateway_apis(published, memo=memo)]     # (x's entries kept?)
     assert len(set(names)) == 3 and names[0] == "x" and "x.TEST" in names, names
     assert all(len(n) <= 64 for n in names)
+
+
+def test_a_change_that_would_break_published_versions_is_refused(cp, admin):
+    # (before: removing the variable two published versions use was accepted -- the edited APIs
+    # no longer used it -- and then taking either API offline was a 422 naming the other one)
+    http = {"type": "http", "url": "http://#host1#/x"}
+    ok(admin.put("/v1/config", json={
+        "version": 1,
+        "groups": [{"name": "g", "variables": {"RELEASE": {"host1": "127.0.0.1:9001"}}}],
+        "channels": [{"name": "lots", "port": 9001, "members": [{"host": "127.0.0.1"}]}],
+        "apis": [{"name": n, "group": "g", "method": "GET", "path": f"/{n}", "backend": backend,
+                  "environments": {"RELEASE": {}}}
+                 for n, backend in (("a", http), ("b", http),
+                                    ("c", {"type": "http", "channel": "lots", "path": "/x"}))]}),
+       200)
+    ok(admin.post("/v1/publish", json={"env": "RELEASE", "apis": "all"}))
+    mock = {"type": "mock", "url": None, "channel": None, "path": None, "mock": {"status": 200}}
+    for name in ("a", "b", "c"):
+        ok(admin.patch(f"/v1/apis/{name}", json={"backend": mock}), 200)
+    body = refused(admin.patch("/v1/groups/g", json={"variables": {"RELEASE": None}}), 409,
+                   "apis/a", "published in RELEASE", "host1")
+    assert {(e["kind"], e["name"], e["path"]) for e in body["errors"]} == {
+        ("apis", "a", "backend.url"), ("apis", "b", "backend.url")}
+    refused(admin.patch("/v1/channels/lots", json={"members": []}), 409, "apis/c",
+            "no members")
+    assert admin.get("/v1/groups/g").json()["variables"] == {"RELEASE": {"host1": "127.0.0.1:9001"}}
+    # a change the published versions do not mind is accepted
+    ok(admin.patch("/v1/groups/g", json={"variables": {"RELEASE": {"other": "x"}}}), 200)
+    # once the versions that need it are replaced, it goes
+    ok(admin.post("/v1/publish", json={"env": "RELEASE", "apis": ["a", "b"]}))
+    ok(admin.patch("/v1/groups/g", json={"variables": {"RELEASE": None}}), 200)
+    ok(admin.post("/v1/apis/c/offline", json={"env": "RELEASE"}))
+    ok(admin.patch("/v1/channels/lots", json={"members": []}), 200)
