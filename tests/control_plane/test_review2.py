@@ -162,7 +162,11 @@ def test_a_change_that_would_break_published_versions_is_refused(cp, admin):
         ("apis", "a", "backend.url"), ("apis", "b", "backend.url")}
     refused(admin.patch("/v1/channels/lots", json={"members": []}), 409, "apis/c",
             "no members")
+    # (the same through the views of variables and members)
+    refused(admin.delete("/v1/groups/g/variables/RELEASE"), 409, "apis/a", "host1")
+    refused(admin.delete("/v1/channels/lots/members/127.0.0.1"), 409, "apis/c", "no members")
     assert admin.get("/v1/groups/g").json()["variables"] == {"RELEASE": {"host1": "127.0.0.1:9001"}}
+    assert len(admin.get("/v1/channels/lots").json()["members"]) == 1
     # a change the published versions do not mind is accepted
     ok(admin.patch("/v1/groups/g", json={"variables": {"RELEASE": {"other": "x"}}}), 200)
     # once the versions that need it are replaced, it goes
