@@ -306,18 +306,40 @@ async def _published_still_valid(request: Request, tx, kind_name: str, name: str
         else:
             _check(settings, resources)
     except ApiError as exc:
-        where = {entry["name"]: ", ".join(
-            f"{env} (version {subset[env][api_of[entry['name']]]['version']})"
-            for env in entry["environments"]) for entry in served}
-        problems = [D.Problem(kind="apis", name=api_of[p.name], path=p.path,
-                              message=f"as published in {where[p.name]}: {p.message}")
-                    if p.kind == "apis" and p.name in api_of else p for p in exc.errors]
-        first = problems[0]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ApiError(409, "TG.0409", f"{kind_name} {name!r} cannot be changed so, published "
-                                       f"API versions need it: {first}{more} (publish versions "
-                                       f"that do not, or take them offline, first)",
-                       path=first.path, errors=problems) from None
+        raise _published_refused(exc, f"{kind_name} {name!r}", served, subset, api_of) from None
+
+
+async def _published_document_valid(request: Request, tx, settings: dict,
+                                    resources: dict[str, list[dict]], what: str) -> None:
+    """409 when the published API versions could not be served with these ``settings`` and
+    ``resources`` (a change of the whole document: the settings, ``PUT /v1/config``)."""
+    from .publishing import gateway_apis, published_state
+    published, _refs = await published_state(request, tx)
+    if not published:
+        return
+    into: dict = {}
+    served = gateway_apis(published, into=into)
+    api_of = {entry["name"]: api for api, (_b, entries) in into.items() for entry in entries}
+    try:
+        await _check_off_loop(settings, {**resources, "apis": served})
+    except ApiError as exc:
+        raise _published_refused(exc, what, served, published, api_of) from None
+
+
+def _published_refused(exc: ApiError, what: str, served: list[dict], published: dict,
+                       api_of: dict[str, str]) -> ApiError:
+    """The 409 of a change the published versions ``served`` could not be served with."""
+    where = {entry["name"]: ", ".join(
+        f"{env} (version {published[env][api_of[entry['name']]]['version']})"
+        for env in entry["environments"]) for entry in served}
+    problems = [D.Problem(kind="apis", name=api_of[p.name], path=p.path,
+                          message=f"as published in {where[p.name]}: {p.message}")
+                if p.kind == "apis" and p.name in api_of else p for p in exc.errors]
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ApiError(409, "TG.0409", f"{what} cannot be changed so, published API versions need "
+                                    f"it: {first}{more} (publish versions that do not, or take "
+                                    f"them offline, first)", path=first.path, errors=problems)
 
 
 async def _check_off_loop(settings: dict, resources: dict[str, list[dict]]) -> None:
@@ -795,7 +817,9 @@ def _put_settings(patch: bool):
             except D.DocumentError as exc:
                 raise _invalid(exc) from None
             # (the settings decide for every API, auth: iam ones: the whole document, in a thread)
-            await _check_off_loop(body, await _all_resources(tx))
+            resources = await _all_resources(tx)
+            await _check_off_loop(body, resources)
+            await _published_document_valid(request, tx, body, resources, "the settings")
             if stored is None:
                 record = await tx.create(SETTINGS, _SETTINGS_NAME, body, token.name)
             else:
@@ -885,6 +909,7 @@ async def _put_config(request: Request, token, st) -> Response:
         kept = {k: {name_of(k, b) for b in resources[k]} for k in KINDS}
         await _published_in_use(request, tx, [(k, n) for k in KINDS for n in stored[k]
                                               if n not in kept[k]], "deleted")
+        await _published_document_valid(request, tx, settings, resources, "the document")
         who = token.name
         for kind_name in KINDS:
             keep = {name_of(kind_name, b) for b in resources[kind_name]}

@@ -174,3 +174,32 @@ def test_a_change_that_would_break_published_versions_is_refused(cp, admin):
     ok(admin.patch("/v1/groups/g", json={"variables": {"RELEASE": None}}), 200)
     ok(admin.post("/v1/apis/c/offline", json={"env": "RELEASE"}))
     ok(admin.patch("/v1/channels/lots", json={"members": []}), 200)
+
+
+def test_the_settings_or_the_document_cannot_break_published_versions(cp, admin):
+    # (before: both were accepted when the edited APIs did not mind, and then every publish and
+    # offline of the other APIs was a 422 naming the published one)
+    ok(admin.put("/v1/config", json={
+        "version": 1,
+        "iam": {"users": [{"name": "bob", "account": "acme", "access_key": "AK-bob",
+                           "secret_key": "iam-sk-value-02"}]},
+        "groups": [{"name": "g", "variables": {"RELEASE": {"host1": "127.0.0.1:9001"}}}],
+        "apis": [{"name": "i", "group": "g", "method": "GET", "path": "/i", "auth": "iam",
+                  "backend": {"type": "http", "url": "http://#host1#/x"},
+                  "environments": {"RELEASE": {}}}]}), 200)
+    ok(admin.post("/v1/apis/i/publish", json={"env": "RELEASE"}))
+    ok(admin.patch("/v1/apis/i", json={"auth": "none", "backend": {"url": "http://127.0.0.1:9/x"}}),
+       200)
+    body = refused(admin.patch("/v1/settings", json={"iam": {"users": []}}), 409,
+                   "the settings", "apis/i", "published in RELEASE")
+    assert [(e["name"], e["path"]) for e in body["errors"]] == [("i", "auth")]
+    doc = admin.get("/v1/config").json()
+    doc["groups"][0]["variables"] = {}
+    refused(admin.put("/v1/config", json=doc), 409, "the document", "apis/i", "host1")
+    assert admin.get("/v1/settings").json()["iam"]["users"][0]["name"] == "bob"
+    assert admin.get("/v1/groups/g").json()["variables"] == {"RELEASE": {"host1": "127.0.0.1:9001"}}
+    # once the published version no longer needs them, both go
+    ok(admin.post("/v1/apis/i/publish", json={"env": "RELEASE"}))
+    ok(admin.patch("/v1/settings", json={"iam": {"users": []}}), 200)
+    ok(admin.put("/v1/config", json=admin.get("/v1/config").json() | {"groups": [
+        {"name": "g"}]}), 200)
