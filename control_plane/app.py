@@ -246,6 +246,102 @@ def _in_use(kind_name: str, name: str, users: list[tuple[str, str, str]], doing:
                                       message=f"uses {kind_name} {name!r}") for k, n, p in users])
 
 
+async def _published_in_use(request: Request, tx, removed: list[tuple[str, str]],
+                            doing: str) -> None:
+    """409 when a published API version uses one of ``removed`` (``(kind, name)``): the gateway
+    document of every later publish -- an offline too -- would name a resource that is gone."""
+    from .publishing import published_users
+    users = await published_users(request, tx)
+    for kind_name, name in removed:
+        found = users.get((kind_name, name))
+        if found:
+            listed = ", ".join(f"apis/{api} (published in {env}, version {v}: {path})"
+                               for api, env, v, path in found)
+            raise ApiError(409, "TG.0409", f"{kind_name} {name!r} is in use, it cannot be "
+                                           f"{doing}: {listed} (take the API offline there, or "
+                                           f"publish a version that does not use it)",
+                           errors=[D.Problem(kind="apis", name=api, path=path,
+                                             message=f"version {v}, published in {env}, uses "
+                                                     f"{kind_name} {name!r}")
+                                   for api, env, v, path in found])
+
+
+async def _published_still_valid(request: Request, tx, kind_name: str, name: str,
+                                 body: dict) -> None:
+    """409 when this change of ``kind_name``/``name`` -- a kind whose body the checks of its
+    users read (a group's variables, a channel's members, an authorizer's type...) -- breaks an
+    API version published somewhere: every later publish, an offline too, would be refused.
+    Checked as the fast write path checks (:mod:`control_plane.index`): the resource, the
+    published versions that use it as gateways get them, and what they reference."""
+    if kind_name not in index.USERS_READ_BODY:
+        return
+    from .publishing import gateway_apis, published_state
+    published, refs = await published_state(request, tx)
+    users = refs.get((kind_name, name))
+    if not users:
+        return
+    apis = {api for api, _env, _v, _path in users}
+    subset = {env: {a: e for a, e in entries.items() if a in apis}
+              for env, entries in published.items()}
+    into: dict = {}
+    served = gateway_apis({env: e for env, e in subset.items() if e}, into=into)
+    api_of = {entry["name"]: api for api, (_b, entries) in into.items() for entry in entries}
+    found: dict[str, dict[str, dict]] = {k: {} for k in KINDS}
+    found[kind_name][name] = body
+    pending = [(kind_name, body), *(("apis", entry) for entry in served)]
+    while pending:
+        k, b = pending.pop()
+        for ref_kind, ref_name in index._checked_refs(k, b):
+            if ref_name not in found[ref_kind]:
+                record = await tx.get(ref_kind, ref_name)
+                if record is not None:
+                    found[ref_kind][ref_name] = record.body
+                    pending.append((ref_kind, record.body))
+    resources = {k: [found[k][n] for n in sorted(found[k])] for k in KINDS}
+    resources["apis"] = served
+    settings, _ = await _settings(tx)
+    try:
+        if len(served) > _MINI_IN_THREAD:
+            await _check_off_loop(settings, resources)
+        else:
+            _check(settings, resources)
+    except ApiError as exc:
+        raise _published_refused(exc, f"{kind_name} {name!r}", served, subset, api_of) from None
+
+
+async def _published_document_valid(request: Request, tx, settings: dict,
+                                    resources: dict[str, list[dict]], what: str) -> None:
+    """409 when the published API versions could not be served with these ``settings`` and
+    ``resources`` (a change of the whole document: the settings, ``PUT /v1/config``)."""
+    from .publishing import gateway_apis, published_state
+    published, _refs = await published_state(request, tx)
+    if not published:
+        return
+    into: dict = {}
+    served = gateway_apis(published, into=into)
+    api_of = {entry["name"]: api for api, (_b, entries) in into.items() for entry in entries}
+    try:
+        await _check_off_loop(settings, {**resources, "apis": served})
+    except ApiError as exc:
+        raise _published_refused(exc, what, served, published, api_of) from None
+
+
+def _published_refused(exc: ApiError, what: str, served: list[dict], published: dict,
+                       api_of: dict[str, str]) -> ApiError:
+    """The 409 of a change the published versions ``served`` could not be served with."""
+    where = {entry["name"]: ", ".join(
+        f"{env} (version {published[env][api_of[entry['name']]]['version']})"
+        for env in entry["environments"]) for entry in served}
+    problems = [D.Problem(kind="apis", name=api_of[p.name], path=p.path,
+                          message=f"as published in {where[p.name]}: {p.message}")
+                if p.kind == "apis" and p.name in api_of else p for p in exc.errors]
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ApiError(409, "TG.0409", f"{what} cannot be changed so, published API versions need "
+                                    f"it: {first}{more} (publish versions that do not, or take "
+                                    f"them offline, first)", path=first.path, errors=problems)
+
+
 async def _check_off_loop(settings: dict, resources: dict[str, list[dict]]) -> None:
     """:func:`_check` of a whole document in a thread: the event loop keeps answering (reads,
     /metrics, the gateways' long polls) meanwhile."""
@@ -669,8 +765,10 @@ def _replacer(kind_name: str, patch: bool):
                 users = await tx.users(kind_name, name)     # (the reference index)
                 if users:
                     raise _in_use(kind_name, name, users, "renamed")
+                await _published_in_use(request, tx, [(kind_name, name)], "renamed")
             await _check_refs(tx, kind_name, body)
             await _check_write(tx, kind_name, new_name, body, name, stored.body)
+            await _published_still_valid(request, tx, kind_name, new_name, body)
             record = await tx.replace(kind_name, name, body, token.name, if_revision=if_revision,
                                       new_name=new_name)
         return _json(200, _shown(kind_name, record.body, generated),
@@ -690,6 +788,7 @@ def _deleter(kind_name: str):
             users = await tx.users(kind_name, name)         # (the reference index)
             if users:
                 raise _in_use(kind_name, name, users, "deleted")
+            await _published_in_use(request, tx, [(kind_name, name)], "deleted")
             await tx.delete(kind_name, name, token.name, if_revision=if_revision)
         return Response(status_code=204)
     return delete
@@ -718,7 +817,9 @@ def _put_settings(patch: bool):
             except D.DocumentError as exc:
                 raise _invalid(exc) from None
             # (the settings decide for every API, auth: iam ones: the whole document, in a thread)
-            await _check_off_loop(body, await _all_resources(tx))
+            resources = await _all_resources(tx)
+            await _check_off_loop(body, resources)
+            await _published_document_valid(request, tx, body, resources, "the settings")
             if stored is None:
                 record = await tx.create(SETTINGS, _SETTINGS_NAME, body, token.name)
             else:
@@ -805,6 +906,10 @@ async def _put_config(request: Request, token, st) -> Response:
         settings, settings_shown, resources, shown = await asyncio.to_thread(
             _config_candidate, raw, stored_settings.body if stored_settings else None,
             {k: {n: r.body for n, r in records.items()} for k, records in stored.items()})
+        kept = {k: {name_of(k, b) for b in resources[k]} for k in KINDS}
+        await _published_in_use(request, tx, [(k, n) for k in KINDS for n in stored[k]
+                                              if n not in kept[k]], "deleted")
+        await _published_document_valid(request, tx, settings, resources, "the document")
         who = token.name
         for kind_name in KINDS:
             keep = {name_of(kind_name, b) for b in resources[kind_name]}

@@ -14,7 +14,8 @@ whose ``environments`` map is rebuilt from where it is published (the binding of
 environment: the one the API had when it was published there, none when it had none).  An API
 published with different definitions in different environments (a new version in TEST, the old
 one still in RELEASE) is one entry per definition: the entry of RELEASE (else of the first
-environment by name) keeps the API's name, the others are named ``<api>.<env>``.
+environment by name) keeps the API's name, the others are named ``<api>.<env>`` (cut and
+given a hash when that is too long for a name or is the name of another published API).
 
 The document is checked with the gateway's compiler (:func:`document.check` with
 ``compile=True``) before it is stored: a publish never yields a document a gateway refuses (422
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import re
 from typing import Any
 
@@ -52,7 +54,7 @@ from . import document as D
 from .app import (ApiError, _all_bodies, _int_param, _invalid, _json, _page, _read_json,
                   _settings, MAX_BODY)
 from .checked import LatestPublish, check as check_publish
-from .kinds import KINDS, mask
+from .kinds import KINDS, mask, refs_of
 
 __all__ = ["routes", "gateway_apis", "diff", "stored_document", "needs"]
 
@@ -74,11 +76,14 @@ def gateway_apis(published: dict[str, dict[str, dict]], memo: dict | None = None
         for api, entry in published[env].items():
             per_api.setdefault(api, []).append((env, entry["body"]))
     out = []
+    taken = set(per_api)        # (the names of the entries: unique, valid names)
     for api in sorted(per_api):
         bodies = per_api[api]
         kept = memo.get(api) if memo is not None else None
         if kept is not None and len(kept[0]) == len(bodies) and all(
-                e == e2 and b is b2 for (e, b), (e2, b2) in zip(kept[0], bodies)):
+                e == e2 and b is b2 for (e, b), (e2, b2) in zip(kept[0], bodies)) and \
+                not any(e["name"] in taken for e in kept[1][1:]):
+            taken.update(e["name"] for e in kept[1][1:])
             out += kept[1]
             if into is not None:
                 into[api] = kept
@@ -97,12 +102,25 @@ def gateway_apis(published: dict[str, dict[str, dict]], memo: dict | None = None
         for i, (core, envs, env) in enumerate(groups):
             entry = dict(core, environments=envs)
             if i:
-                entry["name"] = f"{api}.{env}"
+                entry["name"] = _entry_name(api, env, taken)
+                taken.add(entry["name"])
             entries.append(entry)
         out += entries
         if into is not None:
             into[api] = (bodies, entries)
     return out
+
+
+def _entry_name(api: str, env: str, taken: set[str]) -> str:
+    """``<api>.<env>``; when that is longer than a name may be (64) or taken (an API of that
+    name is published too), ``<api, cut>.<env, cut>.<hash>``: a valid name no entry has."""
+    name = f"{api}.{env}"
+    n = 0
+    while len(name) > 64 or name in taken:
+        digest = hashlib.sha256(f"{api}\0{env}\0{n}".encode()).hexdigest()[:10]
+        name = f"{api[:32]}.{env[:20]}.{digest}"
+        n += 1
+    return name
 
 
 def stored_document(settings: dict, resources: dict[str, list[dict]],
@@ -209,6 +227,47 @@ def _check_needs(change: dict[str, dict[str, dict | None]],
         raise ApiError(409, "TG.0409", f"apis {first.name!r} cannot be published until it has "
                                        f"what it uses: {first.path}: {first.message}{more}",
                        path=first.path, errors=problems)
+
+
+def published_refs(published: dict[str, dict[str, dict]]
+                   ) -> dict[tuple[str, str], list[tuple[str, str, int, str]]]:
+    """What the published state references, as the gateway document has it (each API in each
+    environment it is published in, with that environment's binding): ``{(kind, name): [(api,
+    env, version, path)]}``."""
+    out: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for env in sorted(published, key=lambda e: (e != RELEASE, e)):
+        for api, entry in sorted(published[env].items()):
+            body = entry["body"]
+            served = dict(body, environments={
+                env: (body.get("environments") or {}).get(env) or {}})
+            for path, ref_kind, ref_name in refs_of("apis", served):
+                out.setdefault((ref_kind, ref_name), []).append(
+                    (api, env, entry["version"], path))
+    return out
+
+
+async def published_users(request: Request, tx) -> dict[tuple[str, str],
+                                                         list[tuple[str, str, int, str]]]:
+    """:func:`published_refs` of the latest publish (kept per revision: a delete does not
+    decode the published state again)."""
+    return (await published_state(request, tx))[1]
+
+
+async def published_state(request: Request, tx) -> tuple[dict[str, dict[str, dict]], dict]:
+    """The published state of the latest publish and its :func:`published_refs`."""
+    distribution: Distribution = request.app.state.tollgate.distribution
+    revision = await tx.publish_revision()
+    kept = distribution.published_refs
+    if kept is not None and kept[0] == revision:
+        return kept[1], kept[2]
+    latest = distribution.latest
+    published = latest.published if latest is not None and latest.revision == revision else \
+        _published(await tx.latest_publish())
+    count = sum(map(len, published.values()))
+    refs = published_refs(published) if count <= 200 else \
+        await asyncio.to_thread(published_refs, published)    # (~0.1 s per 1,000: off the loop)
+    distribution.published_refs = (revision, published, refs)
+    return published, refs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -460,6 +519,8 @@ class Distribution:
         self._cached: tuple[int, bytes] | None = None
         #: the newest publish this process made (see control_plane.checked), or None
         self.latest: LatestPublish | None = None
+        #: (revision, its published state, published_refs of it): what a write must not break
+        self.published_refs: tuple[int, dict, dict] | None = None
         self._stopping: asyncio.Future | None = None
 
     def stopping(self) -> asyncio.Future:

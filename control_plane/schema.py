@@ -214,7 +214,7 @@ def _paths() -> dict[str, Any]:
                 "(validated completely before anything changes)",
                 "requestBody": {"required": True, **_body("Document")},
                 "responses": {"200": _answer("replaced", "Document"),
-                              **_errors("412", "422")}},
+                              **_errors("409", "412", "422")}},
     }
     return paths
 

@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from . import document as D
 from .app import (MAX_BODY, ApiError, _check_refs, _check_write, _if_match, _int_param, _invalid,
-                  _json, _read_json, _resource_headers, _stale)
+                  _json, _published_still_valid, _read_json, _resource_headers, _stale)
 from .store import NotFound
 
 __all__ = ["routes", "openapi_paths"]
@@ -56,6 +56,7 @@ async def _edit(request: Request, token, st, kind_name: str,
             raise _invalid(exc) from None
         await _check_refs(tx, kind_name, body)
         await _check_write(tx, kind_name, name, body, name, stored.body)
+        await _published_still_valid(request, tx, kind_name, name, body)
         return await tx.replace(kind_name, name, body, token.name, if_revision=if_revision)
 
 

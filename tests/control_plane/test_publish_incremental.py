@@ -166,16 +166,15 @@ def test_a_gateway_reload_refuses_a_changed_api_that_breaks_a_rule_with_an_uncha
 def test_a_publish_refused_after_a_group_change_names_the_unchanged_api(cp_admin):
     cp, admin = cp_admin
     doc = base_doc(mock_api("a", "/a", "a1"))
-    doc["groups"][0]["variables"] = {"RELEASE": {"host": "127.0.0.1:9"}}
-    doc["apis"].append({"name": "u", "group": "main", "method": "GET", "path": "/u",
-                        "backend": {"url": "http://#host#/u"}, "environments": {"RELEASE": {}}})
+    doc["groups"].append({"name": "other", "domains": ["o.example.com"]})
+    doc["apis"].append(dict(mock_api("u", "/a", "u1"), group="other"))
     ok(admin.put("/v1/config", json=doc), 200)
     ok(admin.post("/v1/publish", json={"env": "RELEASE", "apis": "all"}))
-    # edits that are fine for the edited document (u no longer uses the variable, then the
-    # group drops it) but not for the published one, where u still uses it: publishing a
-    # (u unchanged) is refused, naming u
-    ok(admin.patch("/v1/apis/u", json={"backend": {"url": "http://127.0.0.1:9/u"}}), 200)
-    ok(admin.patch("/v1/groups/main", json={"variables": {"RELEASE": {"host": None}}}), 200)
+    # edits that are fine for the edited document (u moves to /u, then its group answers on
+    # every host) but not for the published one, where u is still on /a, now on a's hosts:
+    # publishing a (u unchanged) is refused, naming u
+    ok(admin.patch("/v1/apis/u", json={"path": "/u"}), 200)
+    ok(admin.patch("/v1/groups/other", json={"domains": []}), 200)
     ok(admin.patch("/v1/apis/a", json={"backend": {"mock": {"body": "a2"}}}), 200)
     r = admin.post("/v1/apis/a/publish", json={"env": "RELEASE"})
     assert r.status_code == 422, r.text
