@@ -375,14 +375,16 @@ SPANNING_RULES = ("the same method and path", "already used by group", "the same
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_fast_path_and_whole_document_check_agree(engine, request, tmp_path):
     """Three seeded sequences of 160 writes from the same start, each on a fresh store (every
-    rule that spans resources is met by at least one)."""
+    rule that spans resources is met by at least one); on PostgreSQL the first sequence only
+    (the checks are the same code: what differs is the engine's SQL for the index)."""
     messages = []
-    for seed in (1, 2, 3):
+    for seed in (1, 2, 3) if engine == "sqlite" else (1,):
         url = (f"sqlite:///{tmp_path}/store-{seed}.db" if engine == "sqlite" else
                request.getfixturevalue("pg_server").create_database())
         messages += agree(url, seed)
-    missing = [rule for rule in SPANNING_RULES if rule not in " ".join(messages)]
-    assert not missing, missing
+    if engine == "sqlite":
+        missing = [rule for rule in SPANNING_RULES if rule not in " ".join(messages)]
+        assert not missing, missing
 
 
 def agree(url, seed) -> list[str]:
