@@ -10,7 +10,13 @@ import os
 import signal
 import time
 
+import pytest
+
 from tests.support.gateway import GatewayProcess
+
+# (compiled pass only: 30 s of traffic over many APIs; the interpreted form's pushes are
+# checked end to end by test_observability's totals in the interpreted pass)
+pytestmark = pytest.mark.once
 
 N_APIS = 40
 REQ = "tollgate_requests_total"
