@@ -168,25 +168,18 @@ def fill_send_queue(conn: RawConnection, gw_port: int, client_port: int, limit: 
                     chunked: bool = False) -> None:
     """Send through the gateway to a client that reads nothing until the gateway's kernel send
     queue toward that client takes no more: the bytes of the last drip then wait in the
-    gateway's own buffer.  Drips stay far under the gateway's flow-control mark (64 KB), so it
-    goes on reading this backend.  ``chunked``: each drip is a chunk.
-
-    While the kernel queue takes a whole drip the gateway holds nothing: drips of 32 KB then
-    (the queue grows to megabytes).  Once it takes less, drips of 8 KB, each counted only after
-    the gateway has read it (nothing left in its receive queue from this backend: on a busy
-    machine it may take longer than a glance), until one adds nothing to the queue."""
+    gateway's own buffer.  Drips are small, so that buffer stays far under the gateway's
+    flow-control mark (it goes on reading this backend).  ``chunked``: each drip is a chunk.
+    A drip that seems to add nothing counts only once the gateway has read it (nothing left in
+    its receive queue from this backend): on a busy machine it may not have yet."""
     from tests.support.client import gateway_side
-    queued = gateway_side(gw_port, client_port)[1]
-    size = 32 * 1024
-    for drip in range(limit):
-        conn.send(b"%x\r\n%s\r\n" % (size, b"x" * size) if chunked else b"x" * size)
-        _wait_read_by_the_gateway(conn)
-        time.sleep(0.02 if size < 32 * 1024 else 0.005)
-        now = gateway_side(gw_port, client_port)[1]
-        # (the first drip also fills the client's window: part of it is not in the queue)
-        if size == 32 * 1024 and now - queued < (size // 2 if drip == 0 else size):
-            size = 8192         # the kernel's side is nearly full: small drips from here
-        elif size == 8192 and queued > 0 and now == queued:
-            return              # it read this drip and sent none of it: the kernel's side is full
-        queued = now
+    for _ in range(limit):
+        before = gateway_side(gw_port, client_port)[1]
+        conn.send(b"2000\r\n" + b"x" * 8192 + b"\r\n" if chunked else b"x" * 8192)
+        time.sleep(0.02)
+        if before > 0 and gateway_side(gw_port, client_port)[1] == before:
+            _wait_read_by_the_gateway(conn)
+            time.sleep(0.02)
+            if gateway_side(gw_port, client_port)[1] == before:
+                return          # it read this drip and sent none of it: the kernel's side is full
     raise AssertionError("the gateway's send queue never filled")
