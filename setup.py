@@ -213,11 +213,22 @@ setup(
         "httpx>=0.27",
         # throttles shared by the gateways of a cluster: asyncio client, EVALSHA scripts
         "redis>=5",
+        # the control plane's store on PostgreSQL (several control planes on one database):
+        # asyncio-native, pools, LISTEN/NOTIFY for publishes
+        "asyncpg>=0.29",
+        # the control plane's REST admin: an ASGI app (routing, streaming request bodies,
+        # lifespan) served by uvicorn on uvloop, the event loop the data plane already uses
+        "starlette>=0.37",
+        "uvicorn>=0.29",
     ],
     extras_require={
         # websockets: the WebSocket client and backend of the tunnel tests
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "Cython>=3.0",
                  "locust>=2.20", "websockets>=13",
+                 # the control plane's OpenAPI document is checked against its own resources
+                 "jsonschema>=4.18",
+                 # fuzzing the control plane's REST app from its own OpenAPI document
+                 "schemathesis>=3.30",
                  # the vendor's signer: clients of APP-auth APIs sign with it (the reference)
                  "huaweicloudsdkcore>=3.1.219"],
         "load": ["locust>=2.20"],

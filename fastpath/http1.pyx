@@ -857,16 +857,6 @@ cdef class _Parser:
         head.keep_alive = llhttp_should_keep_alive(p) and not (p.flags & F_CONNECTION_CLOSE)
         head.upgrade = p.upgrade
         head.chunked = (p.flags & F_CHUNKED) != 0
-        if p.flags & F_CONTENT_LENGTH:
-            if p.content_length > _MAX_CONTENT_LENGTH:
-                # (llhttp reads it as an unsigned 64-bit number; as a long long it would turn
-                # negative, which reads as "no length": the body would follow as a request)
-                refused = content_length_error(self.is_request, p.content_length)
-                self._fail(refused[0], refused[1], refused[2])
-                return 1
-            head.content_length = <long long>p.content_length
-        else:
-            head.content_length = -1
         if self.is_request:
             head.method = <str>_METHOD_NAMES[p.method]
             if p.http_major != 1:
@@ -882,6 +872,18 @@ cdef class _Parser:
                 refused = response_line_error(p.http_major, p.http_minor, p.status_code)
                 self._fail(refused[0], refused[1], refused[2])
                 return 1
+        # (after the start line's checks, in the order the interpreted form refuses them: a
+        # CONNECT with a length too large is refused as a CONNECT in both)
+        if p.flags & F_CONTENT_LENGTH:
+            if p.content_length > _MAX_CONTENT_LENGTH:
+                # (llhttp reads it as an unsigned 64-bit number; as a long long it would turn
+                # negative, which reads as "no length": the body would follow as a request)
+                refused = content_length_error(self.is_request, p.content_length)
+                self._fail(refused[0], refused[1], refused[2])
+                return 1
+            head.content_length = <long long>p.content_length
+        else:
+            head.content_length = -1
         if head.te_index >= 0:
             te = self._span_ptr(head.fields[head.te_index].value_at,
                                 head.fields[head.te_index].value_len)

@@ -35,6 +35,8 @@ cdef class Router:
     cdef dict _envs
     cdef bint _frozen
     cdef Py_ssize_t _count
+    cdef readonly dict _templates
+    cdef dict _previous
 
     @cython.locals(env_routes=_Env, n=Py_ssize_t, stop=Py_ssize_t, tree=_Tree, found=object)
     cpdef match(self, str env, str host, str method, str path)

@@ -149,10 +149,16 @@ class _Env:
 class Router:
     """The route index of one config snapshot.  See the module docstring for the rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, previous: object = None) -> None:
+        """``previous``: the router this one replaces, if any; the templates both use are
+        parsed once (a reload builds a whole new router from mostly the same routes)."""
         self._envs = {}
         self._frozen = False
         self._count = 0
+        # template -> (segments, shape): each template is parsed once (an API has one route
+        # per environment), and found in the previous router's while it is being built
+        self._templates = {}
+        self._previous = previous._templates if isinstance(previous, Router) else None
 
     def __len__(self) -> int:
         """The number of routes added (one per add(), whatever its number of hosts)."""
@@ -169,6 +175,7 @@ class Router:
     def freeze(self) -> None:
         """Forbid further add(); a snapshot's router is immutable once published."""
         self._frozen = True
+        self._previous = None   # (routers must not keep their predecessors alive)
 
     def add(self, env: str, hosts: tuple, method: str, template: str, match_mode: str,
             target: object) -> None:
@@ -194,17 +201,16 @@ class Router:
         if match_mode not in MATCH_MODES:
             raise ValueError(f"unknown match mode {match_mode!r}: expected 'exact' or 'prefix'")
         exact = match_mode == "exact"
-        segments, shape = _parse_template(template)
-
-        names = []
-        greedy = None
-        for kind, text in segments:
-            if kind == "greedy":
-                greedy = text
-            else:
-                names.append(text if kind == "param" else None)
-        plain = "/" + "/".join(text for _kind, text in segments)
-        route = _Route(target, template, exact, tuple(names), greedy, len(plain) if segments else 0)
+        parsed = self._templates.get(template) if isinstance(template, str) else None
+        if parsed is None:
+            if self._previous is not None and isinstance(template, str):
+                parsed = self._previous.get(template)
+            if parsed is None:
+                parsed = _parse_route(template)
+            self._templates[template] = parsed
+        # (shared by the routes of a template: only read)
+        segments, shape, names, greedy, plain = parsed
+        route = _Route(target, template, exact, names, greedy, len(plain) if segments else 0)
 
         env_routes = self._envs.get(env)
         keys = hosts if len(hosts) > 0 else (None,)
@@ -266,6 +272,20 @@ class Router:
         if env_routes.any is not None:
             return _lookup(env_routes.any, method, path, n, stop)
         return None
+
+
+def _parse_route(template: str) -> tuple:
+    """``(segments, shape, names, greedy, plain)`` of a template: what add() needs of it."""
+    segments, shape = _parse_template(template)
+    names = []
+    greedy = None
+    for kind, text in segments:
+        if kind == "greedy":
+            greedy = text
+        else:
+            names.append(text if kind == "param" else None)
+    plain = "/" + "/".join(text for _kind, text in segments)
+    return segments, shape, tuple(names), greedy, plain
 
 
 def _parse_template(template: str) -> tuple:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
 import os
 import signal
@@ -38,11 +39,12 @@ import fastpath
 
 from .channels.checker import HealthChecker
 from .channels.table import HealthTable, create_health_segment
-from .config import ConfigError, load_document
+from .config import ConfigError, load_document, validate
 from .config import warnings as config_warnings
 from .metrics import ClusterCollector
 from .policy.counters import create_segment
-from .snapshot import compile_snapshot
+from .follow import Follower, FollowSettings, prepare_state_dir, sync_dir
+from .snapshot import compile_snapshot, paused_gc
 from .worker import WorkerSettings, bind_listener
 
 log = logging.getLogger("tollgate.gateway")
@@ -63,6 +65,8 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     watch_interval_s: float = 1.0
     throttle_keys: int = 262_144            # live caller keys the node's throttle table holds
     worker: WorkerSettings | None = None   # template for the workers' settings
+    #: follow a control plane (``config`` is then the state directory's published.json)
+    follow: FollowSettings | None = None
 
 
 class CheckedConfig(msgspec.Struct, frozen=True):
@@ -80,12 +84,21 @@ def check_file(path) -> CheckedConfig:
     return _check(path)[0]
 
 
-def _check(path):
-    """(CheckedConfig, the loaded document): check_file, and the document the master serves."""
-    with open(path, "rb"):
-        pass                         # an unreadable file is an OSError, not a config error
-    doc = load_document(path)
-    snapshot = compile_snapshot(doc, runtime=None, base_dir=config_dir(path))
+def _check(path, previous=None):
+    """(CheckedConfig, the loaded document, its snapshot, the SHA-256 of the bytes checked):
+    check_file, and the document the master serves; ``previous``, the snapshot of the last
+    check, lets the compile reuse what did not change."""
+    with open(path, "rb") as f:     # an unreadable file is an OSError, not a config error
+        data = f.read()
+    with paused_gc():
+        # (the APIs equal to the last good document's are not validated again on their own)
+        doc = load_document(path, data=data, checked=previous is not None)
+        if previous is not None:
+            errors = validate(doc, previous.document)
+            if errors:
+                raise ConfigError(errors, source=os.fspath(path))
+        snapshot = compile_snapshot(doc, runtime=None, base_dir=config_dir(path),
+                                    previous=previous)
     counts = {env: 0 for env in doc.environment_names()}
     for _api, env in snapshot.apis:
         counts[env] = counts.get(env, 0) + 1
@@ -93,7 +106,7 @@ def _check(path):
     if snapshot.certificates is not None:
         warnings += snapshot.certificates.warnings
     return (CheckedConfig(snapshot.version, warnings, counts, snapshot.certificates is not None),
-            doc)
+            doc, snapshot, hashlib.sha256(data).digest())
 
 
 def config_dir(path) -> str:
@@ -123,6 +136,7 @@ class Master:
         self.reloads_ok = 0
         self.reloads_failed = 0
         self.config_version = ""
+        self.checked = None         # the snapshot of the last good check (reused by the next)
         self.implementation = fastpath.IMPLEMENTATION
         self.stopping = False
         self._stat = None
@@ -136,6 +150,12 @@ class Master:
         # the channel members' health, shared with the workers; checked here, once per node
         self.health_fd = create_health_segment()
         self.checker = HealthChecker(HealthTable(self.health_fd), loop)
+        # the SHA-256 of the document bytes this master validated last, read by the workers:
+        # they decode those bytes without validating them again (they still compile them)
+        self.checked_fd = os.memfd_create("tollgate-checked")
+        os.pwrite(self.checked_fd, bytes(32), 0)
+        self.follower = None        # the watch of the control plane, when following one
+        self.follow_revision = 0    # the revision of the state directory's document at start
 
     # -- workers ---------------------------------------------------------------------------------
     def _spawn(self, wp: WorkerProcess):
@@ -148,13 +168,14 @@ class Master:
             config=s.config, host=s.host, port=s.port, index=wp.index,
             access_log=s.access_log, channel_fd=write_fd, listen_fd=listen_fd,
             tls_host=s.tls_host, tls_port=s.tls_port, tls_listen_fd=tls_fd,
-            counters_fd=self.counters_fd, health_fd=self.health_fd)
+            counters_fd=self.counters_fd, health_fd=self.health_fd,
+            checked_fd=self.checked_fd)
         # run from the directory this master imported gateway from: ``-m`` puts the working
         # directory first on sys.path, and a worker must run the very same code as its master
         wp.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.worker", msgspec.json.encode(settings).decode()],
             pass_fds=tuple(fd for fd in (write_fd, listen_fd, tls_fd, self.counters_fd,
-                                         self.health_fd) if fd >= 0),
+                                         self.health_fd, self.checked_fd) if fd >= 0),
             close_fds=True,
             cwd=IMPORT_ROOT)
         os.close(write_fd)
@@ -186,6 +207,9 @@ class Master:
             pass
         finally:
             transport.close()
+            # the end of the pipe: the worker is gone and its last push is read (retiring it
+            # when its exit is seen could come before that push, counted then twice)
+            self.collector.retire(pid)
 
     def _on_message(self, wp, pid, message):
         kind = message.get("t")
@@ -196,6 +220,13 @@ class Master:
             wp.version = message["version"]
             log.info("worker %d (pid %d) ready, config %s, fastpath %s", wp.index, pid,
                      wp.version, message.get("implementation"))
+            if wp.version != self.config_version and wp.proc is not None:
+                # a reload came while it started (it was not signalled: see _signal_workers),
+                # after it had read the file: it loads the file again now
+                try:
+                    os.kill(wp.proc.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
         elif kind == "reload":
             if message["ok"]:
                 wp.version = message["version"]
@@ -207,7 +238,6 @@ class Master:
                 if wp.proc is None or wp.proc.poll() is None:
                     continue
                 code = wp.proc.returncode
-                self.collector.retire(wp.pid)
                 if self.stopping:
                     break
                 log.error("worker %d (pid %d) exited with %s; starting it again", wp.index,
@@ -222,6 +252,11 @@ class Master:
 
     def _signal_workers(self, sig):
         for wp in self.workers:
+            if sig == signal.SIGHUP and not wp.ready:
+                # a worker still starting has no SIGHUP handler yet (the default action ends
+                # it): it reads the file as it starts, and is told again once ready if the
+                # file changed after it read it (see _on_message)
+                continue
             if wp.proc is not None and wp.proc.poll() is None:
                 try:
                     os.kill(wp.proc.pid, sig)
@@ -229,31 +264,42 @@ class Master:
                     pass
 
     # -- configuration ---------------------------------------------------------------------------
-    def reload(self, reason):
-        path = self.settings.config
+    def reload(self, reason, candidate=None) -> bool:
+        """Check the configuration file (or ``candidate``, a file beside it that replaces it
+        once checked) and, when it changed, make the workers load it.  False when refused."""
+        path = candidate or self.settings.config
         try:
-            checked, doc = _check(path)
+            checked, doc, snapshot, digest = _check(path, self.checked)
         except OSError as exc:
             self.reloads_failed += 1
             log.error("reload (%s): cannot read %s (%s); still serving configuration %s", reason,
                       path, exc.strerror or exc, self.config_version)
-            return
+            return False
         except ConfigError as exc:
             self.reloads_failed += 1
             log.error("reload (%s) refused, still serving configuration %s:\n%s", reason,
                       self.config_version, exc)
-            return
+            if candidate:
+                os.unlink(candidate)
+            return False
+        if candidate:       # (the workers, and a restart, read the file: it is this one now)
+            os.replace(candidate, self.settings.config)
+            sync_dir(os.path.dirname(self.settings.config))
+            self._stat = self._file_state()
+        self.checked = snapshot
         version = checked.version
         if version == self.config_version:
             log.info("reload (%s): %s is unchanged; still serving configuration %s", reason,
                      path, version)
-            return
+            return True
         _log_warnings(path, checked)
         self.reloads_ok += 1
         log.info("reload (%s): config %s -> %s", reason, self.config_version, version)
         self.config_version = version
         self.checker.apply(doc)
+        os.pwrite(self.checked_fd, digest, 0)
         self._signal_workers(signal.SIGHUP)
+        return True
 
     def _file_state(self):
         try:
@@ -284,7 +330,9 @@ class Master:
 
     @property
     def ready(self):
-        return not self.stopping and all(wp.ready and wp.proc is not None for wp in self.workers)
+        # (a gateway following a control plane is ready once it serves a publish)
+        return not self.stopping and all(wp.ready and wp.proc is not None for wp in self.workers) \
+            and (self.follower is None or self.follower.applied > 0)
 
     def status_response(self, method, path):
         if method not in (b"GET", b"HEAD"):
@@ -298,6 +346,8 @@ class Master:
         if path == b"/readyz":
             ok = self.ready
             body = msgspec.json.encode({"ready": ok, "config_version": self.config_version,
+                                        **({"revision": self.follower.applied}
+                                           if self.follower is not None else {}),
                                         "workers": [{"pid": w.pid, "ready": w.ready,
                                                      "config_version": w.version}
                                                     for w in self.workers]})
@@ -308,7 +358,10 @@ class Master:
 
     # -- running -------------------------------------------------------------------------------
     async def run(self):
-        checked, doc = _check(self.settings.config)
+        if self.settings.follow is not None:
+            self.follower = Follower(self.settings.follow, self, self.follow_revision)
+        checked, doc, self.checked, digest = _check(self.settings.config)
+        os.pwrite(self.checked_fd, digest, 0)
         _log_warnings(self.settings.config, checked)
         version = self.config_version = checked.version
         s = self.settings
@@ -335,6 +388,8 @@ class Master:
                         "until the configuration has one (certificates)")
         watchers = [self.loop.create_task(self._watch_workers()),
                     self.loop.create_task(self._watch_file())]
+        if self.follower is not None:
+            watchers.append(self.loop.create_task(self.follower.run()))
         await self._done
         for task in watchers:
             task.cancel()
@@ -436,6 +491,19 @@ class StatusProtocol(asyncio.Protocol):
 def run_gateway(settings: GatewaySettings) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s master[{os.getpid()}] %(levelname)s %(message)s")
+    follow_revision = 0
+    if settings.follow is not None:
+        # the configuration is the last document applied from the control plane
+        state_dir = os.path.abspath(settings.follow.state_dir)
+        try:
+            published, follow_revision = prepare_state_dir(state_dir)
+        except OSError as exc:
+            print(f"tollgate: cannot use the state directory {state_dir}: {exc}",
+                  file=sys.stderr)
+            return 2
+        settings = msgspec.structs.replace(
+            settings, config=published,
+            follow=msgspec.structs.replace(settings.follow, state_dir=state_dir))
     # workers run from another directory (see _spawn): hand them absolute paths
     settings = msgspec.structs.replace(
         settings, config=os.path.abspath(settings.config),
@@ -452,6 +520,7 @@ def run_gateway(settings: GatewaySettings) -> int:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     master = Master(settings, loop)
+    master.follow_revision = follow_revision
     try:
         loop.run_until_complete(master.run())
     except OSError as exc:

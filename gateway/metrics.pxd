@@ -3,6 +3,8 @@ cimport cython
 from gateway.exchange cimport CompiledApi, Exchange, monotonic
 
 cdef class ApiStats:
+    cdef public tuple key
+    cdef public bint changed
     # C arrays: a request bumps C integers, not Python ints in lists (sizes: STATUS_CLASSES,
     # BUCKETS + 1; a mismatch fails at import)
     cdef long long counts[6]
@@ -29,6 +31,10 @@ cdef class WorkerMetrics:
     cdef public str implementation
     cdef public ApiStats unrouted
     cdef public object redis
+    cdef public list changed
+    cdef public set auth_changed
+    cdef public dict counters_changed
+    cdef public object certificates_sent
     cpdef ApiStats api_stats(self, str api, str env)
     @cython.locals(stats=ApiStats, index=int, status=int, api=CompiledApi)
     cpdef observe(self, Exchange ex, bint aborted)

@@ -3,10 +3,13 @@ the master at scrape time.
 
 Labelled prometheus-client children cost microseconds per update and, in multiprocess mode, a
 file write; the hot path instead bumps plain counters held by the CompiledApi it already has
-(:class:`ApiStats`).  Each worker sends its totals to the master every ``push_interval`` seconds
-(:meth:`WorkerMetrics.export`); the master's :class:`ClusterCollector` merges the workers' latest
-totals (plus those of workers that have exited, so counters never go backwards) when Prometheus
-scrapes.  Scraped figures are therefore at most one push interval old.
+(:class:`ApiStats`).  Every ``push_interval`` seconds each worker sends the master what changed
+since its previous push (:meth:`WorkerMetrics.export`): the new totals of the (api, env) pairs
+and labelled counters that counted something, and its small fixed-size totals and gauges.  An
+idle worker's push therefore costs the same at 10 or 10,000 APIs, a busy one's grows with the
+APIs that had traffic.  The master's :class:`ClusterCollector` keeps each worker's totals up to
+date from these pushes and merges them (plus those of workers that have exited, so counters
+never go backwards) when Prometheus scrapes.  Scraped figures are at most one push interval old.
 
 Labels never hold unbounded values: api and environment names come from the configuration,
 status is a class (2xx ...), code is a ROMA code.
@@ -60,7 +63,9 @@ class ApiStats:
     Attribute types: gateway/metrics.pxd.
     """
 
-    def __init__(self):
+    def __init__(self, key=None):
+        self.key = key          # (api, env)
+        self.changed = False    # counted something since the worker's last push
         # literal lists: the compiled form's C arrays (gateway/metrics.pxd) take them as they are
         self.counts = [0, 0, 0, 0, 0, 0]                                    # STATUS_CLASSES
         self.duration = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]       # BUCKETS + +Inf
@@ -153,13 +158,18 @@ class WorkerMetrics:
         self.counters = {family: {} for family in COUNTERS}    # family -> {labels: count}
         self.truncated = 0  # responses cut after their head was sent
         self.implementation = implementation
-        self.unrouted = self.api_stats(*UNROUTED)
         self.redis = None   # RedisStats, set by the throttling budgets when Redis is configured
+        # what counted something since the last export: only that is pushed (see the module doc)
+        self.changed = []                   # ApiStats whose ``changed`` is set
+        self.auth_changed = set()           # keys of auth_failures
+        self.counters_changed = {family: set() for family in COUNTERS}   # family -> {labels}
+        self.certificates_sent = None       # the CertificateStore whose expiries were pushed
+        self.unrouted = self.api_stats(*UNROUTED)
 
     def api_stats(self, api, env):
         stats = self.apis.get((api, env))
         if stats is None:
-            stats = self.apis[(api, env)] = ApiStats()
+            stats = self.apis[(api, env)] = ApiStats((api, env))
         return stats
 
     def observe(self, ex, aborted):
@@ -170,6 +180,9 @@ class WorkerMetrics:
         if api is not None and api.stats is not None:
             stats = api.stats
         stats.observe(index, monotonic() - ex.started, ex.upstream_elapsed)
+        if not stats.changed:
+            stats.changed = True
+            self.changed.append(stats)
         if ex.error_code:
             self.count_error(ex.error_code)
 
@@ -179,32 +192,47 @@ class WorkerMetrics:
     def count_auth_failure(self, api, env, kind, reason):
         key = (api, env, kind, reason)
         self.auth_failures[key] = self.auth_failures.get(key, 0) + 1
+        self.auth_changed.add(key)
 
     def count(self, family, labels):
         """Bump counter ``family`` (a key of COUNTERS) for the tuple ``labels``."""
         counts = self.counters[family]
         counts[labels] = counts.get(labels, 0) + 1
+        self.counters_changed[family].add(labels)
 
     def count_dropped_header(self, reason):
         self.dropped_headers[reason] = self.dropped_headers.get(reason, 0) + 1
 
     def export(self, worker):
+        """What changed since the previous export (the master keeps the totals: every export
+        must reach it, in order): new totals of the changed (api, env) pairs and labelled
+        counters, the certificates when they changed, and the fixed-size rest in full."""
+        changed, self.changed = self.changed, []
+        apis = []
+        for stats in changed:
+            stats.changed = False
+            apis.append([*stats.key, *stats.as_list()])
+        auth = self.auth_failures
+        auth_failures = [[*key, auth[key]] for key in self.auth_changed]
+        self.auth_changed = set()
+        counters = {}
+        for family, labels_set in self.counters_changed.items():
+            if labels_set:
+                counts = self.counters[family]
+                counters[family] = [[*labels, counts[labels]] for labels in labels_set]
+                self.counters_changed[family] = set()
         in_flight = sum(1 for c in worker.connections if c.current is not None)
-        return {
-            "apis": [[api, env, *stats.as_list()] for (api, env), stats in self.apis.items()],
+        message = {
+            "apis": apis,
             "errors": self.errors,
             "dropped_headers": self.dropped_headers,
-            "auth_failures": [[*key, n] for key, n in self.auth_failures.items()],
-            "counters": {family: [[*labels, n] for labels, n in counts.items()]
-                         for family, counts in self.counters.items()},
+            "auth_failures": auth_failures,
+            "counters": counters,
             "truncated": self.truncated,
             "desyncs": worker.pool.desyncs,
             "tls_handshakes": worker.tls_handshakes,
             "tls_handshakes_begun": worker.tls_handshakes_begun,
             "tls_failures": worker.tls_failures,
-            "certificates": (worker.snapshot.certificates.expiries()
-                             if worker.snapshot is not None
-                             and worker.snapshot.certificates is not None else []),
             "tunnels": worker.tunnel_stats.export(),
             "in_flight": in_flight,
             "connections": len(worker.connections),
@@ -214,6 +242,11 @@ class WorkerMetrics:
             "implementation": self.implementation,
             "redis": self.redis.export() if self.redis is not None else None,
         }
+        store = worker.snapshot.certificates if worker.snapshot is not None else None
+        if store is not self.certificates_sent:
+            message["certificates"] = store.expiries() if store is not None else []
+            self.certificates_sent = store
+        return message
 
 
 def _merge_counts(into: list, add: list):
@@ -226,7 +259,7 @@ class ClusterCollector:
 
     def __init__(self, master):
         self.master = master
-        self.latest: dict[int, dict] = {}     # worker pid -> its latest export
+        self.latest: dict[int, dict] = {}     # worker pid -> its totals (see update)
         self.retired: dict = {"apis": {}, "errors": {}, "dropped_headers": {}, "auth_failures": {},
                               "counters": {family: {} for family in COUNTERS},
                               "truncated": 0,
@@ -235,10 +268,28 @@ class ClusterCollector:
                               "redis": _no_redis()}
 
     def update(self, pid, export):
-        self.latest[pid] = export
+        """Apply one push of worker ``pid`` (:meth:`WorkerMetrics.export`): the changed rows
+        replace that worker's previous totals of the same labels, the rest replaces all."""
+        state = self.latest.get(pid)
+        if state is None:
+            state = self.latest[pid] = {"apis": {}, "auth_failures": {},
+                                        "counters": {family: {} for family in COUNTERS},
+                                        "certificates": []}
+        apis, auth, counters = state["apis"], state["auth_failures"], state["counters"]
+        for api, env, *row in export.pop("apis"):
+            apis[(api, env)] = row
+        for *key, n in export.pop("auth_failures"):
+            auth[tuple(key)] = n
+        for family, rows in export.pop("counters").items():
+            into = counters.get(family)
+            if into is None:
+                continue            # (a family this master does not know)
+            for *labels, n in rows:
+                into[tuple(labels)] = n
+        state.update(export)
 
     def retire(self, pid):
-        """A worker exited: keep its counters so totals stay monotonic."""
+        """A worker exited (its last push read): keep its counters so totals stay monotonic."""
         export = self.latest.pop(pid, None)
         if export is None:
             return
@@ -248,10 +299,10 @@ class ClusterCollector:
         self._fold(self.retired, export)
 
     def _fold(self, acc, export):
-        for api, env, counts, dur, dsum, up, usum in export["apis"]:
-            cur = acc["apis"].get((api, env))
+        for key, (counts, dur, dsum, up, usum) in export["apis"].items():
+            cur = acc["apis"].get(key)
             if cur is None:
-                acc["apis"][(api, env)] = [list(counts), list(dur), dsum, list(up), usum]
+                acc["apis"][key] = [list(counts), list(dur), dsum, list(up), usum]
             else:
                 _merge_counts(cur[0], counts)
                 _merge_counts(cur[1], dur)
@@ -262,15 +313,11 @@ class ClusterCollector:
             acc["errors"][code] = acc["errors"].get(code, 0) + n
         for reason, n in export["dropped_headers"].items():
             acc["dropped_headers"][reason] = acc["dropped_headers"].get(reason, 0) + n
-        for api, env, kind, reason, n in export["auth_failures"]:
-            key = (api, env, kind, reason)
+        for key, n in export["auth_failures"].items():
             acc["auth_failures"][key] = acc["auth_failures"].get(key, 0) + n
-        for family, rows in export.get("counters", {}).items():
-            into = acc["counters"].get(family)
-            if into is None:
-                continue            # (a family this master does not know)
-            for *labels, n in rows:
-                key = tuple(labels)
+        for family, counts in export["counters"].items():
+            into = acc["counters"][family]
+            for key, n in counts.items():
                 into[key] = into.get(key, 0) + n
         acc["truncated"] += export["truncated"]
         acc["desyncs"] += export["desyncs"]

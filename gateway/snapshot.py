@@ -8,6 +8,8 @@ keep the CompiledApi they started with.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import re
 
@@ -70,12 +72,39 @@ def _iam(doc, base_dir, errors):
     return IamIndex(doc.iam, verifier)
 
 
+@contextlib.contextmanager
+def paused_gc():
+    """No cyclic collection while a document is loaded and compiled: the objects it makes are
+    all alive until the snapshot is swapped, so a collection finds nothing to free, yet a
+    10,000-API compile triggers dozens of them (half its time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class _Reuse:
+    """What a later compile may take from this snapshot (see compile_snapshot's ``previous``):
+    the digest of the document's sections other than APIs and groups, and the compiler
+    (runtime and base directory) it was made with."""
+
+    __slots__ = ("context", "runtime", "base_dir")
+
+    def __init__(self, context, runtime, base_dir):
+        self.context = context
+        self.runtime = runtime
+        self.base_dir = base_dir
+
+
 class Snapshot:
     __slots__ = ("router", "apis", "version", "document", "certificates", "files", "trusted",
-                 "channel_plans")
+                 "channel_plans", "reuse", "reused")
 
     def __init__(self, router, apis, version, document, certificates=None, files=(),
-                 trusted=None, channel_plans=()):
+                 trusted=None, channel_plans=(), reuse=None, reused=0):
         self.router = router
         self.apis = apis          # {(api name, env): CompiledApi}
         self.version = version    # content hash of the document: which config is live
@@ -84,24 +113,25 @@ class Snapshot:
         self.files = files        # the TLS files it read: a SIGHUP reloads when one changed
         self.trusted = trusted    # trusted_proxies (an IpSet), None when there are none
         self.channel_plans = channel_plans  # the channels' balancers (gateway.channels.plan)
+        self.reuse = reuse        # a _Reuse, for the next compile
+        self.reused = reused      # how many (API, environment) it took from the previous one
 
 
 def document_version(doc: Document) -> str:
     return hashlib.sha256(msgspec.json.encode(doc)).hexdigest()[:12]
 
 
-def _fingerprint(api, group, env, tls_files, base_dir, bound=()) -> str:
-    """What an API is made of in one environment: its definition, its group (variables,
-    domains), the environment and the contents of its backend's TLS files.  Open WebSocket
-    tunnels compare it across reloads: one opened through an API that a reload changed or
-    removed is closed after a grace.  (Policies bound to an API belong here as they come to be
-    served.)"""
-    digest = hashlib.sha256(msgspec.json.encode(api))
-    digest.update(msgspec.json.encode(group))
+def _fingerprint(base, env, tls_files, base_dir, bound=(), tls=None) -> str:
+    """What an API is made of in one environment: its definition and its group (variables,
+    domains), digested once per API in ``base``; the environment and the contents of its
+    backend's TLS files.  Open WebSocket tunnels compare it across reloads: one opened through
+    an API that a reload changed or removed is closed after a grace; a reload reuses the
+    compiled API when it did not change.  (Policies bound to an API belong here as they come to
+    be served.)"""
+    digest = base.copy()
     digest.update(env.encode())
     for policy in bound:        # (the signature key and authorizers the API uses there)
         digest.update(msgspec.json.encode(policy))
-    tls = api.backend.tls
     if tls is not None:
         for value in (tls.ca_file, tls.client_cert, tls.client_key):
             if value is not None:
@@ -109,12 +139,44 @@ def _fingerprint(api, group, env, tls_files, base_dir, bound=()) -> str:
     return digest.hexdigest()[:16]
 
 
-def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapshot:
+def _context(doc) -> str:
+    """The digest of everything but the APIs and groups: what every compiled API may depend
+    on besides its own definition, group and bound policies."""
+    return hashlib.sha256(msgspec.json.encode(
+        msgspec.structs.replace(doc, apis=(), groups=()))).hexdigest()
+
+
+def _reusable(api) -> bool:
+    """Whether an API's compiled form depends only on the document (then an unchanged
+    fingerprint in an unchanged context means an equal CompiledApi): not on files read at
+    compile time (TLS, IAM token keys), nor on objects the compile shares between APIs with
+    state of their own (custom authorizers, channels' balancers)."""
+    if api.auth in ("iam", "custom") or api.backend.authorizer is not None:
+        return False
+    for backend in (api.backend, *(cb.backend for cb in api.conditional_backends)):
+        if backend.channel is not None or backend.tls is not None or (
+                backend.url is not None and backend.url.startswith("https://")):
+            return False
+    return True
+
+
+def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".",
+                     previous: Snapshot | None = None) -> Snapshot:
     """Build the snapshot; ``runtime`` (the worker) is None when only validating; relative
     file paths in the document (certificates) are read from ``base_dir``.
 
+    ``previous``, the snapshot this one replaces (compiled with the same runtime and base
+    directory): when the document's sections other than APIs and groups are unchanged, the
+    CompiledApi of an API whose fingerprint is unchanged is taken from it instead of being
+    built again (the router is always built anew).
+
     Raises ConfigError naming the path of every problem found.
     """
+    with paused_gc():
+        return _compile(doc, runtime, base_dir, previous)
+
+
+def _compile(doc, runtime, base_dir, previous):
     errors = []
     # https backends with the same settings and files share one client context, kept by the
     # worker across reloads while they stay the same (so are its pooled connections)
@@ -142,10 +204,21 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
     acls = compile_acls(doc.acls, metrics)     # (once: shared by the APIs bound to each)
     acl_configs = {a.name: a for a in doc.acls}
     channels = {c.name: c for c in doc.channels}
+    authorizer_configs = {a.name: (i, a) for i, a in enumerate(doc.authorizers)}
     plans = {}          # (channel, TLS settings) -> ChannelPlan, shared by the APIs using it
-    router = Router()
+    context = _context(doc)
+    reuse = previous.reuse if previous is not None else None
+    old_apis = (previous.apis if reuse is not None and reuse.context == context
+                and reuse.runtime is runtime and reuse.base_dir == base_dir else None)
+    reused = 0
+    # an API equal to the previous document's of its name, in an equal group, compiles to what
+    # it compiled to then (the rest of the document is equal): taken without a fingerprint
+    same_api = ({a.name: a for a in previous.document.apis} if old_apis is not None else {})
+    same_group = ({g.name: g for g in previous.document.groups} if old_apis is not None else {})
+    router = Router(previous.router if previous is not None else None)
     apis = {}
     owner = {}
+    group_json = {}
     for index, api in enumerate(doc.apis):
         where = f"apis[{index}]"
         group = groups.get(api.group)
@@ -153,17 +226,49 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
             errors.append(f"{where}.group: unknown group {api.group!r}")
             continue
         hosts = tuple(sorted({d.lower().rstrip(".") for d in group.domains}))
+        if (old_apis is not None and same_api.get(api.name) == api
+                and same_group.get(api.group) == group and _reusable(api)):
+            kept = [old_apis.get((api.name, env)) for env in api.environments]
+            if None not in kept:
+                reused += len(kept)
+                for env, compiled in zip(api.environments, kept):
+                    if not _route(router, errors, where, env, hosts, api, compiled, apis, owner,
+                                  index):
+                        break
+                continue
+        # what does not depend on the environment, once per API
+        encoded_group = group_json.get(api.group)
+        if encoded_group is None:
+            encoded_group = group_json[api.group] = msgspec.json.encode(group)
+        base = hashlib.sha256(msgspec.json.encode(api))
+        base.update(encoded_group)
+        backends = (api.backend, *(cb.backend for cb in api.conditional_backends))
+        bound_authorizers = tuple(a for _i, a in sorted(
+            authorizer_configs[name] for name in {api.authorizer, api.backend.authorizer}
+            if name in authorizer_configs))
+        bound_channels = tuple(channels[b.channel] for b in backends if b.channel in channels)
+        reusable = old_apis is not None and _reusable(api)
+        rewrites = _Rewrites(api)
         for env, binding in api.environments.items():
             signature_key = (signature_keys.get(binding.signature_key)
                              if binding.signature_key is not None else None)
+            throttle = throttles.get(binding.throttle) if binding.throttle is not None else None
+            fingerprint = _fingerprint(base, env, tls_files, base_dir,
+                                       (signature_key, throttle, acl_configs.get(binding.acl),
+                                        *bound_authorizers, *bound_channels))
+            compiled = old_apis.get((api.name, env)) if reusable else None
+            if compiled is not None and compiled.fingerprint == fingerprint:
+                reused += 1
+                _route(router, errors, where, env, hosts, api, compiled, apis, owner, index)
+                continue
             try:
                 handler = _backend(api, env, group, runtime, base_dir, tls_contexts,
                                    f"{where}.backend", used_contexts, tls_files,
-                                   _rewrite(api, api.backend, signature_key), channels, plans)
+                                   rewrites.of(api.backend, signature_key), channels, plans)
                 conditional = [_backend(api, env, group, runtime, base_dir, tls_contexts,
                                         f"{where}.conditional_backends[{j}].backend",
                                         used_contexts, tls_files,
-                                        _rewrite(api, cb.backend, signature_key), channels,
+                                        rewrites.of(cb.backend, signature_key), channels,
                                         plans, cb.backend)
                                for j, cb in enumerate(api.conditional_backends)]
             except BackendConfigError as exc:
@@ -190,7 +295,6 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 stages.append(AuthorizerStage(authorizers[api.authorizer], api.name, metrics))
             if acl is not None and acl.__class__ is AccountAcl:
                 stages.append(acl)          # (right after authentication: it needs the caller)
-            throttle = throttles.get(binding.throttle) if binding.throttle is not None else None
             if throttle is not None:
                 stages.append(ThrottleStage(ThrottleRule(throttle, api.name, env), counters,
                                             metrics, budgets))
@@ -209,17 +313,12 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 stages.append(AuthorizerStage(authorizers[api.backend.authorizer], api.name,
                                               metrics))
             stages = tuple(stages)
-            compiled = CompiledApi(api.name, env, api.group, handler, stages, stats,
-                                   _fingerprint(api, group, env, tls_files, base_dir,
-                                                (signature_key, throttle,
-                                                 acl_configs.get(binding.acl), *(
-                                                    a for a in doc.authorizers
-                                                    if a.name in (api.authorizer,
-                                                                  api.backend.authorizer)),
-                                                 *(channels[b.channel] for b in (
-                                                     api.backend, *(cb.backend for cb in
-                                                                    api.conditional_backends))
-                                                   if b.channel in channels))))
+            if api.backend.tls is not None:     # (its files were read by _backend)
+                fingerprint = _fingerprint(base, env, tls_files, base_dir,
+                                           (signature_key, throttle,
+                                            acl_configs.get(binding.acl), *bound_authorizers,
+                                            *bound_channels), api.backend.tls)
+            compiled = CompiledApi(api.name, env, api.group, handler, stages, stats, fingerprint)
             if api.cors:
                 # a preflight needs no credentials, but an address the API's IP ACL refuses
                 # is refused here too (it would learn the API's methods and headers)
@@ -227,18 +326,8 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
                 compiled.preflight = CompiledApi(api.name, env, api.group,
                                                  Preflight(api.method), ip_acl, stats,
                                                  compiled.fingerprint)
-            try:
-                router.add(env, hosts, api.method, api.path, api.match_mode, compiled)
-            except RouteConflict as exc:
-                other = exc.first
-                errors.append(f"{where}.path: {api.method} {api.path} conflicts with API "
-                              f"{other.name!r} in environment {env}")
-                continue
-            except ValueError as exc:
-                errors.append(f"{where}.path: {exc}")
+            if not _route(router, errors, where, env, hosts, api, compiled, apis, owner, index):
                 break
-            apis[(api.name, env)] = compiled
-            owner[(api.name, env)] = index
     if errors:
         raise ConfigError(errors)
     router.freeze()
@@ -255,7 +344,25 @@ def compile_snapshot(doc: Document, runtime=None, base_dir: str = ".") -> Snapsh
     files = tuple(certificate_files(doc.certificates, base_dir)) + tuple(sorted(tls_files))
     trusted = IpSet(doc.trusted_proxies) if doc.trusted_proxies else None
     return Snapshot(router, apis, version, doc, certificates, files, trusted,
-                    tuple(plans.values()))
+                    tuple(plans.values()), _Reuse(context, runtime, base_dir), reused)
+
+
+def _route(router, errors, where, env, hosts, api, compiled, apis, owner, index) -> bool:
+    """Add the route of ``compiled``; False when the API's path is invalid (its other
+    environments are not tried)."""
+    try:
+        router.add(env, hosts, api.method, api.path, api.match_mode, compiled)
+    except RouteConflict as exc:
+        other = exc.first
+        errors.append(f"{where}.path: {api.method} {api.path} conflicts with API "
+                      f"{other.name!r} in environment {env}")
+        return True
+    except ValueError as exc:
+        errors.append(f"{where}.path: {exc}")
+        return False
+    apis[(api.name, env)] = compiled
+    owner[(api.name, env)] = index
+    return True
 
 
 def _digests(base_dir, seen, *values) -> bytes:
@@ -276,12 +383,23 @@ def _digests(base_dir, seen, *values) -> bytes:
     return out.digest()
 
 
-def _rewrite(api, backend, signature_key):
-    """The backend parameters and signature of ``backend`` (None: the head is built as is)."""
-    if backend.params or signature_key is not None or forwards_defaults(api.params):
-        return RequestRewrite(backend.params, api.params, _TEMPLATE_PARAM.findall(api.path),
-                              signature_key)
-    return None
+class _Rewrites:
+    """The backend parameters and signature of an API's backends (None: the head is built as
+    is); what does not depend on the environment is worked out once per API."""
+
+    __slots__ = ("api", "defaults", "names")
+
+    def __init__(self, api):
+        self.api = api
+        self.defaults = forwards_defaults(api.params) if api.params else False
+        self.names = None
+
+    def of(self, backend, signature_key):
+        if backend.params or signature_key is not None or self.defaults:
+            if self.names is None:
+                self.names = _TEMPLATE_PARAM.findall(self.api.path)
+            return RequestRewrite(backend.params, self.api.params, self.names, signature_key)
+        return None
 
 
 def _backend(api, env, group, runtime, base_dir=".", tls_contexts=None, where="backend",

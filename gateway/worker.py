@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 import os
 import signal
@@ -39,7 +40,7 @@ from .http.upstream import UpstreamPool
 from .policy.counters import NodeCounters
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline
-from .snapshot import compile_snapshot
+from .snapshot import compile_snapshot, paused_gc
 from .channels.table import HealthTable
 from .tls import front_context, verify_clients
 
@@ -60,6 +61,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     push_interval_s: float = 0.5
     counters_fd: int = -1           # the node's shared counters (gateway.policy.counters)
     health_fd: int = -1             # the node's channel member health (gateway.channels.table)
+    checked_fd: int = -1            # the SHA-256 of the document bytes the master validated
     limits: Limits = Limits()
 
 
@@ -139,10 +141,15 @@ class Worker:
             return True
         base_dir = os.path.dirname(os.path.abspath(path))
         previous_budgets = self.budgets
+        started = time.monotonic()
         try:
-            doc = load_document(path)
-            self.budgets = self._budgets_for(doc.redis)     # (the stages compiled take it)
-            snapshot = compile_snapshot(doc, runtime=self, base_dir=base_dir)
+            with paused_gc():
+                # bytes the master validated are only decoded (and compiled, below)
+                doc = load_document(path, data=data, checked=self._checked(data))
+                self.budgets = self._budgets_for(doc.redis)     # (the stages compiled take it)
+                # (the APIs a reload did not change are taken from the live snapshot)
+                snapshot = compile_snapshot(doc, runtime=self, base_dir=base_dir,
+                                            previous=self.snapshot)
         except ConfigError as exc:
             self._replace_budgets(previous_budgets)
             self._config_failed(f"{path}: invalid configuration:\n{exc}", initial)
@@ -161,10 +168,17 @@ class Worker:
             for warning in snapshot.certificates.warnings:
                 log.warning("%s: %s", path, warning)
         if not initial:
-            log.info("worker %d: configuration %s is live", self.settings.index, snapshot.version)
+            log.info("worker %d: configuration %s is live (%d of %d compiled APIs kept from the "
+                     "last one; loaded in %.0f ms)", self.settings.index, snapshot.version,
+                     snapshot.reused, len(snapshot.apis), (time.monotonic() - started) * 1000)
             self._end_stale_tunnels(snapshot)
             self.send({"t": "reload", "ok": True, "version": snapshot.version})
         return True
+
+    def _checked(self, data) -> bool:
+        """Whether the master validated these very bytes (see Master.checked_fd)."""
+        fd = self.settings.checked_fd
+        return fd >= 0 and os.pread(fd, 32, 0) == hashlib.sha256(data).digest()
 
     def _budgets_for(self, config):
         """The Redis budgets for the document's ``redis`` section: the live ones when it did
@@ -216,7 +230,9 @@ class Worker:
             self._channel.write(struct.pack("!I", len(payload)) + payload)
 
     def push_metrics(self):
-        if self.snapshot is not None:
+        # (an export hands over what changed: only when it can be sent)
+        if self.snapshot is not None and self._channel is not None \
+                and not self._channel.is_closing():
             self.send({"t": "metrics", **self.metrics.export(self)})
 
     # -- running --------------------------------------------------------------------------------

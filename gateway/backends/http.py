@@ -58,42 +58,42 @@ class HttpBackend(Handler):
         self.channel = channel
         if channel is not None:
             url = ("https://" if tls_context is not None else "http://") + "channel" + url
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
+        (scheme, hostname, port, port_error, credentials, fragment, netloc, path,
+         query) = _split(url)
+        if scheme not in ("http", "https"):
             raise BackendConfigError(f"backend url {url!r}: expected http:// or https://")
-        if (parts.scheme == "https") != (tls_context is not None):
+        if (scheme == "https") != (tls_context is not None):
             raise BackendConfigError(f"backend url {url!r}: TLS settings apply to https:// only")
-        if not parts.hostname:
+        if not hostname:
             raise BackendConfigError(f"backend url {url!r}: no host")
-        try:
-            port = parts.port or (443 if tls_context is not None else 80)
-        except ValueError as exc:
-            raise BackendConfigError(f"backend url {url!r}: {exc}") from None
-        if parts.username or parts.password:
+        if port_error is not None:
+            raise BackendConfigError(f"backend url {url!r}: {port_error}")
+        port = port or (443 if tls_context is not None else 80)
+        if credentials:
             raise BackendConfigError(f"backend url {url!r}: credentials in the url are not allowed")
-        if parts.fragment:
+        if fragment:
             raise BackendConfigError(f"backend url {url!r}: a fragment is not allowed")
         # the pool's key: where, and how (an https backend's context and the name it checks:
         # connections of other TLS settings are never shared); a channel's members have theirs
         self.key = None if channel is not None else (
-            parts.hostname, port, tls_context,
-            (server_name or parts.hostname) if tls_context is not None else None)
+            hostname, port, tls_context,
+            (server_name or hostname) if tls_context is not None else None)
         # the pool's list of idle connections to this backend, looked up once
         self.idle = (runtime.pool.slot(self.key)
                      if runtime is not None and channel is None else None)
         if channel is None:
-            self.authority = parts.netloc
-            self.host_header = (host_header or parts.netloc).encode("latin-1")
+            self.authority = netloc
+            self.host_header = (host_header or netloc).encode("latin-1")
         else:
             self.authority = f"channel {channel.name}"
             # the client's Host goes to the members, unless the API sets one
             self.host_header = host_header.encode("latin-1") if host_header else None
         # (a client without Host: HTTP/1.0)
         self.channel_host = channel.name.encode() if channel is not None else b""
-        self.path_parts = _path_template(parts.path or "/")
+        self.path_parts = _path_template(path or "/")
         self.replay_limit = runtime.limits.replay_body_bytes if runtime is not None else 0
         self.path_has_params = len(self.path_parts) > 1
-        self.base_query = parts.query.encode("latin-1")
+        self.base_query = query.encode("latin-1")
         self.method = method.encode() if method and method != "ANY" else None
         self.timeout_s = timeout_ms / 1000.0
         self.retries = retries
@@ -212,6 +212,33 @@ class HttpBackend(Handler):
         if ex.content_length >= 0 and (ex.content_length > 0 or method not in (b"GET", b"HEAD")):
             return b"Content-Length: %d\r\n" % ex.content_length
         return b""
+
+
+#: url -> what HttpBackend needs of it (see _split); bounded, emptied when full
+_SPLIT = {}
+_SPLIT_MAX = 4096
+
+
+def _split(url):
+    """``(scheme, hostname, port, port_error, credentials, fragment, netloc, path, query)`` of
+    ``url``, remembered: the APIs of a document share a few backend addresses, and a compile
+    builds one HttpBackend per (API, environment)."""
+    found = _SPLIT.get(url)
+    if found is None:
+        parts = urlsplit(url)
+        port_error = None
+        try:
+            port = parts.port
+        except ValueError as exc:
+            port = None
+            port_error = str(exc)
+        found = (parts.scheme, parts.hostname, port, port_error,
+                 bool(parts.username or parts.password), parts.fragment, parts.netloc,
+                 parts.path, parts.query)
+        if len(_SPLIT) >= _SPLIT_MAX:
+            _SPLIT.clear()
+        _SPLIT[url] = found
+    return found
 
 
 def _path_template(path: str) -> list:

@@ -88,35 +88,46 @@ class _YamlLoader(_YamlBase):  # type: ignore[misc, valid-type]
 # --------------------------------------------------------------------------------------------------
 # Public API
 
-def load_document(path: str | os.PathLike[str]) -> Document:
+def load_document(path: str | os.PathLike[str], data: bytes | None = None,
+                  checked: bool = False) -> Document:
     """Read, decode and validate the document in file ``path``.
 
     ``.yaml``/``.yml`` are YAML, ``.json`` is JSON; any other suffix is tried as JSON, then YAML.
+    ``data``: the file's contents, when the caller has read them already.  ``checked``: these
+    very bytes were validated already (the gateway's master validates before its workers
+    load): they are only decoded.
     Raises :class:`ConfigError` (also when the file cannot be read)."""
     name = os.fspath(path)
-    try:
-        with open(name, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ConfigError(f"(document): cannot read {name}: {exc.strerror or exc}",
-                          source=name) from exc
+    if data is None:
+        try:
+            with open(name, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ConfigError(f"(document): cannot read {name}: {exc.strerror or exc}",
+                              source=name) from exc
     suffix = os.path.splitext(name)[1].lower()
     try:
         if suffix in (".yaml", ".yml"):
-            return parse_document(data, "yaml")
+            return parse_document(data, "yaml", checked)
         if suffix == ".json":
-            return parse_document(data, "json")
+            return parse_document(data, "json", checked)
         try:
-            return parse_document(data, "json")
+            return parse_document(data, "json", checked)
         except _SyntaxError:
-            return parse_document(data, "yaml")
+            return parse_document(data, "yaml", checked)
     except ConfigError as exc:
         exc.source = name
         raise
+    except (ValueError, RecursionError) as exc:
+        # (what the decoders let through: invalid UTF-8 or an integer out of range met by the
+        # second decode of a document the first refused, a nesting too deep for any decoder)
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ConfigError(f"(document): cannot be decoded: {problem}", source=name) from None
 
 
-def parse_document(data: str | bytes, fmt: str = "yaml") -> Document:
-    """Decode and validate a document given as text or bytes in ``fmt`` ``"yaml"`` or ``"json"``.
+def parse_document(data: str | bytes, fmt: str = "yaml", checked: bool = False) -> Document:
+    """Decode and validate a document given as text or bytes in ``fmt`` ``"yaml"`` or ``"json"``
+    (``checked``: validated already, only decoded).
 
     Raises :class:`ConfigError` listing the problems."""
     if fmt == "json":
@@ -125,6 +136,8 @@ def parse_document(data: str | bytes, fmt: str = "yaml") -> Document:
         doc = _convert(_load_yaml(data))
     else:
         raise ValueError(f"unknown document format {fmt!r} (expected 'yaml' or 'json')")
+    if checked:
+        return doc
     errors = validate(doc)
     if errors:
         raise ConfigError(errors)

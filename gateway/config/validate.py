@@ -7,12 +7,15 @@ apart on purpose -- the features of the contract this version does not implement
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
+
+import msgspec
 
 from .model import HOSTNAME_PATTERN as MODEL_HOSTNAME
 from .model import (
@@ -40,6 +43,7 @@ _PARAM_REF = re.compile(r"\{([^{}]*)\}")
 #: a path parameter name (as the router takes it: fastpath.router)
 _PATH_PARAM = r"[A-Za-z_][A-Za-z0-9_-]{0,63}"
 _PARAM_NAME = re.compile(rf"({_PATH_PARAM})(\+?)")
+_TEMPLATE_PARAM = re.compile(rf"\{{({_PATH_PARAM})(\+?)\}}")
 #: a literal path segment: RFC 3986 pchar, percent-escapes included
 _PCHAR = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -63,9 +67,24 @@ _DATASOURCE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 MAX_LIMIT = 2_000_000_000
 
 
-def validate(doc: Document) -> list[str]:
-    """Every semantic problem of ``doc`` as ``"path: message"`` lines, in document order."""
-    return _Validator(doc).run()
+def validate(doc: Document, previous: Document | None = None) -> list[str]:
+    """Every semantic problem of ``doc`` as ``"path: message"`` lines, in document order.
+
+    ``previous``: a document validated before without a problem.  When every section but the
+    APIs is equal in both, an API equal to the one of its name there is not checked again on
+    its own (its checks read only itself and those sections); the rules across APIs (names,
+    routes) still run over all of them."""
+    unchanged = _unchanged(doc, previous) if previous is not None else ()
+    return _Validator(doc, unchanged).run()
+
+
+def _unchanged(doc: Document, previous: Document) -> frozenset[int] | tuple:
+    """The indexes of ``doc``'s APIs equal to ``previous``'s of the same name, when nothing
+    but APIs differs between the two documents (else none)."""
+    if msgspec.structs.replace(doc, apis=()) != msgspec.structs.replace(previous, apis=()):
+        return ()
+    before = {api.name: api for api in previous.apis}
+    return frozenset(i for i, api in enumerate(doc.apis) if before.get(api.name) == api)
 
 
 def warnings(doc: Document) -> list[str]:
@@ -83,14 +102,19 @@ def warnings(doc: Document) -> list[str]:
     return found
 
 
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+@functools.lru_cache(maxsize=1024)
 def _key(key: str) -> str:
     """A dict key as a path step: ``.TEST`` or ``["content type"]``."""
-    return f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", key) else f'["{key}"]'
+    return f".{key}" if _KEY_NAME.fullmatch(key) else f'["{key}"]'
 
 
 class _Validator:
-    def __init__(self, doc: Document):
+    def __init__(self, doc: Document, unchanged=()):
         self.doc = doc
+        self.unchanged = unchanged      # indexes of APIs checked already (see validate)
         self.errors: list[str] = []
 
     def error(self, path: str, message: str) -> None:
@@ -153,8 +177,10 @@ class _Validator:
             if scheme not in _DATASOURCE_SCHEMES:
                 self.error(f"datasources[{i}].url", "expected a url starting with "
                            + ", ".join(f"{s}://" for s in _DATASOURCE_SCHEMES))
+        unchanged = self.unchanged
         for i, api in enumerate(doc.apis):
-            self.check_api(f"apis[{i}]", api)
+            if i not in unchanged:
+                self.check_api(f"apis[{i}]", api)
         self.check_routes()
         self.check_devices()
         _refuse_unsupported(doc, self.error)
@@ -444,7 +470,7 @@ class _Validator:
             elif _normal_segment(segment) in (".", ".."):
                 self.error(p, f"'{segment}' is not allowed as a path segment")
             elif "{" in segment or "}" in segment:
-                m = re.fullmatch(rf"\{{({_PATH_PARAM})(\+?)\}}", segment)
+                m = _TEMPLATE_PARAM.fullmatch(segment)
                 if not m:
                     self.error(p, f"a parameter is a whole segment written {{name}} or {{name+}}, "
                                f"got '{segment}'")
@@ -528,8 +554,9 @@ class _Validator:
             if (b.url is None) == (b.channel is None):
                 self.error(p, "an http backend needs url or channel (one of them)")
             elif b.channel is not None:
+                # (an API served in no environment sends nothing: its channel may be empty)
                 if self.ref(f"{p}.channel", "channel", b.channel, self.channels) and \
-                        b.channel in self.channels and \
+                        b.channel in self.channels and api.environments and \
                         not self.doc.channels[self.channels[b.channel]].members:
                     self.error(f"{p}.channel", f"channel '{b.channel}' has no members")
                 if b.path is None:
@@ -668,22 +695,8 @@ class _Validator:
             self.error(p, "unbalanced '{' or '}'")
 
     def check_url_shape(self, p: str, url: str, where: str) -> None:
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            self.error(p, f"{where}invalid url: {exc}")
-            return
-        if parts.username is not None or parts.password is not None:
-            self.error(p, f"{where}credentials do not belong in the url (use backend params)")
-        elif not parts.hostname or not _is_host(parts.hostname):
-            self.error(p, f"{where}invalid host in '{url}'")
-        elif port == 0:
-            self.error(p, f"{where}invalid port 0")
-        if parts.query or parts.fragment or "?" in url:
-            self.error(p, f"{where}a backend url has no query (use backend params)")
-        if any(c.isspace() or not c.isprintable() for c in url):
-            self.error(p, f"{where}spaces or control characters in the url")
+        for problem in _url_shape_problems(url):
+            self.error(p, f"{where}{problem}")
 
     # ----------------------------------------------------------------------------------------------
 
@@ -765,6 +778,7 @@ def _normal_segment(segment: str) -> str:
     return _ESCAPE.sub(one, segment) if "%" in segment else segment
 
 
+@functools.lru_cache(maxsize=65536)     # (a reload checks the same paths again)
 def _route_shape(path: str) -> str:
     """What two routes must share to collide: literals normalized, parameter names dropped,
     a trailing slash ignored (as fastpath.router does)."""
@@ -778,11 +792,39 @@ MAX_CHANNEL_MEMBERS = 4096
 
 
 def _is_host(host: str) -> bool:
+    # (the name first: most hosts are names or IPv4 addresses, which it matches without the
+    # cost of an exception)
+    if len(host) <= 253 and _HOST.fullmatch(host):
+        return True
     try:
         ipaddress.ip_address(host.strip("[]"))
         return True
     except ValueError:
-        return bool(_HOST.fullmatch(host)) and len(host) <= 253
+        return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _url_shape_problems(url: str) -> tuple[str, ...]:
+    """What is wrong with the shape of a backend url (variables substituted): a pure function
+    of the url, remembered, since many APIs of a document share one backend address."""
+    problems = []
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return (f"invalid url: {exc}",)
+    if parts.username is not None or parts.password is not None:
+        problems.append("credentials do not belong in the url (use backend params)")
+    elif not parts.hostname or not _is_host(parts.hostname):
+        problems.append(f"invalid host in '{url}'")
+    elif port == 0:
+        problems.append("invalid port 0")
+    if parts.query or parts.fragment or "?" in url:
+        problems.append("a backend url has no query (use backend params)")
+    # (every whitespace character but the space is unprintable: one C-level scan for both)
+    if " " in url or not url.isprintable():
+        problems.append("spaces or control characters in the url")
+    return tuple(problems)
 
 
 def _topic_ok(topic: str, wildcards: bool) -> bool:

@@ -293,3 +293,27 @@ def test_an_unreadable_config_file_logs_one_line_and_keeps_serving(make_gateway,
         assert get(gw, "/mock") == (200, b'{"mock":"A"}')
     finally:
         gw.config_path.rmdir()
+
+
+def test_a_reload_while_workers_start_neither_kills_them_nor_leaves_them_behind(tmp_path,
+                                                                                 backend_m):
+    # the new file is saved and SIGHUP sent as soon as the master answers, while its workers
+    # are still starting (fresh interpreters, no SIGHUP handler yet: the signal's default
+    # action would end them): none dies, and each serves the new file once ready
+    from tests.support.gateway import GatewayProcess
+    gw = GatewayProcess(config_a(backend_m.address), tmp_path, workers=2)
+    gw.start(ready=False)
+    try:
+        status, body = gw.status("/readyz")
+        assert status == 503, body          # (the workers were not ready yet: the case tested)
+        reload(gw, config_b(backend_m.address))
+        wait_for(lambda: gw.status("/readyz")[0] == 200, 20, "workers ready")
+        version = readyz(gw)["config_version"]
+        wait_for(lambda: all(w["config_version"] == version for w in readyz(gw)["workers"]),
+                 10, "every worker on the new file")
+        for _ in range(6):                  # (connections spread over both workers)
+            assert _mock_body(gw) == b'{"mock":"B"}'
+            assert get(gw, "/added")[0] == 200
+        assert "exited with" not in gw.log(), gw.log()
+    finally:
+        gw.stop()

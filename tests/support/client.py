@@ -140,14 +140,29 @@ def gateway_side(gw_port, client_port):
     """(TCP state, bytes in the send queue) of the gateway's end of the connection from
     ``client_port`` (Linux /proc/net/tcp), or (None, 0) when the kernel has forgotten it.
     CLOSE_WAIT: the client closed its side and the gateway still holds the socket open."""
+    fields = tcp_row(gw_port, client_port)
+    if fields is None:
+        return None, 0
+    return _TCP_STATES.get(fields[3], fields[3]), int(fields[4].split(":")[0], 16)
+
+
+def tcp_row(local_port: int, remote_port: int) -> list[str] | None:
+    """The fields of the /proc/net/tcp row of the connection from ``local_port`` to
+    ``remote_port`` on this machine, or None.  A quick text search first: a busy machine has
+    thousands of rows."""
+    local, remote = f":{local_port:04X} ", f":{remote_port:04X} "
     with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            local, remote, state = fields[1], fields[2], fields[3]
-            if (int(local.split(":")[1], 16) == gw_port
-                    and int(remote.split(":")[1], 16) == client_port):
-                return _TCP_STATES.get(state, state), int(fields[4].split(":")[0], 16)
-    return None, 0
+        text = f.read()
+    start = 0
+    while (at := text.find(local, start)) >= 0:
+        line_start = text.rfind("\n", 0, at) + 1
+        line_end = text.find("\n", at)
+        fields = text[line_start:line_end if line_end >= 0 else len(text)].split()
+        start = at + 1
+        if (len(fields) > 4 and fields[1].endswith(local.rstrip())
+                and fields[2].endswith(remote.rstrip())):
+            return fields
+    return None
 
 
 def gateway_side_state(gw_port, client_port):

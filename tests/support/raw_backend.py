@@ -149,17 +149,37 @@ class RawBackend:
                 pass
 
 
+def _wait_read_by_the_gateway(conn: RawConnection, timeout: float = 10.0) -> None:
+    """Wait (bounded) until the gateway's end of this backend connection has nothing left to
+    read (/proc/net/tcp: its receive queue is empty)."""
+    from tests.support.client import tcp_row
+    backend_port = conn.sock.getsockname()[1]
+    gateway_port = conn.sock.getpeername()[1]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = tcp_row(gateway_port, backend_port)
+        if fields is None or int(fields[4].split(":")[1], 16) == 0:
+            return              # read (or the connection is gone: nothing left to read)
+        time.sleep(0.005)
+    raise AssertionError("the gateway stopped reading this backend")
+
+
 def fill_send_queue(conn: RawConnection, gw_port: int, client_port: int, limit: int = 4000,
                     chunked: bool = False) -> None:
     """Send through the gateway to a client that reads nothing until the gateway's kernel send
     queue toward that client takes no more: the bytes of the last drip then wait in the
     gateway's own buffer.  Drips are small, so that buffer stays far under the gateway's
-    flow-control mark (it goes on reading this backend).  ``chunked``: each drip is a chunk."""
+    flow-control mark (it goes on reading this backend).  ``chunked``: each drip is a chunk.
+    A drip that seems to add nothing counts only once the gateway has read it (nothing left in
+    its receive queue from this backend): on a busy machine it may not have yet."""
     from tests.support.client import gateway_side
     for _ in range(limit):
         before = gateway_side(gw_port, client_port)[1]
         conn.send(b"2000\r\n" + b"x" * 8192 + b"\r\n" if chunked else b"x" * 8192)
         time.sleep(0.02)
         if before > 0 and gateway_side(gw_port, client_port)[1] == before:
-            return              # it took none of this drip: the kernel's side is full
+            _wait_read_by_the_gateway(conn)
+            time.sleep(0.02)
+            if gateway_side(gw_port, client_port)[1] == before:
+                return          # it read this drip and sent none of it: the kernel's side is full
     raise AssertionError("the gateway's send queue never filled")
