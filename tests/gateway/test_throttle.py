@@ -128,16 +128,19 @@ def test_debug_mode_shows_each_dimension(make_gateway):
     assert r.header("x-apig-ratelimit-ip") == "remain:0,limit:2,time:2 minute"
 
 
-def _worker_of(master_pid, client_port):
+def _worker_of(master_pid, gateway_port, client_port):
     """The pid of the worker process holding the gateway's end of the connection from
-    ``client_port`` (/proc: the socket's inode among the workers' descriptors)."""
+    ``client_port`` (/proc: the socket's inode among the workers' descriptors), or None while
+    no worker has accepted it (its row then has inode 0).  The row is the one from the
+    gateway's port to the client's: another connection may have the same remote port."""
     inode = None
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
             fields = line.split()
-            if int(fields[2].split(":")[1], 16) == client_port:
+            if (int(fields[1].split(":")[1], 16) == gateway_port
+                    and int(fields[2].split(":")[1], 16) == client_port):
                 inode = fields[9]
-    if inode is None:
+    if inode is None or inode == "0":
         return None
     with open(f"/proc/{master_pid}/task/{master_pid}/children") as f:
         children = f.read().split()
@@ -172,9 +175,10 @@ def _connections_held_by_both_workers(gw, per_worker=5):
                     s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
                     conns.append(s)
                     owner = None
-                    while owner is None and time.monotonic() < deadline:
+                    accepted_by = time.monotonic() + 10
+                    while owner is None and time.monotonic() < accepted_by:
                         time.sleep(0.005)
-                        owner = _worker_of(gw.proc.pid, s.getsockname()[1])
+                        owner = _worker_of(gw.proc.pid, gw.port, s.getsockname()[1])
                     assert owner == held, f"a connection went to {owner}, not to {held}"
             finally:
                 os.kill(stopped, signal.SIGCONT)
