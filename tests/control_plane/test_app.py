@@ -14,7 +14,7 @@ from control_plane import document as D
 from control_plane.kinds import KINDS, MASK, SETTINGS, mask
 from control_plane.store import open_store
 from gateway.config import parse_document
-from tests.support.control_plane import ControlPlaneProcess
+from tests.support.control_plane import ControlPlaneProcess, running
 
 from .conftest import ENGINES, store_url
 from .examples import SECRET_VALUES, contract, rich
@@ -42,10 +42,9 @@ def engine(request):
 @pytest.fixture(scope="module")
 def cp(engine, request, tmp_path_factory):
     workdir = tmp_path_factory.mktemp(f"cp-{engine}")
-    proc = ControlPlaneProcess(workdir, admin_token=ADMIN,
-                               store=store_url(request, engine, workdir)).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    with running(workdir, admin_token=ADMIN,
+                               store=store_url(request, engine, workdir)) as proc:
+        yield proc
 
 
 @pytest.fixture

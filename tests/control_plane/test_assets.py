@@ -18,7 +18,7 @@ import pytest
 from control_plane.assets import ASSET_KINDS
 from tests.control_plane.examples import SECRET_VALUES, rich, without_certificates
 from tests.control_plane.test_publishing import mock_api, wait_for
-from tests.support.control_plane import ControlPlaneProcess
+from tests.support.control_plane import running
 from tests.support.gateway import ROOT, free_port
 
 ADMIN = "admin-token-for-asset-tests-0123456"
@@ -54,17 +54,15 @@ def source() -> dict:
 
 @pytest.fixture
 def cp(tmp_path):
-    proc = ControlPlaneProcess(tmp_path, admin_token=ADMIN).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    with running(tmp_path, admin_token=ADMIN) as proc:
+        yield proc
 
 
 @pytest.fixture
 def cp2(tmp_path):
     (tmp_path / "second").mkdir()
-    proc = ControlPlaneProcess(tmp_path / "second", admin_token=ADMIN).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    with running(tmp_path / "second", admin_token=ADMIN) as proc:
+        yield proc
 
 
 def ok(r, status=200):

@@ -24,7 +24,7 @@ from schemathesis.checks import (not_a_server_error, response_schema_conformance
                                  status_code_conformance)
 
 from control_plane.kinds import KINDS  # noqa: E402
-from tests.support.control_plane import ControlPlaneProcess  # noqa: E402
+from tests.support.control_plane import running  # noqa: E402
 
 from .examples import rich  # noqa: E402
 
@@ -35,9 +35,8 @@ MAX_EXAMPLES = 5
 
 @pytest.fixture(scope="module")
 def fuzz_cp(tmp_path_factory):
-    proc = ControlPlaneProcess(tmp_path_factory.mktemp("fuzz"), admin_token=ADMIN).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    with running(tmp_path_factory.mktemp("fuzz"), admin_token=ADMIN) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

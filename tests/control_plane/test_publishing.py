@@ -13,7 +13,7 @@ import pytest
 from control_plane.publishing import diff, gateway_apis
 from tests.gateway.test_app_auth import signed_request
 from tests.support.backend import Backend
-from tests.support.control_plane import ControlPlaneProcess
+from tests.support.control_plane import running
 from tests.support.gateway import GatewayProcess
 
 from .conftest import ENGINES, store_url
@@ -68,10 +68,9 @@ def engine(request):
 
 @pytest.fixture
 def cp(engine, request, tmp_path):
-    proc = ControlPlaneProcess(tmp_path, admin_token=ADMIN,
-                               store=store_url(request, engine, tmp_path)).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    with running(tmp_path, admin_token=ADMIN,
+                               store=store_url(request, engine, tmp_path)) as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.support.control_plane import ControlPlaneProcess
+from tests.support.control_plane import ControlPlaneProcess, running
 
 from .examples import rich, without_certificates
 
@@ -17,9 +17,8 @@ ADMIN = "admin-token-for-tests-0123456789"
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory):
-    proc = ControlPlaneProcess(tmp_path_factory.mktemp("cp"), admin_token=ADMIN).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    with running(tmp_path_factory.mktemp("cp"), admin_token=ADMIN) as proc:
+        yield proc
 
 
 @pytest.fixture

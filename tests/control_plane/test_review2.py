@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.support.control_plane import ControlPlaneProcess
+from tests.support.control_plane import running
 
 from .test_publishing import follower, serves, wait_for
 
@@ -17,9 +17,8 @@ ADMIN = "admin-token-for-review2-tests-012345"
 
 @pytest.fixture
 def cp(tmp_path):
-    proc = ControlPlaneProcess(tmp_path, admin_token=ADMIN).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    with running(tmp_path, admin_token=ADMIN) as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -18,10 +18,11 @@ import pytest
 from control_plane.auth import AuthError, authenticate, ensure_admin_token, token_hash
 from control_plane.kinds import MASK, keep_secrets, mask
 from control_plane.store import canonical_json, open_store
-from tests.support.control_plane import ControlPlaneProcess
+from tests.support.control_plane import ControlPlaneProcess, running
 from tests.support.gateway import ROOT
 
 from .examples import SECRET_VALUES, rich
+from .test_app import stored_body
 from .test_publishing import base_doc, follower, mock_api, ok, wait_for
 
 ADMIN = "admin-token-for-security-tests-0123"
@@ -31,14 +32,6 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def stored_body(cp, kind, name):
-    async def read():
-        store = await open_store(cp.store)
-        try:
-            return (await store.get(kind, name)).body
-        finally:
-            await store.close()
-    return run(read())
 
 
 # ------------------------------------------------------------------------------------- tokens
@@ -222,9 +215,8 @@ ALL_SECRETS = {**SECRET_VALUES, **MORE_SECRETS}
 
 @pytest.fixture(scope="module")
 def secret_cp(tmp_path_factory):
-    proc = ControlPlaneProcess(tmp_path_factory.mktemp("secrets"), admin_token=ADMIN).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    with running(tmp_path_factory.mktemp("secrets"), admin_token=ADMIN) as proc:
+        yield proc
 
 
 def _leaks(text: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.control_plane import ControlPlaneProcess
+from tests.support.control_plane import running
 
 from .examples import rich
 from .test_app import assert_error
@@ -14,9 +14,8 @@ ADMIN = "admin-token-for-views-0123456789"
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory):
-    proc = ControlPlaneProcess(tmp_path_factory.mktemp("cp"), admin_token=ADMIN).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    with running(tmp_path_factory.mktemp("cp"), admin_token=ADMIN) as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -25,26 +25,13 @@ from tests.support.control_plane import ControlPlaneProcess
 
 from .examples import rich
 
+from tests.control_plane.test_store import run, url  # noqa: F401 (url: a fixture)
+
 pytestmark = pytest.mark.once      # pure Python: the fastpath form changes nothing here
 
 ADMIN = "admin-token-for-tests-0123456789"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    return request.getfixturevalue("pg_server").create_database()
-
-
-def run(url, fn):
-    async def main():
-        store = await open_store(url)
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-    return asyncio.run(main())
 
 
 def start_document() -> dict:

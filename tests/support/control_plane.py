@@ -1,6 +1,7 @@
 """Run the real control plane (``python -m tollgate control-plane``) as a subprocess for a test."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -92,3 +93,13 @@ class ControlPlaneProcess:
     def client(self, token: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
+
+
+@contextlib.contextmanager
+def running(workdir: Path, **options):
+    """A started control plane for a fixture or a test; it must stop cleanly (exit 0)."""
+    proc = ControlPlaneProcess(workdir, **options).start()
+    try:
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log()
