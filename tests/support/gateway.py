@@ -1,6 +1,7 @@
 """Run the real gateway (``python -m tollgate gateway``) as a subprocess for a test."""
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
@@ -15,10 +16,21 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: the ports free_port() handed out lately: the kernel may give a port just closed again at
+#: once, and a test asking for two ports (a listener and a status port) would get one twice
+_HANDED_OUT: collections.deque = collections.deque(maxlen=256)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and not one this process was handed lately."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
+    raise RuntimeError("no free port that was not handed out lately")
 
 
 class GatewayProcess:
